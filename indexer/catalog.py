@@ -1,0 +1,198 @@
+"""The SQLite catalogue (SQLAlchemy 2.0): image and text metadata, ids, and what the index is.
+
+FAISS holds the vectors; the primary keys here are the FAISS ids. SQLite runs in WAL mode so
+readers keep answering while a writer commits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import (
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine as SqlEngine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+SCHEMA_VERSION = 1
+CATALOG_FILE = "catalog.sqlite3"
+# How long a reader waits for a writer's commit before SQLite reports "database is locked".
+BUSY_TIMEOUT_MS = 30_000
+
+
+class Base(DeclarativeBase):
+    """Declarative base for the catalogue tables."""
+
+
+class InfoRow(Base):
+    """Key/value facts about the index: schema version, model, dimension."""
+
+    __tablename__ = "index_info"
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class ImageRow(Base):
+    """One indexed image file; `id` is its FAISS id."""
+
+    __tablename__ = "images"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    path: Mapped[str] = mapped_column(String, unique=True, index=True)
+    root: Mapped[str] = mapped_column(String, index=True)
+    size: Mapped[int] = mapped_column(Integer)
+    mtime_ns: Mapped[int] = mapped_column(Integer)
+    content_hash: Mapped[str] = mapped_column(String, index=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    indexed_at: Mapped[float] = mapped_column(Float)
+
+
+class SkippedRow(Base):
+    """A file that could not be indexed, remembered so an unchanged bad file is not decoded again."""
+
+    __tablename__ = "skipped"
+    path: Mapped[str] = mapped_column(String, primary_key=True)
+    root: Mapped[str] = mapped_column(String, index=True)
+    size: Mapped[int] = mapped_column(Integer)
+    mtime_ns: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class TextRow(Base):
+    """One indexed text (caption); `id` is its FAISS id in the text index."""
+
+    __tablename__ = "texts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    text: Mapped[str] = mapped_column(Text, unique=True)
+    source: Mapped[str] = mapped_column(String)
+    image_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("images.id", ondelete="SET NULL"), nullable=True
+    )
+    added_at: Mapped[float] = mapped_column(Float)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """Metadata of one image about to be inserted."""
+
+    path: str
+    root: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+    width: int
+    height: int
+
+
+def open_catalog(index_dir: Path, *, create: bool) -> SqlEngine:
+    """A SQLAlchemy engine on the index's SQLite file, in WAL mode with foreign keys on."""
+    path = index_dir / CATALOG_FILE
+    if not create and not path.is_file():
+        raise FileNotFoundError(path)
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    if create:
+        Base.metadata.create_all(engine)
+    return engine
+
+
+def read_info(session: Session) -> dict[str, str]:
+    """All index_info rows as a dict."""
+    return {row.key: row.value for row in session.scalars(select(InfoRow))}
+
+
+def write_info(session: Session, info: dict[str, str]) -> None:
+    """Insert or update index_info rows."""
+    for key, value in info.items():
+        session.merge(InfoRow(key=key, value=value))
+
+
+def insert_images(session: Session, records: Sequence[ImageRecord]) -> list[int]:
+    """Insert rows and return their new ids (assigned before the transaction commits)."""
+    now = time.time()
+    rows = [ImageRow(**record.__dict__, indexed_at=now) for record in records]
+    session.add_all(rows)
+    session.flush()
+    return [row.id for row in rows]
+
+
+def images_by_path(session: Session, paths: Iterable[str]) -> dict[str, ImageRow]:
+    """Rows for the given paths (chunked to stay under SQLite's variable limit)."""
+    found: dict[str, ImageRow] = {}
+    batch = list(paths)
+    for i in range(0, len(batch), 900):
+        for row in session.scalars(select(ImageRow).where(ImageRow.path.in_(batch[i : i + 900]))):
+            found[row.path] = row
+    return found
+
+
+def images_under(session: Session, root: str) -> list[ImageRow]:
+    """Rows whose file lies under `root` (an absolute folder path)."""
+    prefix = root.rstrip("/") + "/"
+    return list(
+        session.scalars(
+            select(ImageRow).where(
+                (ImageRow.path.startswith(prefix, autoescape=True)) | (ImageRow.path == root)
+            )
+        )
+    )
+
+
+def delete_images(session: Session, ids: Sequence[int]) -> None:
+    """Delete image rows by id."""
+    for i in range(0, len(ids), 900):
+        session.execute(delete(ImageRow).where(ImageRow.id.in_(ids[i : i + 900])))
+
+
+def image_rows(session: Session, ids: Sequence[int]) -> dict[int, ImageRow]:
+    """Rows for the given ids."""
+    rows: dict[int, ImageRow] = {}
+    for i in range(0, len(ids), 900):
+        for row in session.scalars(select(ImageRow).where(ImageRow.id.in_(ids[i : i + 900]))):
+            rows[row.id] = row
+    return rows
+
+
+def text_rows(session: Session, ids: Sequence[int]) -> dict[int, TextRow]:
+    """Text rows for the given ids."""
+    rows: dict[int, TextRow] = {}
+    for i in range(0, len(ids), 900):
+        for row in session.scalars(select(TextRow).where(TextRow.id.in_(ids[i : i + 900]))):
+            rows[row.id] = row
+    return rows
+
+
+def all_ids(session: Session, table: type[ImageRow] | type[TextRow]) -> set[int]:
+    """Every primary key of a table (for reconciling with FAISS)."""
+    return set(session.scalars(select(table.id)))
+
+
+def count(session: Session, table: type[Base]) -> int:
+    """Number of rows in a table."""
+    return int(session.scalar(select(func.count()).select_from(table)) or 0)
+
+
+def delete_texts(session: Session, ids: Sequence[int]) -> None:
+    """Delete text rows by id."""
+    for i in range(0, len(ids), 900):
+        session.execute(delete(TextRow).where(TextRow.id.in_(ids[i : i + 900])))

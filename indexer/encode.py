@@ -1,0 +1,140 @@
+"""Load and encode stages: decode files in worker threads while the model encodes earlier batches.
+
+Decoding (Pillow releases the GIL) overlaps encoding through a bounded look-ahead queue, so
+memory stays flat however large the folder is. Bad files are skipped and reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from indexer.encoders import Encoder
+from indexer.images import DEFAULT_MAX_MEGAPIXELS, ImageLoadError, decode_image_bytes
+from indexer.scan import FileEntry
+
+# Batches decoded ahead of the encoder: enough to hide decode latency, bounded for memory.
+LOOKAHEAD_BATCHES = 2
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A decoded, preprocessed file with what the catalogue records about it."""
+
+    entry: FileEntry
+    pixels: torch.Tensor  # (3, S, S) float32
+    content_hash: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that was not indexed, and why (one line in the summary)."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """Images that decoded, their vectors (n, dim) float32, and the files skipped in this batch."""
+
+    images: list[LoadedImage]
+    vectors: np.ndarray
+    skipped: list[Skipped]
+
+
+def file_hash(data: bytes) -> str:
+    """Content id of a file: BLAKE2b-128 is fast and plenty against accidental collisions."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def hash_file(path: str) -> str:
+    """Content id of a file on disk."""
+    with open(path, "rb") as fh:
+        return file_hash(fh.read())
+
+
+def load_file(
+    entry: FileEntry, encoder: Encoder, *, max_megapixels: float
+) -> LoadedImage | Skipped:
+    """Read, hash, decode and preprocess one file; any failure becomes a Skipped with a reason."""
+    if not entry.image_type:
+        return Skipped(
+            entry.path,
+            f"not an image file type ({os.path.splitext(entry.path)[1] or 'no extension'})",
+        )
+    try:
+        with open(entry.path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return Skipped(entry.path, "file vanished while indexing")
+    except PermissionError:
+        return Skipped(entry.path, "permission denied")
+    except OSError as exc:
+        return Skipped(entry.path, f"unreadable: {exc.strerror or exc}")
+    try:
+        image = decode_image_bytes(
+            data,
+            name=entry.path,
+            max_megapixels=max_megapixels,
+            target_size=encoder.preprocess_config.image_size,
+        )
+        width, height = image.size
+        pixels = encoder.preprocess(image)
+    except ImageLoadError as exc:
+        return Skipped(entry.path, exc.reason)
+    return LoadedImage(entry, pixels, file_hash(data), width, height)
+
+
+def _chunks(entries: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]]:
+    chunk: list[FileEntry] = []
+    for entry in entries:
+        chunk.append(entry)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def encode_files(
+    entries: Iterable[FileEntry],
+    encoder: Encoder,
+    *,
+    batch_size: int,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    workers: int | None = None,
+) -> Iterator[EncodedBatch]:
+    """Yield encoded batches in input order; decoding runs `LOOKAHEAD_BATCHES` ahead in threads."""
+    workers = workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: deque[list[Future[LoadedImage | Skipped]]] = deque()
+        chunks = _chunks(entries, batch_size)
+        for chunk in chunks:
+            pending.append(
+                [pool.submit(load_file, e, encoder, max_megapixels=max_megapixels) for e in chunk]
+            )
+            if len(pending) > LOOKAHEAD_BATCHES:
+                yield _encode_ready(pending.popleft(), encoder)
+        while pending:
+            yield _encode_ready(pending.popleft(), encoder)
+
+
+def _encode_ready(futures: list[Future[LoadedImage | Skipped]], encoder: Encoder) -> EncodedBatch:
+    results = [f.result() for f in futures]
+    images = [r for r in results if isinstance(r, LoadedImage)]
+    skipped = [r for r in results if isinstance(r, Skipped)]
+    if images:
+        vectors = encoder.encode_pixels(torch.stack([img.pixels for img in images]))
+    else:
+        vectors = np.zeros((0, encoder.info.dim), dtype=np.float32)
+    return EncodedBatch(images, vectors, skipped)

@@ -1,0 +1,154 @@
+"""Recall@K and median rank for text->image and image->text retrieval.
+
+With several captions per image (Flickr30k/COCO protocol) a text query has one correct image,
+and an image query is correct when any of its captions ranks within K.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from indexer.data import CaptionPair, Corpus, retrieval_set
+from indexer.encode import Skipped, encode_files
+from indexer.encoders import Encoder
+from indexer.scan import FileEntry
+
+RECALL_KS = (1, 5, 10)
+
+
+def best_target_ranks(scores: np.ndarray, targets: Sequence[Sequence[int]]) -> np.ndarray:
+    """1-based rank of the best-ranked correct column for each row.
+
+    scores: (queries, gallery) float32; targets[q]: the correct gallery columns of query q.
+    """
+    ranks = np.empty(len(targets), dtype=np.int64)
+    for q, cols in enumerate(targets):
+        row = scores[q]
+        best = row[list(cols)].max()  # the correct item scoring highest
+        ranks[q] = int((row > best).sum()) + 1  # ties count in the query's favour
+    return ranks
+
+
+def summarize_ranks(ranks: np.ndarray) -> dict[str, float]:
+    """{"R@1", "R@5", "R@10", "medr"} from 1-based ranks."""
+    if len(ranks) == 0:
+        return {**{f"R@{k}": 0.0 for k in RECALL_KS}, "medr": 0.0}
+    summary = {f"R@{k}": round(float((ranks <= k).mean()), 4) for k in RECALL_KS}
+    summary["medr"] = float(np.median(ranks))
+    return summary
+
+
+def retrieval_metrics(
+    image_emb: np.ndarray, text_emb: np.ndarray, caption_to_image: Sequence[int]
+) -> dict[str, dict[str, float]]:
+    """{"t2i": {...}, "i2t": {...}} for normalised image_emb (I, dim) and text_emb (T, dim)."""
+    scores = text_emb @ image_emb.T  # (T, I)
+    t2i = best_target_ranks(scores, [[i] for i in caption_to_image])
+    captions_of: list[list[int]] = [[] for _ in range(len(image_emb))]
+    for caption, image in enumerate(caption_to_image):
+        captions_of[image].append(caption)
+    queried = [i for i, caps in enumerate(captions_of) if caps]
+    i2t = best_target_ranks(scores.T[queried], [captions_of[i] for i in queried])
+    return {"t2i": summarize_ranks(t2i), "i2t": summarize_ranks(i2t)}
+
+
+def rsum(metrics: dict[str, dict[str, float]]) -> float:
+    """Sum of R@1/5/10 in both directions: the usual single number for picking a checkpoint."""
+    return sum(metrics[d][f"R@{k}"] for d in ("t2i", "i2t") for k in RECALL_KS)
+
+
+@dataclass(frozen=True)
+class CorpusEmbeddings:
+    """Embeddings of a corpus's readable images and of the captions that belong to them."""
+
+    image_emb: np.ndarray  # (images, dim) float32
+    text_emb: np.ndarray  # (captions, dim) float32
+    caption_to_image: list[int]
+    pairs: list[CaptionPair]  # the caption rows kept, parallel to text_emb
+    skipped: list[Skipped]
+
+
+def embed_corpus(encoder: Encoder, corpus: Corpus, *, batch_size: int = 64) -> CorpusEmbeddings:
+    """Encode every image once and every caption; unreadable images drop out with their captions."""
+    rs = retrieval_set(corpus)
+    entries = [_entry(path) for path in rs.images]
+    kept: dict[str, int] = {}
+    vectors: list[np.ndarray] = []
+    skipped: list[Skipped] = []
+    for batch in encode_files(entries, encoder, batch_size=batch_size):
+        for image in batch.images:
+            kept[image.entry.path] = len(kept)
+        vectors.append(batch.vectors)
+        skipped += batch.skipped
+    position = {i: kept[str(path)] for i, path in enumerate(rs.images) if str(path) in kept}
+    pairs = [p for p, img in zip(corpus.pairs, rs.caption_to_image, strict=True) if img in position]
+    owners = [position[img] for img in rs.caption_to_image if img in position]
+    image_emb = np.concatenate(vectors) if vectors else np.zeros((0, encoder.info.dim), np.float32)
+    text_emb = encoder.encode_texts([p.caption for p in pairs])
+    return CorpusEmbeddings(image_emb, text_emb, owners, pairs, skipped)
+
+
+def _entry(path: Path) -> FileEntry:
+    try:
+        st = path.stat()
+        size, mtime = st.st_size, st.st_mtime_ns
+    except OSError:
+        size, mtime = 0, 0  # the loader reports the real reason
+    return FileEntry(str(path), str(path.parent), size, mtime)
+
+
+def evaluate_corpus(encoder: Encoder, corpus: Corpus, *, batch_size: int = 64) -> dict[str, Any]:
+    """Recall@1/5/10 and median rank both ways; a "breakdown" for corpora that tag their scenes."""
+    emb = embed_corpus(encoder, corpus, batch_size=batch_size)
+    if not emb.pairs:
+        raise ValueError(f"{corpus.source}: no readable images to evaluate on")
+    result: dict[str, Any] = retrieval_metrics(emb.image_emb, emb.text_emb, emb.caption_to_image)
+    breakdown = _scene_breakdown(emb)
+    if breakdown:
+        result["breakdown"] = breakdown
+    result["counts"] = {
+        "images": len(emb.image_emb),
+        "captions": len(emb.pairs),
+        "skipped": len(emb.skipped),
+    }
+    return result
+
+
+def _scene_breakdown(emb: CorpusEmbeddings) -> dict[str, Any]:
+    """Sample-corpus protocol: one canonical caption per scene, galleries per scene kind.
+
+    Single- and multi-object scenes are scored separately; within each, queries about attribute
+    combinations never seen in training ("unseen") are reported apart from the seen ones.
+    """
+    canonical = [i for i, p in enumerate(emb.pairs) if p.meta.get("canonical")]
+    if not canonical:
+        return {}
+    out: dict[str, Any] = {}
+    for kind in sorted({str(emb.pairs[i].meta.get("kind", "all")) for i in canonical}):
+        rows = [i for i in canonical if str(emb.pairs[i].meta.get("kind", "all")) == kind]
+        images = [emb.caption_to_image[i] for i in rows]
+        text_emb = emb.text_emb[rows]
+        image_emb = emb.image_emb[images]
+        owners = list(range(len(rows)))  # one canonical caption per scene: row j owns image j
+        scores = text_emb @ image_emb.T  # (captions, images)
+        t2i = best_target_ranks(scores, [[j] for j in owners])
+        i2t = best_target_ranks(scores.T, [[j] for j in owners])
+        unseen = np.array([bool(emb.pairs[i].meta.get("unseen")) for i in rows])
+        out[kind] = _subset_summary(t2i, i2t, np.ones_like(unseen))
+        for name, mask in (("seen", ~unseen), ("unseen", unseen)):
+            if mask.any():
+                out[f"{kind}_{name}"] = _subset_summary(t2i, i2t, mask)
+    return out
+
+
+def _subset_summary(t2i: np.ndarray, i2t: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    return {
+        "t2i": summarize_ranks(t2i[mask]),
+        "i2t": summarize_ranks(i2t[mask]),
+        "n": int(mask.sum()),
+    }

@@ -1,0 +1,381 @@
+"""Image files -> RGB images -> model tensors, defined once for index time and query time.
+
+`open_image` and `decode_image_bytes` turn any file or upload into an upright 8-bit RGB image or
+raise `ImageLoadError(path, reason)`; `preprocess` turns that image into the tensor the image
+tower sees. Both sides of the search import these, so a query photo is treated exactly like an
+indexed one.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import stat
+import struct
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
+)
+HEIF_EXTENSIONS: frozenset[str] = frozenset({".heic", ".heif"})
+HEIF_EXTRA_REASON = "HEIC/HEIF needs the optional extra: pip install 'mmsearch[heif]'"
+
+# 100 MP admits every phone and nearly every camera (102 MP medium format is the rare exception)
+# while refusing headers whose RGB decode would need more than ~300 MB per image.
+DEFAULT_MAX_MEGAPIXELS = 100.0
+PIXELS_PER_MEGAPIXEL = 1_000_000
+MAX_MEGAPIXELS_FLAG = "--max-megapixels"
+
+# Pillow formats behind IMAGE_EXTENSIONS. Restricting Image.open to them keeps uploads away
+# from the rest of Pillow's plugins (EPS, for one, hands the file to Ghostscript).
+PILLOW_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+HEIF_FORMAT = "HEIF"  # registered by pillow_heif
+# ISO-BMFF major brands (bytes 8-12, after "ftyp") of HEIC/HEIF stills and sequences.
+HEIF_BRANDS: frozenset[bytes] = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"heif", b"mif1", b"msf1"}
+)
+HEADER_BYTES = 12  # enough to read an ISO-BMFF "ftyp" box's major brand
+
+# JPEG DCT scaling shrinks by 2, 4 or 8 only, so draft mode pays off from twice the target.
+DRAFT_MIN_RATIO = 2
+DRAFT_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO"})
+
+# Transparent pixels are shown over white: most images with alpha are logos and icons drawn
+# for light pages, and black (what dropping alpha gives) would turn them into dark blobs.
+BACKGROUND_RGB = (255, 255, 255)
+ALPHA_MODES: frozenset[str] = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+WIDE_INT_MODES: frozenset[str] = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "I;16S"})
+UINT16_MAX = 65535
+UINT8_MAX = 255
+
+RESIZE_MODES = ("shorter_side_center_crop", "squash")
+
+# What Pillow raises on bad bytes besides UnidentifiedImageError and the bomb checks: OSError for
+# truncated or broken streams, plus the parse errors Pillow's own open() treats as "this plugin
+# cannot read it" (SyntaxError, IndexError, TypeError, struct.error), which load() can also let
+# escape: fuzzing found a TypeError from a corrupt TIFF directory.
+DECODE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    ValueError,
+    EOFError,
+    SyntaxError,
+    IndexError,
+    TypeError,
+    struct.error,
+)
+
+
+class ImageLoadError(Exception):
+    """Raised for any file that cannot become an RGB image; carries path and a short reason."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        # Both go to Exception so the error pickles across worker processes.
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+class MissingExtraError(ImageLoadError):
+    """Raised when a file needs an optional dependency that is not installed; reason names it."""
+
+
+def open_image(
+    path: Path | str,
+    *,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    target_size: int | None = None,
+) -> Image.Image:
+    """Decode a file into an RGB image ready for preprocessing, or raise ImageLoadError."""
+    _check_arguments(max_megapixels, target_size)
+    with _open_regular_file(path) as fp:
+        return _decode(
+            fp,
+            path,
+            suffix=Path(path).suffix,
+            max_megapixels=max_megapixels,
+            target_size=target_size,
+        )
+
+
+def decode_image_bytes(
+    data: bytes,
+    *,
+    name: str = "<bytes>",
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    target_size: int | None = None,
+) -> Image.Image:
+    """Same as open_image for uploaded bytes (used by the HTTP layer)."""
+    _check_arguments(max_megapixels, target_size)
+    if not data:
+        raise ImageLoadError(name, "empty file")
+    return _decode(
+        io.BytesIO(data),
+        name,
+        suffix=os.path.splitext(name)[1],
+        max_megapixels=max_megapixels,
+        target_size=target_size,
+    )
+
+
+def _check_arguments(max_megapixels: float, target_size: int | None) -> None:
+    """Refuse caller mistakes early, so they are not reported as bad files."""
+    if not max_megapixels > 0:
+        raise ValueError(f"max_megapixels must be positive, got {max_megapixels}")
+    if target_size is not None and target_size <= 0:
+        raise ValueError(f"target_size must be positive, got {target_size}")
+
+
+def _open_regular_file(path: Path | str) -> BinaryIO:
+    """Open for reading, turning every file-system failure into a one-line reason."""
+    try:
+        # stat first: opening a FIFO or device would block or read forever.
+        status = os.stat(path)
+        if stat.S_ISDIR(status.st_mode):
+            raise ImageLoadError(path, "is a directory")
+        if not stat.S_ISREG(status.st_mode):
+            raise ImageLoadError(path, "not a regular file")
+        if status.st_size == 0:
+            raise ImageLoadError(path, "empty file")
+        return open(path, "rb")  # the caller closes it
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise ImageLoadError(path, "file vanished (not found)") from exc
+    except IsADirectoryError as exc:
+        raise ImageLoadError(path, "is a directory") from exc
+    except PermissionError as exc:
+        raise ImageLoadError(path, "permission denied") from exc
+    except OSError as exc:
+        raise ImageLoadError(path, f"cannot read file ({exc.strerror or exc})") from exc
+
+
+def _decode(
+    fp: BinaryIO,
+    source: Path | str,
+    *,
+    suffix: str,
+    max_megapixels: float,
+    target_size: int | None,
+) -> Image.Image:
+    """Shared body of open_image and decode_image_bytes: sniff, guard, decode, convert."""
+    heif_expected = _looks_like_heif(fp.read(HEADER_BYTES)) or suffix.lower() in HEIF_EXTENSIONS
+    fp.seek(0)
+    formats = _allowed_formats(want_heif=heif_expected)
+    try:
+        with Image.open(fp, formats=formats) as img:
+            _check_pixels(img.size, source, max_megapixels)
+            if target_size is not None and img.format in DRAFT_FORMATS:
+                _draft(img, target_size)
+            img.load()  # full decode here, so truncation is reported now, not at preprocess
+            upright = ImageOps.exif_transpose(img)
+    except UnidentifiedImageError as exc:
+        if heif_expected and HEIF_FORMAT not in formats:
+            raise MissingExtraError(source, HEIF_EXTRA_REASON) from exc
+        raise ImageLoadError(source, "not an image (unrecognised format)") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(source, _pillow_bomb_reason(exc, max_megapixels)) from exc
+    except DECODE_ERRORS as exc:
+        raise ImageLoadError(source, "truncated or corrupt image data") from exc
+    return _to_rgb(upright, source)
+
+
+def _looks_like_heif(header: bytes) -> bool:
+    """True for an ISO-BMFF file whose major brand is HEIC/HEIF (not AVIF or MP4)."""
+    return header[4:8] == b"ftyp" and header[8:12] in HEIF_BRANDS
+
+
+def _allowed_formats(*, want_heif: bool) -> tuple[str, ...]:
+    """Pillow formats to try; HEIF only once pillow_heif is registered (Pillow raises otherwise)."""
+    if want_heif and _register_heif():
+        return (HEIF_FORMAT, *PILLOW_FORMATS)
+    return PILLOW_FORMATS
+
+
+@functools.cache
+def _register_heif() -> bool:
+    """Register pillow_heif with Pillow on first HEIF file; False when the extra is missing."""
+    try:
+        import pillow_heif  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+def _check_pixels(size: tuple[int, int], source: Path | str, max_megapixels: float) -> None:
+    """Refuse from the header alone, before any pixel memory is allocated."""
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageLoadError(source, f"image has no pixels ({width}x{height})")
+    megapixels = width * height / PIXELS_PER_MEGAPIXEL
+    if megapixels > max_megapixels:
+        raise ImageLoadError(
+            source,
+            f"{width}x{height} ({megapixels:.1f} MP) exceeds {MAX_MEGAPIXELS_FLAG} "
+            f"{max_megapixels:g} (decompression-bomb guard)",
+        )
+
+
+def _pillow_bomb_reason(exc: Exception, max_megapixels: float) -> str:
+    """Say which limit refused the image: ours when it is the lower one, else Pillow's."""
+    pillow_limit = Image.MAX_IMAGE_PIXELS or 0
+    if isinstance(exc, Image.DecompressionBombError):
+        pillow_limit *= 2  # Pillow warns above its limit and raises above twice that
+    if pillow_limit / PIXELS_PER_MEGAPIXEL >= max_megapixels:
+        return f"image exceeds {MAX_MEGAPIXELS_FLAG} {max_megapixels:g} (decompression-bomb guard)"
+    return (
+        f"image exceeds Pillow's decompression-bomb limit of {pillow_limit} pixels, "
+        f"which {MAX_MEGAPIXELS_FLAG} cannot raise (PIL.Image.MAX_IMAGE_PIXELS)"
+    )
+
+
+def _draft(img: ImageFile.ImageFile, target_size: int) -> None:
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale; Pillow keeps both sides >= target_size."""
+    if min(img.size) >= DRAFT_MIN_RATIO * target_size:
+        img.draft("RGB", (target_size, target_size))
+
+
+def _to_rgb(image: Image.Image, source: Path | str) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB, compositing transparency over white."""
+    if image.mode in WIDE_INT_MODES:
+        image = _wide_int_to_l(image)
+    elif image.mode == "F":
+        image = _float_to_l(image)
+    try:
+        if _has_alpha(image):
+            return _over_background(image.convert("RGBA"))
+        return image if image.mode == "RGB" else image.convert("RGB")
+    except ValueError as exc:
+        raise ImageLoadError(source, f"unsupported colour mode {image.mode}") from exc
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    """Alpha channel, transparent palette entry or colour key (tRNS) all count."""
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        return True
+    return image.mode == "P" and image.palette is not None and image.palette.mode == "RGBA"
+
+
+def _over_background(rgba: Image.Image) -> Image.Image:
+    """Flatten onto BACKGROUND_RGB instead of dropping alpha (which exposes hidden colours)."""
+    background = Image.new("RGBA", rgba.size, (*BACKGROUND_RGB, UINT8_MAX))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _wide_int_to_l(image: Image.Image) -> Image.Image:
+    """16/32-bit grey -> 8-bit by scaling, where Pillow's convert would clip to white."""
+    pixels = np.asarray(image).astype(np.float32)  # (H, W); float32 halves a 100 MP scan's peak
+    # Pillow stores 16-bit PNG/TIFF/PPM samples in "I" too, so 0..65535 reads as 16-bit.
+    if image.mode.startswith("I;16") or (pixels.min() >= 0 and pixels.max() <= UINT16_MAX):
+        pixels /= UINT16_MAX
+        return _l_from_unit(pixels)
+    return _l_from_unit(_stretch(pixels))
+
+
+def _float_to_l(image: Image.Image) -> Image.Image:
+    """Float grey -> 8-bit: [0, 1] and [0, 255] data keep their scale, other ranges stretch."""
+    pixels = np.asarray(image).astype(np.float32)  # (H, W)
+    np.nan_to_num(pixels, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = float(pixels.min()), float(pixels.max())
+    if low >= 0 and high <= 1:
+        return _l_from_unit(pixels)
+    if low >= 0 and high <= UINT8_MAX:
+        pixels /= UINT8_MAX
+        return _l_from_unit(pixels)
+    return _l_from_unit(_stretch(pixels))
+
+
+def _stretch(pixels: np.ndarray) -> np.ndarray:
+    """Map the data's own min..max onto 0..1 in place: such data has no fixed white point."""
+    low, high = float(pixels.min()), float(pixels.max())
+    pixels -= low
+    if high > low:
+        pixels /= high - low
+    return pixels
+
+
+def _l_from_unit(unit: np.ndarray) -> Image.Image:
+    """Float values in [0, 1] -> mode L image (the array is overwritten)."""
+    np.clip(unit, 0, 1, out=unit)
+    unit *= UINT8_MAX
+    np.rint(unit, out=unit)
+    return Image.fromarray(unit.astype(np.uint8))
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How an RGB image becomes a tensor; saved with the model so queries match training."""
+
+    image_size: int = 64
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    resize: str = "shorter_side_center_crop"  # or "squash"
+
+    def __post_init__(self) -> None:
+        """Refuse a config that would fail or divide by zero at the first image."""
+        if self.image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("mean and std need one value per RGB channel")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std values must be positive, got {self.std}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        data = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        """Inverse of to_dict; missing keys take defaults, unknown keys are an error."""
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown PreprocessConfig keys: {', '.join(unknown)}")
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**values)
+
+
+def preprocess(image: Image.Image, config: PreprocessConfig) -> torch.Tensor:
+    """RGB image -> normalised float32 (3, S, S); one function, so training and queries agree."""
+    if image.mode != "RGB":
+        raise ValueError(f"preprocess needs an RGB image (use open_image), got mode {image.mode}")
+    sized = _resize(image, config)
+    pixels = np.asarray(sized, dtype=np.float32) / UINT8_MAX  # (S, S, 3) in [0, 1]
+    mean = np.asarray(config.mean, dtype=np.float32)
+    std = np.asarray(config.std, dtype=np.float32)
+    normalised = (pixels - mean) / std  # (S, S, 3)
+    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))  # (3, S, S)
+
+
+def preprocess_batch(images: Sequence[Image.Image], config: PreprocessConfig) -> torch.Tensor:
+    """RGB images -> (B, 3, S, S) float32; an empty batch gives B = 0 rather than an error."""
+    if not images:
+        return torch.empty((0, 3, config.image_size, config.image_size), dtype=torch.float32)
+    return torch.stack([preprocess(image, config) for image in images])  # (B, 3, S, S)
+
+
+def _resize(image: Image.Image, config: PreprocessConfig) -> Image.Image:
+    """Bicubic resize to (S, S); rounding mirrors torchvision's Resize(S) + CenterCrop(S)."""
+    size = config.image_size
+    if config.resize == "squash":
+        return image.resize((size, size), Image.Resampling.BICUBIC)
+    width, height = image.size
+    if width <= height:
+        new_width, new_height = size, int(size * height / width)
+    else:
+        new_width, new_height = int(size * width / height), size
+    resized = image.resize((new_width, new_height), Image.Resampling.BICUBIC)
+    left = round((new_width - size) / 2.0)
+    top = round((new_height - size) / 2.0)
+    return resized.crop((left, top, left + size, top + size))

@@ -1,0 +1,352 @@
+"""Contrastive training of the dual encoder: a flat loop that reads top to bottom.
+
+Layout of an output folder: the best checkpoint (a complete model directory, usable as
+--model) at the top, and `last/` with the latest epoch plus optimizer state for --resume.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from indexer.config import ModelConfig, TrainConfig, write_json
+from indexer.data import Corpus
+from indexer.devices import resolve_device
+from indexer.evaluate import retrieval_metrics, rsum
+from indexer.images import ImageLoadError, PreprocessConfig, open_image, preprocess
+from indexer.loss import clip_loss
+from indexer.model import DualEncoder, build_model, load_model_dir, save_model_dir
+from indexer.tokenizer import (
+    SPM_MODEL_FILE,
+    load_tokenizer,
+    tokenize,
+    tokenizer_from_sentencepiece,
+    train_sentencepiece,
+    unknown_rate,
+)
+
+LAST_DIR = "last"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "trainer_state.json"
+# More than this share of <unk> tokens means the tokenizer is broken, not merely imperfect.
+MAX_UNKNOWN_RATE = 0.05
+
+
+class TrainError(RuntimeError):
+    """Training cannot start or continue; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """One epoch's mean loss, validation metrics (if a val split exists) and wall time."""
+
+    epoch: int
+    loss: float
+    metrics: dict[str, dict[str, float]] | None
+    seconds: float
+    is_best: bool
+
+
+@dataclass
+class TrainReport:
+    """What a training run did: epochs, the best one, images it could not read."""
+
+    out: Path
+    epochs: list[EpochResult] = field(default_factory=list)
+    skipped: list[ImageLoadError] = field(default_factory=list)
+    best_epoch: int | None = None
+
+
+@dataclass
+class PairData:
+    """Decoded training images with their captions, kept in memory as float16 pixels."""
+
+    pixels: torch.Tensor  # (images, 3, S, S) float16
+    captions: list[list[str]]
+
+
+def load_pairs(
+    corpus: Corpus, config: PreprocessConfig, *, skipped: list[ImageLoadError]
+) -> PairData:
+    """Decode every image of the corpus once (in threads); unreadable ones are skipped and listed."""
+    by_image = corpus.captions_by_image()
+    paths = list(by_image)
+
+    def decode(path: Path) -> torch.Tensor | ImageLoadError:
+        try:
+            image = open_image(path, target_size=config.image_size)
+            return preprocess(image, config).half()
+        except ImageLoadError as exc:
+            return exc
+
+    with ThreadPoolExecutor() as pool:
+        decoded = list(pool.map(decode, paths))
+    tensors, captions = [], []
+    for path, item in zip(paths, decoded, strict=True):
+        if isinstance(item, ImageLoadError):
+            skipped.append(item)
+            continue
+        tensors.append(item)
+        captions.append(by_image[path])
+    if not tensors:
+        raise TrainError(f"no readable images in {corpus.source}")
+    return PairData(torch.stack(tensors), captions)
+
+
+def build_tokenizer(
+    corpus: Corpus, config: ModelConfig, text_init: Path | None
+) -> tuple[Any, bytes | None]:
+    """The pretrained folder's tokenizer, or SentencePiece trained on the training captions."""
+    if text_init is not None:
+        return load_tokenizer(text_init), None
+    proto = train_sentencepiece(
+        (p.caption for p in corpus.pairs), vocab_size=config.text.vocab_size
+    )
+    tokenizer = tokenizer_from_sentencepiece(proto)
+    sample = [p.caption for p in corpus.pairs[:500]]
+    rate = unknown_rate(tokenizer, sample)
+    if rate > MAX_UNKNOWN_RATE:
+        raise TrainError(f"tokenizer maps {rate:.0%} of caption tokens to <unk>; it is broken")
+    return tokenizer, proto
+
+
+def param_groups(model: DualEncoder, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices only: biases, norms, embeddings' scales and the temperature are exempt."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        exempt = param.ndim < 2 or "logit_scale" in name or "norm" in name.lower()
+        (no_decay if exempt else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warmup then cosine decay to zero, as a LambdaLR multiplier."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def epoch_batches(
+    data: PairData, batch_size: int, rng: random.Random
+) -> list[tuple[list[int], list[str]]]:
+    """One caption per image per epoch, so no batch holds two positives for the same image."""
+    order = list(range(len(data.captions)))
+    rng.shuffle(order)
+    batches = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        if len(idx) < 2:
+            continue  # a contrastive batch needs at least one negative
+        batches.append((idx, [rng.choice(data.captions[i]) for i in idx]))
+    return batches
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: DualEncoder, tokenizer: Any, data: PairData, *, max_length: int, device: str
+) -> dict[str, dict[str, float]]:
+    """Recall@K both ways over every caption of every image in `data`."""
+    model.eval()
+    image_emb = torch.cat(
+        [
+            model.encode_image(data.pixels[i : i + 256].float().to(device))
+            for i in range(0, len(data.pixels), 256)
+        ]
+    )
+    captions = [c for caps in data.captions for c in caps]
+    owners = [i for i, caps in enumerate(data.captions) for _ in caps]
+    text_emb = []
+    for i in range(0, len(captions), 256):
+        tokens = tokenize(tokenizer, captions[i : i + 256], max_length=max_length)
+        text_emb.append(
+            model.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+        )
+    model.train()
+    return retrieval_metrics(image_emb.cpu().numpy(), torch.cat(text_emb).cpu().numpy(), owners)
+
+
+def train(
+    corpus: Corpus,
+    out: Path,
+    *,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    text_init: Path | None = None,
+    image_init: Path | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> TrainReport:
+    """Train on the corpus's train split (or all of it), evaluate on val each epoch, keep the best."""
+    device = resolve_device(device)
+    torch.manual_seed(train_config.seed)
+    report = TrainReport(out=out)
+    train_corpus = corpus.select("train") if "train" in corpus.splits() else corpus
+    val_corpus = corpus.select("val") if "val" in corpus.splits() else None
+
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None}
+    last = out / LAST_DIR
+    if resume and (last / STATE_FILE).is_file():
+        loaded = load_model_dir(last, device=device)
+        model, tokenizer, proto = (
+            loaded.model,
+            loaded.tokenizer,
+            _read_optional(last / SPM_MODEL_FILE),
+        )
+        state = json.loads((last / STATE_FILE).read_text())
+    elif resume:
+        raise TrainError(f"--resume: no checkpoint in {last}; start without --resume")
+    else:
+        tokenizer, proto = build_tokenizer(train_corpus, model_config, text_init)
+        model_config = replace(
+            model_config, text=replace(model_config.text, vocab_size=len(tokenizer))
+        )
+        model = build_model(model_config, text_init=text_init, image_init=image_init).to(device)
+    config = model.config
+
+    train_data = load_pairs(train_corpus, config.preprocess, skipped=report.skipped)
+    val_data = (
+        load_pairs(val_corpus, config.preprocess, skipped=report.skipped) if val_corpus else None
+    )
+
+    steps_per_epoch = math.ceil(len(train_data.captions) / train_config.batch_size)
+    total_steps = steps_per_epoch * train_config.epochs
+    optimizer = torch.optim.AdamW(
+        param_groups(model, train_config.weight_decay), lr=train_config.lr
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(train_config.warmup_steps, total_steps)
+    )
+    if resume:
+        _load_optimizer(optimizer, last)
+        scheduler.last_epoch = state["step"]  # the next step() continues the schedule
+
+    model.train()
+    for epoch in range(state["epoch"] + 1, train_config.epochs + 1):
+        started = time.perf_counter()
+        rng = random.Random(train_config.seed * 10_007 + epoch)  # resumable without saved RNG state
+        batches = epoch_batches(train_data, train_config.batch_size, rng)
+        losses = []
+        bar = tqdm(
+            batches, desc=f"epoch {epoch}/{train_config.epochs}", disable=not progress, leave=False
+        )
+        for idx, captions in bar:
+            pixels = train_data.pixels[idx].float().to(device)  # (batch, 3, S, S)
+            tokens = tokenize(tokenizer, captions, max_length=config.text.max_length)
+            image_emb, text_emb, scale = model(
+                pixels, tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
+            )
+            loss = clip_loss(image_emb, text_emb, scale)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            state["step"] += 1
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{loss.item():.3f}", temp=f"{1 / scale.item():.3f}")
+
+        metrics = (
+            evaluate_model(
+                model, tokenizer, val_data, max_length=config.text.max_length, device=device
+            )
+            if val_data
+            else None
+        )
+        score = rsum(metrics) if metrics else -float(np.mean(losses))
+        is_best = state["best"] is None or score > state["best"]
+        if is_best:
+            state["best"], state["best_epoch"] = score, epoch
+            save_model_dir(
+                model,
+                tokenizer,
+                out,
+                spm_proto=proto,
+                extra=_provenance(train_config, epoch, metrics),
+            )
+        state["epoch"] = epoch
+        _save_last(model, tokenizer, proto, optimizer, state, last, train_config, metrics)
+        result = EpochResult(
+            epoch, float(np.mean(losses)), metrics, time.perf_counter() - started, is_best
+        )
+        report.epochs.append(result)
+        if on_epoch:
+            on_epoch(result)
+    report.best_epoch = state["best_epoch"]
+    write_json(out / "train_config.json", train_config.to_dict())
+    return report
+
+
+def _provenance(train_config: TrainConfig, epoch: int, metrics: dict | None) -> dict[str, Any]:
+    return {"trained": {"epoch": epoch, "val": metrics, "train_config": train_config.to_dict()}}
+
+
+def _read_optional(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() else None
+
+
+def _save_last(
+    model: DualEncoder,
+    tokenizer: Any,
+    proto: bytes | None,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    last: Path,
+    train_config: TrainConfig,
+    metrics: dict | None,
+) -> None:
+    save_model_dir(
+        model,
+        tokenizer,
+        last,
+        spm_proto=proto,
+        extra=_provenance(train_config, state["epoch"], metrics),
+    )
+    tensors, groups = _flatten_optimizer(optimizer)
+    save_file(tensors, str(last / OPTIMIZER_FILE))
+    write_json(last / STATE_FILE, {**state, "param_groups": groups})
+
+
+def _flatten_optimizer(
+    optimizer: torch.optim.Optimizer,
+) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Optimizer state as flat tensors (safetensors) plus JSON hyper-parameters: no pickle."""
+    sd = optimizer.state_dict()
+    tensors = {
+        f"{param_id}.{name}": value.detach().clone().contiguous().cpu()
+        for param_id, slots in sd["state"].items()
+        for name, value in slots.items()
+        if isinstance(value, torch.Tensor)
+    }
+    return tensors, sd["param_groups"]
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, last: Path) -> None:
+    tensors = load_file(str(last / OPTIMIZER_FILE))
+    groups = json.loads((last / STATE_FILE).read_text())["param_groups"]
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        param_id, name = key.split(".", 1)
+        state.setdefault(int(param_id), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": groups})

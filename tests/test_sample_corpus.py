@@ -1,0 +1,313 @@
+"""The sample-corpus generator: counts, true captions, held-out pairs, determinism, reruns.
+
+The generator is a script, not a package module, so it is loaded from its file path. One tiny
+corpus (--scale 0.05, about 225 images) is built per module and shared by the read-only tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from PIL import Image
+
+GENERATOR_PATH = Path(__file__).resolve().parents[1] / "sample_corpus" / "generate.py"
+SCALE = 0.05
+# max(1, round(base * 0.05)) of (2600, 1000), (250, 100), (400, 150); Python rounds halves to even.
+EXPECTED_COUNTS = {
+    "train": {"single": 130, "multi": 50},
+    "val": {"single": 12, "multi": 5},
+    "test": {"single": 20, "multi": 8},
+}
+MIN_SIDE = 96
+# Written out here rather than imported, so a bug in the generator's vocabulary shows up.
+COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "black", "white")
+SHAPES = ("circle", "square", "triangle", "star", "hexagon")
+GRID = {
+    "top left": (0, 0), "top": (0, 1), "top right": (0, 2),
+    "left": (1, 0), "center": (1, 1), "right": (1, 2),
+    "bottom left": (2, 0), "bottom": (2, 1), "bottom right": (2, 2),
+}  # fmt: skip
+HELD_OUT = {
+    ("purple", "star"),
+    ("orange", "hexagon"),
+    ("green", "triangle"),
+    ("white", "circle"),
+    ("blue", "square"),
+}
+NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3}
+
+_COLOR = "|".join(COLORS)
+_SHAPE = "|".join(SHAPES)
+# Longest alternatives first so "top left" is not read as "top".
+_POSITION = "|".join(sorted(GRID, key=len, reverse=True))
+_REL = "above|below|left of|right of"
+CANONICAL_SINGLE = re.compile(rf"^a (small|large) ({_COLOR}) ({_SHAPE}) in the ({_POSITION})$")
+_OBJ = rf"(?:a|an|one) (?:(small|large) )?({_COLOR}) ({_SHAPE})"
+# "X rel Y" and "one X located rel one Y": X stands in the relation to Y.
+FORWARD = re.compile(rf"^{_OBJ}(?: located)? ({_REL}) {_OBJ}(?:,|;|$)")
+# "Y with X rel it": X stands in the relation to Y.
+WITH_IT = re.compile(rf"^{_OBJ} with {_OBJ} ({_REL}) it(?:;|$)")
+THIRD = re.compile(
+    rf"(?:, and|; also one) .*?({_COLOR}) ({_SHAPE})(?: (?:in|at) the ({_POSITION}))?$"
+)
+COUNTED = re.compile(
+    rf"\b(a|an|one|two|three) (?:(?:small|large) )?(?:(?:{_COLOR}) )?(?:{_SHAPE})s?\b"
+)
+
+Record = dict[str, Any]
+# (size or None, colour, shape) of an object as a caption names it.
+Named = tuple[str | None, str, str]
+
+
+def load_generator() -> ModuleType:
+    """Import sample_corpus/generate.py by path; registered so worker processes can find it."""
+    spec = importlib.util.spec_from_file_location("sample_corpus_generate", GENERATOR_PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(gen: ModuleType, out: Path, *extra: str) -> tuple[int, str]:
+    """Run the generator's CLI entry point; returns (exit code, stdout)."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = gen.main(["--out", str(out), "--scale", str(SCALE), *extra])
+    return code, buffer.getvalue()
+
+
+def read_records(corpus: Path) -> list[Record]:
+    """corpus.jsonl as a list of dicts."""
+    lines = (corpus / "corpus.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def by_image(records: list[Record]) -> dict[str, list[Record]]:
+    """Caption records grouped by image path, in file order."""
+    grouped: dict[str, list[Record]] = defaultdict(list)
+    for record in records:
+        grouped[record["image"]].append(record)
+    return grouped
+
+
+@pytest.fixture(scope="module")
+def gen() -> ModuleType:
+    return load_generator()
+
+
+@pytest.fixture(scope="module")
+def corpus(gen: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("corpus") / "sample"
+    code, stdout = run(gen, out, "--workers", "2")
+    assert code == 0, stdout
+    assert "images" in stdout and "captions" in stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def records(corpus: Path) -> list[Record]:
+    return read_records(corpus)
+
+
+@pytest.fixture(scope="module")
+def images(records: list[Record]) -> dict[str, list[Record]]:
+    return by_image(records)
+
+
+def test_counts_per_split_and_kind(corpus: Path, images: dict[str, list[Record]]) -> None:
+    counted: dict[str, dict[str, int]] = {s: {"single": 0, "multi": 0} for s in EXPECTED_COUNTS}
+    for recs in images.values():
+        counted[recs[0]["split"]][recs[0]["kind"]] += 1
+    assert counted == EXPECTED_COUNTS
+    manifest = json.loads((corpus / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["splits"] == ["train", "val", "test"]
+    assert manifest["seed"] == 0 and manifest["scale"] == SCALE
+    for split, kinds in EXPECTED_COUNTS.items():
+        assert {k: manifest["counts"][split][k] for k in kinds} == kinds
+        on_disk = list((corpus / "images" / split).iterdir())
+        assert len(on_disk) == sum(kinds.values())
+
+
+def test_records_are_consistent_per_image(images: dict[str, list[Record]]) -> None:
+    for path, recs in images.items():
+        split = recs[0]["split"]
+        assert re.fullmatch(rf"images/{split}/{split}_\d{{5}}\.(png|jpg)", path)
+        for key in ("split", "kind", "unseen", "objects"):
+            assert len({json.dumps(r[key]) for r in recs}) == 1, (path, key)
+        expected_lines = 4 if recs[0]["kind"] == "single" else 3
+        assert len(recs) == expected_lines, path
+        assert len({r["caption"] for r in recs}) == len(recs), f"{path}: repeated caption"
+
+
+def test_every_image_opens_at_full_size(corpus: Path, images: dict[str, list[Record]]) -> None:
+    suffixes = set()
+    for path in images:
+        with Image.open(corpus / path) as image:
+            image.load()
+            assert image.mode == "RGB"
+            assert image.width >= MIN_SIDE and image.height >= MIN_SIDE
+        suffixes.add(Path(path).suffix)
+    assert suffixes == {".png", ".jpg"}
+
+
+def test_single_images_have_one_true_canonical_caption(images: dict[str, list[Record]]) -> None:
+    for path, recs in images.items():
+        if recs[0]["kind"] != "single":
+            continue
+        canonical = [r["caption"] for r in recs if r["canonical"]]
+        assert len(canonical) == 1, path
+        match = CANONICAL_SINGLE.match(canonical[0])
+        assert match, canonical[0]
+        (obj,) = recs[0]["objects"]
+        assert match.groups() == (obj["size"], obj["color"], obj["shape"], obj["position"])
+
+
+def test_held_out_pairs_only_in_test(images: dict[str, list[Record]]) -> None:
+    test_unseen = {"single": 0, "multi": 0}
+    for recs in images.values():
+        pairs = {(o["color"], o["shape"]) for o in recs[0]["objects"]}
+        unseen = bool(pairs & HELD_OUT)
+        assert recs[0]["unseen"] == unseen
+        if recs[0]["split"] == "test":
+            test_unseen[recs[0]["kind"]] += unseen
+        else:
+            assert not unseen, recs[0]
+    # About half the test scenes of each kind show a held-out pair.
+    for kind, n in test_unseen.items():
+        assert 0 < n < EXPECTED_COUNTS["test"][kind], kind
+
+
+def test_every_colour_and_shape_is_trained(images: dict[str, list[Record]]) -> None:
+    train = [
+        o for recs in images.values() if recs[0]["split"] == "train" for o in recs[0]["objects"]
+    ]
+    assert {o["color"] for o in train} == set(COLORS)
+    assert {o["shape"] for o in train} == set(SHAPES)
+
+
+def find(objects: list[Record], size: str | None, color: str, shape: str) -> Record:
+    """The one object a relation caption names (relation scenes never repeat colour+shape)."""
+    found = [o for o in objects if (o["color"], o["shape"]) == (color, shape)]
+    assert len(found) == 1, (color, shape, objects)
+    assert size in (None, found[0]["size"])
+    return found[0]
+
+
+def relation_holds(first: Record, relation: str, second: Record) -> bool:
+    """Grid truth: above/below need strictly different rows, left/right different columns."""
+    (r1, c1), (r2, c2) = GRID[first["position"]], GRID[second["position"]]
+    return {"above": r1 < r2, "below": r1 > r2, "left of": c1 < c2, "right of": c1 > c2}[relation]
+
+
+def parse_relation(caption: str) -> tuple[Named, str, Named]:
+    """(first object, relation, second object) from any relation caption template."""
+    if match := FORWARD.match(caption):
+        g = match.groups()
+        return (g[0], g[1], g[2]), g[3], (g[4], g[5], g[6])
+    match = WITH_IT.match(caption)
+    assert match, f"no relation parsed from {caption!r}"
+    g = match.groups()
+    return (g[3], g[4], g[5]), g[6], (g[0], g[1], g[2])
+
+
+def check_third(caption: str, objects: list[Record]) -> None:
+    """A three-object relation caption names the third object, and its position when given."""
+    match = THIRD.search(caption)
+    assert match, f"third object missing from {caption!r}"
+    color, shape, position = match.groups()
+    third = find(objects, None, color, shape)
+    assert position in (None, third["position"])
+
+
+def check_count(caption: str, objects: list[Record]) -> None:
+    """Count captions name the shared colour and shape and add up to the number of objects."""
+    assert len({(o["color"], o["shape"]) for o in objects}) == 1
+    assert objects[0]["color"] in caption and objects[0]["shape"] in caption
+    total = sum(NUMBERS[m.group(1)] for m in COUNTED.finditer(caption))
+    assert total == len(objects), caption
+
+
+def test_multi_captions_are_true(images: dict[str, list[Record]]) -> None:
+    relations = 0
+    for recs in images.values():
+        objects = recs[0]["objects"]
+        if recs[0]["kind"] != "multi":
+            continue
+        assert len(objects) in (2, 3)
+        assert len({o["position"] for o in objects}) == len(objects)
+        for caption in (r["caption"] for r in recs):
+            if not re.search(rf"\b({_REL})\b", caption):
+                check_count(caption, objects)
+                continue
+            relations += 1
+            first, relation, second = parse_relation(caption)
+            assert relation_holds(find(objects, *first), relation, find(objects, *second)), caption
+            if len(objects) == 3:
+                check_third(caption, objects)
+    assert relations > 0
+
+
+def test_test_paraphrases_use_unseen_templates(records: list[Record]) -> None:
+    train_captions = {r["caption"] for r in records if r["split"] == "train"}
+    for record in records:
+        expected = "test" if record["split"] == "test" and not record["canonical"] else "train"
+        assert record["template"] == expected
+        if record["template"] == "test":
+            assert record["caption"] not in train_captions
+
+
+def test_same_seed_gives_identical_bytes(gen: ModuleType, corpus: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    code, _ = run(gen, again, "--workers", "1")
+    assert code == 0
+    assert (again / "corpus.jsonl").read_bytes() == (corpus / "corpus.jsonl").read_bytes()
+    for split in ("train", "val", "test"):
+        for path in sorted((corpus / "images" / split).iterdir())[:4]:
+            assert (again / "images" / split / path.name).read_bytes() == path.read_bytes()
+
+
+def test_other_seed_differs(gen: ModuleType, corpus: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    code, _ = run(gen, other, "--seed", "1", "--workers", "1")
+    assert code == 0
+    assert (other / "corpus.jsonl").read_bytes() != (corpus / "corpus.jsonl").read_bytes()
+
+
+def test_second_run_is_up_to_date(gen: ModuleType, corpus: Path) -> None:
+    before = (corpus / "corpus.jsonl").stat().st_mtime_ns
+    code, stdout = run(gen, corpus)
+    assert code == 0
+    assert "up to date" in stdout
+    assert (corpus / "corpus.jsonl").stat().st_mtime_ns == before
+
+
+def test_missing_image_triggers_rebuild(gen: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "sample"
+    assert run(gen, out, "--workers", "1")[0] == 0
+    victim = next((out / "images" / "val").iterdir())
+    victim.unlink()
+    code, stdout = run(gen, out, "--workers", "1")
+    assert code == 0 and "up to date" not in stdout
+    assert victim.is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp dirs left behind"
+
+
+def test_refuses_to_replace_a_foreign_folder(gen: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me", encoding="utf-8")
+    with contextlib.redirect_stderr(io.StringIO()):
+        code, _ = run(gen, out)
+    assert code != 0
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "keep me"
