@@ -92,12 +92,22 @@ class VectorStore:
         except RuntimeError as exc:
             raise KeyError(id_) from exc
 
-    def search(self, queries: np.ndarray, k: int) -> list[SearchResult]:
-        """Top-k by inner product for queries (q, dim); FAISS's -1 padding is dropped."""
-        if len(self) == 0 or k <= 0:
+    def search(
+        self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None
+    ) -> list[SearchResult]:
+        """Top-k by inner product for queries (q, dim); FAISS's -1 padding is dropped.
+
+        allowed_ids (n,) int64 restricts the search to those ids (e.g. files under one folder).
+        """
+        empty = allowed_ids is not None and len(allowed_ids) == 0
+        if len(self) == 0 or k <= 0 or empty:
             return [SearchResult(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        scores, ids = self.index.search(queries, min(k, len(self)))  # (q, k) each
+        params = None
+        if allowed_ids is not None:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+            params = faiss.SearchParameters(sel=selector)
+        scores, ids = self.index.search(queries, min(k, len(self)), params=params)  # (q, k) each
         return [SearchResult(s[i >= 0], i[i >= 0]) for s, i in zip(scores, ids, strict=True)]
 
     def save(self, path: Path) -> None:

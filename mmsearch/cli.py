@@ -273,6 +273,7 @@ def search_cmd(
     db: DbOption = None,
     model: ModelOption = None,
     k: Annotated[int, typer.Option("-k", "--k", help="Number of results.")] = 10,
+    under: Annotated[Path | None, typer.Option("--under", help="Only images below this folder.")] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help='Print {"results": [...]} as JSON.')
     ] = False,
@@ -285,9 +286,9 @@ def search_cmd(
         fail(f"--to must be image or text, not {to!r}", 2)
     with Engine.open(_db(db), model=model, device=device) as engine:
         if image is not None:
-            hits = engine.search_image(image, k=k, to=to)  # type: ignore[arg-type]
+            hits = engine.search_image(image, k=k, to=to, under=under)  # type: ignore[arg-type]
         else:
-            hits = engine.search_text(query or "", k=k)
+            hits = engine.search_text(query or "", k=k, under=under)
     if as_json:
         typer.echo(json.dumps({"results": [asdict(h) for h in hits]}))
         return

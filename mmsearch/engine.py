@@ -156,18 +156,23 @@ class Engine:
 
     # -- queries ---------------------------------------------------------------------------
 
-    def search_text(self, query: str, k: int = 10) -> list[ImageHit]:
-        """Images best matching a sentence."""
+    def search_text(self, query: str, k: int = 10, *, under: str | Path | None = None) -> list[ImageHit]:
+        """Images best matching a sentence (only files below `under` when given)."""
         vector = self.encode_query_text(query)
-        return self._image_hits(vector, _check_k(k))
+        return self._image_hits(vector, _check_k(k), under=under)
 
     def search_image(
-        self, image: str | Path | Image.Image, k: int = 10, to: Target = "image"
+        self,
+        image: str | Path | Image.Image,
+        k: int = 10,
+        to: Target = "image",
+        *,
+        under: str | Path | None = None,
     ) -> list[ImageHit] | list[TextHit]:
         """Images similar to an image (to="image"), or texts describing it (to="text")."""
         vector = self.encode_query_image(image)
         if to == "image":
-            return self._image_hits(vector, _check_k(k))
+            return self._image_hits(vector, _check_k(k), under=under)
         if to == "text":
             return self._text_hits(vector, _check_k(k))
         raise QueryError(f"to must be 'image' or 'text', not {to!r}")
@@ -191,13 +196,19 @@ class Engine:
         pixels = self.encoder.preprocess(image.convert("RGB")).unsqueeze(0)
         return self.encoder.encode_pixels(pixels)[0]
 
-    def _image_hits(self, vector: np.ndarray, k: int) -> list[ImageHit]:
-        result = self._images.refresh().search(vector[None, :], k)[0]
+    def _image_hits(self, vector: np.ndarray, k: int, *, under: str | Path | None = None) -> list[ImageHit]:
+        allowed = None if under is None else self._ids_under(under)
+        result = self._images.refresh().search(vector[None, :], k, allowed_ids=allowed)[0]
         with Session(self._sql) as session:
             rows = catalog.image_rows(session, [int(i) for i in result.ids])
         return _ranked(
             result.ids, result.scores, rows, lambda r, s, i, row: ImageHit(r, s, i, row.path)
         )
+
+    def _ids_under(self, folder: str | Path) -> np.ndarray:
+        with Session(self._sql) as session:
+            rows = catalog.images_under(session, os.path.abspath(folder))
+        return np.array([row.id for row in rows], dtype=np.int64)
 
     def _text_hits(self, vector: np.ndarray, k: int) -> list[TextHit]:
         result = self._texts.refresh().search(vector[None, :], k)[0]

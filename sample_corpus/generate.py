@@ -131,7 +131,7 @@ TAIL_FULL = ", and {full} in the {position}"
 TAIL_PLAIN = ", and {plain}"
 TAIL_TEST = "; also one {bare} at the {position}"
 # Count fields: count "two", desc_full "small green triangles" (size only when all sizes agree),
-# desc_plain "green triangles", plural, color, by_size "a small green triangle and a large ...".
+# plural, color, by_size "a small green triangle and a large green triangle".
 CANONICAL_COUNT = "{count} {desc_full}"
 TRAIN_COUNT_TEMPLATES = (
     "there are {count} {desc_full}",
@@ -333,9 +333,7 @@ def scaled_counts(scale: float) -> dict[str, dict[str, int]]:
     }
 
 
-def balanced_singles(
-    rng: random.Random, pairs: Sequence[tuple[str, str]], n: int
-) -> list[SceneObject]:
+def balanced_singles(rng: random.Random, pairs: Sequence[tuple[str, str]], *, n: int) -> list[SceneObject]:
     """Single objects that visit every pair once per round and each pair's size/position evenly.
 
     Every prefix of len(pairs) objects covers all pairs, so every colour and shape occurs even
@@ -358,7 +356,7 @@ def balanced_singles(
 
 
 def multi_objects(
-    rng: random.Random, pool: Sequence[tuple[str, str]], required: tuple[str, str] | None
+    rng: random.Random, pool: Sequence[tuple[str, str]], *, required: tuple[str, str] | None
 ) -> tuple[SceneObject, ...]:
     """Two or three objects in distinct cells; a count scene repeats one pair, else all differ.
 
@@ -380,24 +378,24 @@ def multi_objects(
 
 
 def split_objects(
-    rng: random.Random, split: str, counts: dict[str, int]
+    rng: random.Random, split: str, *, counts: dict[str, int]
 ) -> list[tuple[str, tuple[SceneObject, ...]]]:
     """(kind, objects) for every scene of a split, singles and multis shuffled together."""
     seen = seen_pairs()
     n_single, n_multi = counts["single"], counts["multi"]
     if split == "test":
         n_unseen = round(n_single * TEST_UNSEEN_FRACTION)
-        singles = balanced_singles(rng, HELD_OUT_PAIRS, n_unseen)
-        singles += balanced_singles(rng, seen, n_single - n_unseen)
+        singles = balanced_singles(rng, HELD_OUT_PAIRS, n=n_unseen)
+        singles += balanced_singles(rng, seen, n=n_single - n_unseen)
         n_multi_unseen = round(n_multi * TEST_UNSEEN_FRACTION)
         multis = [
-            multi_objects(rng, all_pairs(), rng.choice(HELD_OUT_PAIRS))
+            multi_objects(rng, all_pairs(), required=rng.choice(HELD_OUT_PAIRS))
             for _ in range(n_multi_unseen)
         ]
-        multis += [multi_objects(rng, seen, None) for _ in range(n_multi - n_multi_unseen)]
+        multis += [multi_objects(rng, seen, required=None) for _ in range(n_multi - n_multi_unseen)]
     else:
-        singles = balanced_singles(rng, seen, n_single)
-        multis = [multi_objects(rng, seen, None) for _ in range(n_multi)]
+        singles = balanced_singles(rng, seen, n=n_single)
+        multis = [multi_objects(rng, seen, required=None) for _ in range(n_multi)]
     scenes = [("single", (obj,)) for obj in singles] + [("multi", objs) for objs in multis]
     rng.shuffle(scenes)
     return scenes
@@ -419,7 +417,7 @@ def cell_center(position: str) -> tuple[float, float]:
     return (col + 0.5) * cell, (row + 0.5) * cell
 
 
-def place(rng: random.Random, obj: SceneObject, style: RenderStyle) -> Placement:
+def place(rng: random.Random, obj: SceneObject, *, style: RenderStyle) -> Placement:
     """Jittered centre, size and rotation for one object, clamped so it stays inside the image."""
     low, high = SIZE_FRACTION[obj.size]
     diameter = rng.uniform(low, high) * IMAGE_SIDE
@@ -443,11 +441,11 @@ def overlaps(placements: Sequence[Placement]) -> bool:
 
 
 def layout(
-    rng: random.Random, objects: tuple[SceneObject, ...], style: RenderStyle
+    rng: random.Random, objects: tuple[SceneObject, ...], *, style: RenderStyle
 ) -> tuple[tuple[SceneObject, ...], tuple[Placement, ...]]:
     """Place objects; while any overlap, redraw cells and sizes (keeping colours and shapes)."""
     for _ in range(MAX_LAYOUT_TRIES):
-        placements = tuple(place(rng, obj, style) for obj in objects)
+        placements = tuple(place(rng, obj, style=style) for obj in objects)
         if not overlaps(placements):
             return objects, placements
         cells = rng.sample(POSITIONS, len(objects))
@@ -482,7 +480,7 @@ def single_fields(obj: SceneObject) -> dict[str, str]:
     return {**obj._asdict(), "a": article(obj.color)}
 
 
-def single_captions(rng: random.Random, obj: SceneObject, template_set: str) -> tuple[Caption, ...]:
+def single_captions(rng: random.Random, obj: SceneObject, *, template_set: str) -> tuple[Caption, ...]:
     """The canonical caption plus SINGLE_PARAPHRASES distinct paraphrases from one template set."""
     templates = TRAIN_SINGLE_TEMPLATES if template_set == "train" else TEST_SINGLE_TEMPLATES
     fields = single_fields(obj)
@@ -530,14 +528,13 @@ def count_fields(objects: Sequence[SceneObject]) -> dict[str, str]:
         "color": color,
         "plural": plural,
         "desc_full": f"{sizes[0]} {color} {plural}" if uniform else f"{color} {plural}",
-        "desc_plain": f"{color} {plural}",
         # With one size the breakdown would repeat the canonical caption, so drop the size instead.
         "by_size": f"{count} {color} {plural}" if uniform else " and ".join(by_size),
     }
 
 
 def multi_captions(
-    rng: random.Random, objects: Sequence[SceneObject], template_set: str
+    rng: random.Random, objects: Sequence[SceneObject], *, template_set: str
 ) -> tuple[Caption, ...]:
     """Canonical relation or count caption plus MULTI_PARAPHRASES from one template set."""
     templates: Sequence[str]
@@ -581,15 +578,15 @@ def sample_background(rng: random.Random, style: RenderStyle) -> Background:
 
 
 def build_scene(
-    rng: random.Random, split: str, index: int, kind: str, objects: tuple[SceneObject, ...]
+    rng: random.Random, split: str, *, index: int, kind: str, objects: tuple[SceneObject, ...]
 ) -> Scene:
     """Fix layout, background, format, noise seed and captions of one scene."""
     style = SPLIT_STYLE[split]
-    objects, placements = layout(rng, objects, style)
+    objects, placements = layout(rng, objects, style=style)
     if kind == "single":
-        captions = single_captions(rng, objects[0], SPLIT_TEMPLATES[split])
+        captions = single_captions(rng, objects[0], template_set=SPLIT_TEMPLATES[split])
     else:
-        captions = multi_captions(rng, objects, SPLIT_TEMPLATES[split])
+        captions = multi_captions(rng, objects, template_set=SPLIT_TEMPLATES[split])
     suffix = "jpg" if rng.random() < style.jpeg_fraction else "png"
     return Scene(
         split=split,
@@ -609,12 +606,12 @@ def split_rng(seed: int, split: str) -> random.Random:
     return random.Random(f"{GENERATOR_NAME}:{seed}:{split}")
 
 
-def plan_split(seed: int, split: str, counts: dict[str, int]) -> list[Scene]:
+def plan_split(seed: int, split: str, *, counts: dict[str, int]) -> list[Scene]:
     """All scenes of one split, deterministic in (seed, split, counts)."""
     rng = split_rng(seed, split)
     return [
-        build_scene(rng, split, index, kind, objects)
-        for index, (kind, objects) in enumerate(split_objects(rng, split, counts))
+        build_scene(rng, split, index=index, kind=kind, objects=objects)
+        for index, (kind, objects) in enumerate(split_objects(rng, split, counts=counts))
     ]
 
 
@@ -645,10 +642,7 @@ def object_alpha(shape: str, placement: Placement) -> tuple[np.ndarray, int, int
     x0, y0 = math.floor(placement.cx) - half, math.floor(placement.cy) - half
     side = 2 * half + 1
     big = Image.new("L", (side * SUPERSAMPLE, side * SUPERSAMPLE), 0)
-    points = [
-        ((x - x0) * SUPERSAMPLE, (y - y0) * SUPERSAMPLE)
-        for x, y in shape_vertices(shape, placement)
-    ]
+    points = [((x - x0) * SUPERSAMPLE, (y - y0) * SUPERSAMPLE) for x, y in shape_vertices(shape, placement)]
     ImageDraw.Draw(big).polygon(points, fill=255)
     small = big.resize((side, side), Image.Resampling.LANCZOS)
     return np.asarray(small, dtype=np.float32) / MAX_BYTE, x0, y0
@@ -764,7 +758,7 @@ def save_all(scenes: Sequence[Scene], root: Path, workers: int) -> None:
 def write_corpus(root: Path, *, seed: int, scale: float, workers: int) -> tuple[int, int]:
     """Plan, render and write every split into `root`; returns (images, captions)."""
     counts = scaled_counts(scale)
-    scenes = {split: plan_split(seed, split, counts[split]) for split in SPLITS}
+    scenes = {split: plan_split(seed, split, counts=counts[split]) for split in SPLITS}
     everything = [scene for split in SPLITS for scene in scenes[split]]
     for split in SPLITS:
         (root / "images" / split).mkdir(parents=True)
@@ -860,9 +854,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="corpus folder to (re)build")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply scene counts (tests)")
-    parser.add_argument(
-        "--workers", type=int, default=DEFAULT_WORKERS, help="render processes (same bytes)"
-    )
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="render processes (same bytes)")
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error("--scale must be positive")
@@ -882,10 +874,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if report.up_to_date:
         print(f"{report.out}: up to date")
     else:
-        print(
-            f"{report.out}: {report.images} images, {report.captions} captions "
-            f"in {report.seconds:.1f} s"
-        )
+        print(f"{report.out}: {report.images} images, {report.captions} captions in {report.seconds:.1f} s")
     return 0
 
 

@@ -57,12 +57,8 @@ _OBJ = rf"(?:a|an|one) (?:(small|large) )?({_COLOR}) ({_SHAPE})"
 FORWARD = re.compile(rf"^{_OBJ}(?: located)? ({_REL}) {_OBJ}(?:,|;|$)")
 # "Y with X rel it": X stands in the relation to Y.
 WITH_IT = re.compile(rf"^{_OBJ} with {_OBJ} ({_REL}) it(?:;|$)")
-THIRD = re.compile(
-    rf"(?:, and|; also one) .*?({_COLOR}) ({_SHAPE})(?: (?:in|at) the ({_POSITION}))?$"
-)
-COUNTED = re.compile(
-    rf"\b(a|an|one|two|three) (?:(?:small|large) )?(?:(?:{_COLOR}) )?(?:{_SHAPE})s?\b"
-)
+THIRD = re.compile(rf"(?:, and|; also one) .*?({_COLOR}) ({_SHAPE})(?: (?:in|at) the ({_POSITION}))?$")
+COUNTED = re.compile(rf"\b(a|an|one|two|three) (?:(?:small|large) )?(?:(?:{_COLOR}) )?(?:{_SHAPE})s?\b")
 
 Record = dict[str, Any]
 # (size or None, colour, shape) of an object as a caption names it.
@@ -189,9 +185,7 @@ def test_held_out_pairs_only_in_test(images: dict[str, list[Record]]) -> None:
 
 
 def test_every_colour_and_shape_is_trained(images: dict[str, list[Record]]) -> None:
-    train = [
-        o for recs in images.values() if recs[0]["split"] == "train" for o in recs[0]["objects"]
-    ]
+    train = [o for recs in images.values() if recs[0]["split"] == "train" for o in recs[0]["objects"]]
     assert {o["color"] for o in train} == set(COLORS)
     assert {o["shape"] for o in train} == set(SHAPES)
 
