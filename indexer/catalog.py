@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     create_engine,
     delete,
     event,
@@ -30,6 +31,58 @@ SCHEMA_VERSION = 1
 CATALOG_FILE = "catalog.sqlite3"
 # How long a reader waits for a writer's commit before SQLite reports "database is locked".
 BUSY_TIMEOUT_MS = 30_000
+
+
+# Undecodable bytes in file names arrive from os.scandir as lone surrogates (U+DC80..U+DCFF),
+# which SQLite's UTF-8 text cannot hold; they are stored shifted into a private-use block
+# (U+10FE80..U+10FEFF) and shifted back on load, so prefix queries on folders still work.
+_SURROGATE_BASE = 0xDC80
+_PRIVATE_BASE = 0x10FE80
+_ESCAPE_SPAN = 0x80
+
+
+def encode_fs_path(path: str) -> str:
+    """A file-system str (maybe with surrogate escapes) as valid UTF-8 text for SQLite."""
+    return "".join(
+        chr(_PRIVATE_BASE + ord(c) - _SURROGATE_BASE)
+        if _SURROGATE_BASE <= ord(c) < _SURROGATE_BASE + _ESCAPE_SPAN
+        else c
+        for c in path
+    )
+
+
+def decode_fs_path(text: str) -> str:
+    """Inverse of encode_fs_path: the str os.open() accepts for the original bytes."""
+    return "".join(
+        chr(_SURROGATE_BASE + ord(c) - _PRIVATE_BASE)
+        if _PRIVATE_BASE <= ord(c) < _PRIVATE_BASE + _ESCAPE_SPAN
+        else c
+        for c in text
+    )
+
+
+class FsPath(TypeDecorator[str]):
+    """A path column that round-trips non-UTF-8 file names."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: object) -> str | None:
+        """Python -> SQLite."""
+        return None if value is None else encode_fs_path(value)
+
+    def process_result_value(self, value: str | None, dialect: object) -> str | None:
+        """SQLite -> Python."""
+        return None if value is None else decode_fs_path(value)
+
+    def process_literal_param(self, value: str | None, dialect: object) -> str:
+        """Literal rendering (not used by mmsearch, required by the interface)."""
+        return encode_fs_path(value or "")
+
+    @property
+    def python_type(self) -> type[str]:
+        """Plain str."""
+        return str
 
 
 class Base(DeclarativeBase):
@@ -49,8 +102,8 @@ class ImageRow(Base):
 
     __tablename__ = "images"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    path: Mapped[str] = mapped_column(String, unique=True, index=True)
-    root: Mapped[str] = mapped_column(String, index=True)
+    path: Mapped[str] = mapped_column(FsPath, unique=True, index=True)
+    root: Mapped[str] = mapped_column(FsPath, index=True)
     size: Mapped[int] = mapped_column(Integer)
     mtime_ns: Mapped[int] = mapped_column(Integer)
     content_hash: Mapped[str] = mapped_column(String, index=True)
@@ -63,8 +116,8 @@ class SkippedRow(Base):
     """A file that could not be indexed, remembered so an unchanged bad file is not decoded again."""
 
     __tablename__ = "skipped"
-    path: Mapped[str] = mapped_column(String, primary_key=True)
-    root: Mapped[str] = mapped_column(String, index=True)
+    path: Mapped[str] = mapped_column(FsPath, primary_key=True)
+    root: Mapped[str] = mapped_column(FsPath, index=True)
     size: Mapped[int] = mapped_column(Integer)
     mtime_ns: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text)
