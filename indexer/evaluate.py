@@ -19,6 +19,8 @@ from indexer.encoders import Encoder
 from indexer.scan import FileEntry
 
 RECALL_KS = (1, 5, 10)
+# Scene attributes a sample-corpus caption must name to count as fully specified.
+ATTRIBUTES = ("size", "color", "shape", "position")
 
 
 def best_target_ranks(scores: np.ndarray, targets: Sequence[Sequence[int]]) -> np.ndarray:
@@ -143,7 +145,38 @@ def _scene_breakdown(emb: CorpusEmbeddings) -> dict[str, Any]:
         for name, mask in (("seen", ~unseen), ("unseen", unseen)):
             if mask.any():
                 out[f"{kind}_{name}"] = _subset_summary(t2i, i2t, mask)
+        paraphrased = _paraphrase_ranks(emb, images, image_emb)
+        if len(paraphrased):
+            out[f"{kind}_new_phrasing"] = {"t2i": summarize_ranks(paraphrased), "n": len(paraphrased)}
     return out
+
+
+def _paraphrase_ranks(emb: CorpusEmbeddings, images: list[int], image_emb: np.ndarray) -> np.ndarray:
+    """Text->image ranks of test-only phrasings that still state every attribute of the scene.
+
+    Partial paraphrases ("a red star") match many scenes by design and are left out.
+    """
+    column = {image: j for j, image in enumerate(images)}
+    rows = [
+        i
+        for i, p in enumerate(emb.pairs)
+        if p.meta.get("template") == "test"
+        and not p.meta.get("canonical")
+        and emb.caption_to_image[i] in column
+        and _states_everything(p.caption, p.meta.get("objects") or [])
+    ]
+    if not rows:
+        return np.zeros(0, dtype=np.int64)
+    scores = emb.text_emb[rows] @ image_emb.T  # (captions, images)
+    return best_target_ranks(scores, [[column[emb.caption_to_image[i]]] for i in rows])
+
+
+def _states_everything(caption: str, objects: Sequence[Any]) -> bool:
+    words = f" {caption.lower()} "
+    return bool(objects) and all(
+        isinstance(o, dict) and all(f" {str(o.get(a, '')).lower()}" in words for a in ATTRIBUTES)
+        for o in objects
+    )
 
 
 def _subset_summary(t2i: np.ndarray, i2t: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
