@@ -12,8 +12,21 @@ STAMP := $(VENV)/.installed
 DEMO_CORPUS := sample_corpus/build
 DEMO_INDEX := .cache/demo-index
 export MMSEARCH_HOME ?= $(CURDIR)/.cache/home
+# open_clip lives in its own environment: the torchvision it pulls beside the pinned CPU torch
+# is a CUDA build that breaks `import torchvision` and transformers' model imports (README).
+OC_VENV := .venv-openclip
+OC_PY := $(OC_VENV)/bin/python
+OC_STAMP := $(OC_VENV)/.installed
+# Loaded before any conftest so the OpenCLIP tests can import that torchvision (test-only).
+OC_PYTEST := PYTHONPATH=tests/openclip $(OC_PY) -m pytest -q -p mmsearch_torchvision_shim
+EMOJI_CACHE := .cache/emoji
+EMOJI_CORPUS := $(EMOJI_CACHE)/corpus.jsonl
+EMOJI_MODEL := .cache/models/emoji
+# 12 epochs of the emoji config take ~11-18 min on 2 CPU cores; with eval, within 20 min.
+EMOJI_EPOCHS ?= 12
 
-.PHONY: install demo test lint bench clean sample-corpus default-model
+.PHONY: install demo test lint bench clean sample-corpus default-model browser-deps
+.PHONY: openclip-env test-openclip emoji-corpus emoji-model
 
 install: $(STAMP)
 
@@ -21,7 +34,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_SPEC)
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[dev,server]'
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[dev,server,browser]'
 	touch $(STAMP)
 
 sample-corpus: $(STAMP)
@@ -36,8 +49,49 @@ default-model: sample-corpus
 	    --out indexer/default_model --config sample-shapes --seed 0 --epochs 16
 	rm -rf indexer/default_model/last
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+test: $(STAMP) $(OC_STAMP) browser-deps
+	$(PY) -m pytest -q --ignore=tests/openclip
+	$(OC_PYTEST) tests/openclip
+
+openclip-env: $(OC_STAMP)
+
+$(OC_STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(OC_PY) || $(PYTHON) -m venv $(OC_VENV)
+	$(OC_PY) -m pip install --quiet -c $(CONSTRAINTS) --upgrade pip
+	$(OC_PY) -m pip install --quiet -c $(CONSTRAINTS) $(TORCH_SPEC)
+	$(OC_PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,openclip]'
+	touch $(OC_STAMP)
+
+test-openclip: $(OC_STAMP)
+	$(OC_PYTEST) tests/openclip
+
+# The emoji corpus: npm packs of three vendors' renderings, built into .cache (never committed).
+emoji-corpus: $(STAMP)
+	$(PY) -m indexer.emoji_corpus --cache $(EMOJI_CACHE) --out $(EMOJI_CORPUS)
+
+# Trains the native model on the emoji corpus, then scores held-out concepts (test) and a
+# vendor never seen in training (test_unseen_vendor); the numbers land beside the model.
+emoji-model: emoji-corpus
+	$(PY) -m mmsearch.cli train --corpus $(EMOJI_CORPUS) --out $(EMOJI_MODEL) --config emoji \
+	    --epochs $(EMOJI_EPOCHS) --seed 0 --device cpu
+	rm -rf $(EMOJI_MODEL)/last
+	for split in test test_unseen_vendor; do \
+	    $(PY) -m mmsearch.cli eval --corpus $(EMOJI_CORPUS) --split $$split \
+	        --model $(EMOJI_MODEL) --device cpu > $(EMOJI_MODEL)/eval-$$split.txt || exit 1; \
+	    cat $(EMOJI_MODEL)/eval-$$split.txt; \
+	done
+
+# Debian's chromium for tests/test_web_page.py (Playwright drives it; it downloads no browser).
+# Installed only if missing; without root or apt the reason is printed and that test skips.
+browser-deps:
+	@if [ -x /usr/bin/chromium ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	    echo "browser-deps: /usr/bin/chromium is missing and apt-get needs root:" \
+	        "run 'sudo apt-get install chromium' (the browser test is skipped until then)"; \
+	    exit 0; \
+	fi; \
+	(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	    || echo "browser-deps: 'apt-get install chromium' failed (see above); the browser test will skip"
 
 lint: $(STAMP)
 	$(PY) -m ruff check indexer mmsearch tests benchmarks sample_corpus
@@ -47,4 +101,4 @@ bench: sample-corpus
 	$(PY) benchmarks/run.py --out benchmarks/RESULTS.md
 
 clean:
-	rm -rf $(VENV) .cache $(DEMO_CORPUS) .pytest_cache
+	rm -rf $(VENV) $(OC_VENV) .cache $(DEMO_CORPUS) .pytest_cache

@@ -63,8 +63,14 @@ def ensure_photos(work: Path, *, count: int, megapixels: float, processes: int) 
     """`count` JPEGs of `megapixels` in work/photos-{count}-{M}mp/, generated in parallel once."""
     width, height = photo_dimensions(megapixels)
     folder = work / f"photos-{count}-{_megapixel_label(megapixels)}"
-    params = {"kind": "photos", "count": count, "width": width, "height": height,
-              "quality": JPEG_QUALITY, "noise_sigma": NOISE_SIGMA}
+    params = {
+        "kind": "photos",
+        "count": count,
+        "width": width,
+        "height": height,
+        "quality": JPEG_QUALITY,
+        "noise_sigma": NOISE_SIGMA,
+    }
     paths = _layout(folder, count, "photo", ".jpg")
     jobs = [(str(p), PHOTO_SEED + i, width, height) for i, p in enumerate(paths)]
     return _ensure(folder, paths, jobs, _write_photo, params, processes)
@@ -80,9 +86,7 @@ def ensure_small_files(work: Path, *, count: int, processes: int) -> GeneratedSe
 
 
 def _layout(folder: Path, count: int, stem: str, suffix: str) -> list[Path]:
-    return [
-        folder / f"d{i // FILES_PER_FOLDER:03d}" / f"{stem}_{i:06d}{suffix}" for i in range(count)
-    ]
+    return [folder / f"d{i // FILES_PER_FOLDER:03d}" / f"{stem}_{i:06d}{suffix}" for i in range(count)]
 
 
 Job = tuple[str, int, int, int]  # (path, seed, width, height)

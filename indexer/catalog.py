@@ -43,6 +43,8 @@ _ESCAPE_SPAN = 0x80
 
 def encode_fs_path(path: str) -> str:
     """A file-system str (maybe with surrogate escapes) as valid UTF-8 text for SQLite."""
+    if path.isascii():
+        return path  # the common case, without a per-character pass
     return "".join(
         chr(_PRIVATE_BASE + ord(c) - _SURROGATE_BASE)
         if _SURROGATE_BASE <= ord(c) < _SURROGATE_BASE + _ESCAPE_SPAN
@@ -53,6 +55,8 @@ def encode_fs_path(path: str) -> str:
 
 def decode_fs_path(text: str) -> str:
     """Inverse of encode_fs_path: the str os.open() accepts for the original bytes."""
+    if text.isascii():
+        return text
     return "".join(
         chr(_SURROGATE_BASE + ord(c) - _PRIVATE_BASE)
         if _PRIVATE_BASE <= ord(c) < _PRIVATE_BASE + _ESCAPE_SPAN
@@ -101,6 +105,9 @@ class ImageRow(Base):
     """One indexed image file; `id` is its FAISS id."""
 
     __tablename__ = "images"
+    # AUTOINCREMENT: SQLite would otherwise hand a deleted top id to the next insert in the same
+    # transaction, and a crash after the FAISS write would pair the old row with the new vector.
+    __table_args__ = ({"sqlite_autoincrement": True},)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     path: Mapped[str] = mapped_column(FsPath, unique=True, index=True)
     root: Mapped[str] = mapped_column(FsPath, index=True)
@@ -127,6 +134,9 @@ class TextRow(Base):
     """One indexed text (caption); `id` is its FAISS id in the text index."""
 
     __tablename__ = "texts"
+    # Never reuse a deleted id: a crash between FAISS and SQLite commits could otherwise pair
+    # a stale vector with a new row.
+    __table_args__ = ({"sqlite_autoincrement": True},)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     text: Mapped[str] = mapped_column(Text, unique=True)
     source: Mapped[str] = mapped_column(String)
@@ -134,6 +144,19 @@ class TextRow(Base):
         Integer, ForeignKey("images.id", ondelete="SET NULL"), nullable=True
     )
     added_at: Mapped[float] = mapped_column(Float)
+
+
+class DocTextRow(Base):
+    """An image's own text (caption, sidecar or metadata); its vector is in doc_texts.faiss
+    under the image's id. Deleting the image deletes it (ON DELETE CASCADE)."""
+
+    __tablename__ = "doc_texts"
+    image_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    text: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String)  # caption | sidecar | metadata
+    sidecar_mtime_ns: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -249,3 +272,30 @@ def delete_texts(session: Session, ids: Sequence[int]) -> None:
     """Delete text rows by id."""
     for i in range(0, len(ids), 900):
         session.execute(delete(TextRow).where(TextRow.id.in_(ids[i : i + 900])))
+
+
+def doc_text_rows(session: Session, ids: Sequence[int]) -> dict[int, DocTextRow]:
+    """Own-text rows for the given image ids (absent ids have no own text)."""
+    rows: dict[int, DocTextRow] = {}
+    for i in range(0, len(ids), 900):
+        chunk = ids[i : i + 900]
+        for row in session.scalars(select(DocTextRow).where(DocTextRow.image_id.in_(chunk))):
+            rows[row.image_id] = row
+    return rows
+
+
+def all_doc_text_ids(session: Session) -> set[int]:
+    """Image ids that have an own-text row (for reconciling with doc_texts.faiss)."""
+    return set(session.scalars(select(DocTextRow.image_id)))
+
+
+def delete_doc_texts(session: Session, ids: Sequence[int]) -> None:
+    """Delete own-text rows by image id."""
+    for i in range(0, len(ids), 900):
+        session.execute(delete(DocTextRow).where(DocTextRow.image_id.in_(ids[i : i + 900])))
+
+
+def forget_skipped(session: Session, paths: Sequence[str]) -> None:
+    """Drop remembered skip reasons for files that have now been indexed."""
+    for i in range(0, len(paths), 900):
+        session.execute(delete(SkippedRow).where(SkippedRow.path.in_(paths[i : i + 900])))

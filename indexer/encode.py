@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,7 +18,12 @@ import numpy as np
 import torch
 
 from indexer.encoders import Encoder
-from indexer.images import DEFAULT_MAX_MEGAPIXELS, ImageLoadError, decode_image_bytes
+from indexer.images import (
+    DEFAULT_MAX_MEGAPIXELS,
+    ImageLoadError,
+    MissingExtraError,
+    decode_image_bytes,
+)
 from indexer.scan import FileEntry
 
 # Batches decoded ahead of the encoder: enough to hide decode latency, bounded for memory.
@@ -37,10 +43,15 @@ class LoadedImage:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A file that was not indexed, and why (one line in the summary)."""
+    """A file that was not indexed, and why (one line in the summary).
+
+    retry: the failure is not about the file's bytes (a permission, a missing optional extra),
+    so it may be gone next run without the file changing; such skips are not remembered.
+    """
 
     path: str
     reason: str
+    retry: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,14 +84,17 @@ def load_file(
             f"not an image file type ({os.path.splitext(entry.path)[1] or 'no extension'})",
         )
     try:
+        # stat first: opening a FIFO blocks until a writer comes, reading a device never ends.
+        if not stat.S_ISREG(os.stat(entry.path).st_mode):
+            return Skipped(entry.path, "not a regular file")
         with open(entry.path, "rb") as fh:
             data = fh.read()
     except FileNotFoundError:
-        return Skipped(entry.path, "file vanished while indexing")
+        return Skipped(entry.path, "file vanished while indexing", retry=True)
     except PermissionError:
-        return Skipped(entry.path, "permission denied")
+        return Skipped(entry.path, "permission denied", retry=True)
     except OSError as exc:
-        return Skipped(entry.path, f"unreadable: {exc.strerror or exc}")
+        return Skipped(entry.path, f"unreadable: {exc.strerror or exc}", retry=True)
     try:
         image = decode_image_bytes(
             data,
@@ -90,6 +104,8 @@ def load_file(
         )
         width, height = image.size
         pixels = encoder.preprocess(image)
+    except MissingExtraError as exc:
+        return Skipped(entry.path, exc.reason, retry=True)
     except ImageLoadError as exc:
         return Skipped(entry.path, exc.reason)
     return LoadedImage(entry, pixels, file_hash(data), width, height)

@@ -6,7 +6,9 @@ the same on both sides by construction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -79,7 +81,7 @@ class NativeEncoder:
             self._encode_text_batch(texts[i : i + TEXT_BATCH_SIZE])
             for i in range(0, len(texts), TEXT_BATCH_SIZE)
         ]
-        return _as_faiss_array(torch.cat(chunks)) if chunks else self._empty()
+        return as_faiss_array(torch.cat(chunks)) if chunks else self._empty()
 
     def _encode_text_batch(self, texts: Sequence[str]) -> torch.Tensor:
         tokens = tokenize(self.loaded.tokenizer, texts, max_length=self.max_length)
@@ -93,22 +95,80 @@ class NativeEncoder:
         if len(pixels) == 0:
             return self._empty()
         with autocast_for(self.device):
-            return _as_faiss_array(self.loaded.model.encode_image(pixels.to(self.device)))
+            return as_faiss_array(self.loaded.model.encode_image(pixels.to(self.device)))
 
     def _empty(self) -> np.ndarray:
         return np.zeros((0, self.info.dim), dtype=np.float32)
 
 
-def _as_faiss_array(embeddings: torch.Tensor) -> np.ndarray:
-    """FAISS wants float32, C-contiguous; renormalise after any fp16 autocast rounding."""
+def as_faiss_array(embeddings: torch.Tensor) -> np.ndarray:
+    """(n, dim) embeddings -> (n, dim) float32, C-contiguous, renormalised after fp16 rounding."""
     array = embeddings.float().cpu().numpy()
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     return np.ascontiguousarray(array / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-def load_encoder(spec: str | Path | None, *, device: str = "auto") -> Encoder:
-    """An encoder from a model spec: None (the bundled default), a model directory, or openclip:ARCH."""
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """Local loads must never reach the Hugging Face Hub, even through a library default.
+
+    `local_files_only=True` covers transformers' own loaders; this also covers code we do not
+    control (open_clip's tokenizers). huggingface_hub reads HF_HUB_OFFLINE once, at import, so
+    the module constant is set beside the variable and both are restored afterwards.
+    """
+    import huggingface_hub.constants as hub_constants
+
+    saved_env = os.environ.get("HF_HUB_OFFLINE")
+    saved_flag = hub_constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = saved_flag
+        if saved_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved_env
+
+
+def is_openclip_spec(spec: str | Path | None) -> bool:
+    """True for `openclip:ARCH...` specs and for folders written by OpenCLIP fine-tuning."""
+    if spec is None:
+        return False
+    from indexer.openclip import OPENCLIP_PREFIX, is_openclip_dir  # no open_clip import here
+
+    return str(spec).startswith(OPENCLIP_PREFIX) or is_openclip_dir(Path(spec))
+
+
+def model_spec(
+    model: str | Path | None, *, checkpoint: Path | None = None, pretrained: str | None = None
+) -> str | None:
+    """Fold the CLI's --checkpoint/--pretrained into one --model spec (what an index records)."""
+    if checkpoint is None and pretrained is None:
+        return None if model is None else str(model)
+    if model is None or not str(model).startswith("openclip:"):
+        raise ModelLoadError(
+            "--checkpoint and --pretrained choose the weights of an OpenCLIP model: add "
+            "--model openclip:ARCH (e.g. --model openclip:ViT-B-32)"
+        )
+    from indexer.openclip import OpenClipSpec
+
+    return OpenClipSpec.parse(str(model), checkpoint=checkpoint, pretrained=pretrained).source()
+
+
+def load_encoder(
+    spec: str | Path | None,
+    *,
+    device: str = "auto",
+    checkpoint: Path | None = None,
+    pretrained: str | None = None,
+) -> Encoder:
+    """An encoder from a model spec: None (the bundled default), a model directory, openclip:ARCH
+    (with `checkpoint` or `pretrained`, or both folded into the spec), or a fine-tuned OpenCLIP folder.
+    """
     resolved_device = resolve_device(device)
+    spec = model_spec(spec, checkpoint=checkpoint, pretrained=pretrained)
     if spec is None:
         if not is_model_dir(DEFAULT_MODEL_DIR):
             raise ModelLoadError(
@@ -116,9 +176,10 @@ def load_encoder(spec: str | Path | None, *, device: str = "auto") -> Encoder:
                 "`make default-model` to train it, or pass --model DIR"
             )
         spec = DEFAULT_MODEL_DIR
-    text = str(spec)
-    if text.startswith("openclip:"):
+    if is_openclip_spec(spec):
         from indexer.openclip import load_openclip_encoder  # optional extra, imported lazily
 
-        return load_openclip_encoder(text, device=resolved_device)
-    return NativeEncoder(load_model_dir(Path(text), device=resolved_device), device=resolved_device)
+        return load_openclip_encoder(spec, device=resolved_device)
+    with hub_offline():
+        loaded = load_model_dir(Path(spec), device=resolved_device)
+    return NativeEncoder(loaded, device=resolved_device)

@@ -4,12 +4,16 @@ Layout of INDEX_DIR:
     catalog.sqlite3   metadata and ids (WAL mode; -wal/-shm beside it while open)
     images.faiss      image vectors, ids = images.id
     texts.faiss       text vectors, ids = texts.id
+    doc_texts.faiss   images' own-text vectors, ids = images.id (only images with own text)
     write.lock        held (flock) by the one writer; holds its PID
 
 Commit order for crash safety: rows are inserted (ids assigned) inside a transaction, the
 FAISS file is written atomically, then the transaction commits. A crash in between leaves FAISS
 ids with no row; they are removed when the next writer opens the index (reconcile), and
 readers ignore them. Rows without a vector are deleted too, so the next run encodes them again.
+An image's own-text vector is committed with its image vector (doc_texts.faiss is written after
+images.faiss, before the transaction commits); reconcile drops own-text vectors without a row and
+deletes images whose own-text row lost its vector, so the next run encodes both again.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ from sqlalchemy.orm import Session
 from indexer import catalog
 from indexer.catalog import ImageRow, TextRow
 from indexer.encoders import EncoderInfo
-from indexer.vectors import INDEX_TYPE, VectorStore
+from indexer.vectors import INDEX_TYPE, VectorStore, remove_temp_files
 
 IMAGES_FAISS = "images.faiss"
 TEXTS_FAISS = "texts.faiss"
+DOC_TEXTS_FAISS = "doc_texts.faiss"
 LOCK_FILE = "write.lock"
 
 
@@ -147,6 +152,7 @@ class IndexWriter:
         self.engine: SqlEngine | None = None
         self.images = VectorStore.create(1)
         self.texts = VectorStore.create(1)
+        self.doc_texts = VectorStore.create(1)
         self.repaired = 0
 
     def __enter__(self) -> IndexWriter:
@@ -157,6 +163,8 @@ class IndexWriter:
         try:
             self._open()
         except BaseException:
+            if self.engine is not None:
+                self.engine.dispose()
             self.lock.release()
             raise
         return self
@@ -167,6 +175,8 @@ class IndexWriter:
         self.lock.release()
 
     def _open(self) -> None:
+        for name in (IMAGES_FAISS, TEXTS_FAISS, DOC_TEXTS_FAISS):
+            remove_temp_files(self.index_dir / name)  # we hold the lock: no save is in flight
         self.engine = catalog.open_catalog(self.index_dir, create=True)
         with Session(self.engine) as session:
             rows = catalog.read_info(session)
@@ -190,6 +200,7 @@ class IndexWriter:
         dim = info.dim
         self.images = VectorStore.load(self.index_dir / IMAGES_FAISS, dim=dim)
         self.texts = VectorStore.load(self.index_dir / TEXTS_FAISS, dim=dim)
+        self.doc_texts = VectorStore.load(self.index_dir / DOC_TEXTS_FAISS, dim=dim)
         self.repaired = self._reconcile()
 
     def session(self) -> Session:
@@ -220,7 +231,25 @@ class IndexWriter:
                         catalog.delete_texts(session, ids)
                     session.commit()
                 repaired += len(orphans) + len(missing)
-        return repaired
+        return repaired + self._reconcile_doc_texts()
+
+    def _reconcile_doc_texts(self) -> int:
+        """After images are consistent: drop own-text vectors without a row (their image is gone
+        or never committed); an own-text row without a vector takes its image out, to re-encode."""
+        with self.session() as session:
+            rows = catalog.all_doc_text_ids(session)
+            vectors = set(self.ids_of(self.doc_texts))
+            orphans = sorted(vectors - rows)
+            missing = sorted(rows - vectors)
+            if orphans:
+                self.doc_texts.remove(orphans)
+                self.doc_texts.save(self.index_dir / DOC_TEXTS_FAISS)
+            if missing:
+                self.images.remove(missing)
+                self.images.save(self.index_dir / IMAGES_FAISS)
+                catalog.delete_images(session, missing)  # cascades to the own-text rows
+                session.commit()
+        return len(orphans) + len(missing)
 
     @staticmethod
     def ids_of(store: VectorStore) -> list[int]:
@@ -235,20 +264,33 @@ class IndexWriter:
         texts: tuple[list[int], np.ndarray] | None = None,
         removed_images: list[int] | None = None,
         removed_texts: list[int] | None = None,
+        doc_texts: tuple[list[int], np.ndarray] | None = None,
+        removed_doc_texts: list[int] | None = None,
     ) -> None:
-        """Apply vector changes, write FAISS atomically, then commit the SQL transaction."""
+        """Apply vector changes, write FAISS atomically, then commit the SQL transaction.
+
+        Removing an image also removes its own-text vector; `doc_texts` are (image ids, own-text
+        vectors (n, dim) float32) and `removed_doc_texts` drops own texts of images that stay.
+        """
         if removed_images:
             self.images.remove(removed_images)
         if removed_texts:
             self.texts.remove(removed_texts)
+        doc_changed = self.doc_texts.remove([*(removed_images or []), *(removed_doc_texts or [])])
         if images and images[0]:
             self.images.add(np.asarray(images[0], dtype=np.int64), images[1])
         if texts and texts[0]:
             self.texts.add(np.asarray(texts[0], dtype=np.int64), texts[1])
-        if images or removed_images:
+        if doc_texts and doc_texts[0]:
+            self.doc_texts.add(np.asarray(doc_texts[0], dtype=np.int64), doc_texts[1])
+            doc_changed += len(doc_texts[0])
+        # An unchanged store is not rewritten: every rewrite makes open Engines reload it.
+        if (images and images[0]) or removed_images:
             self.images.save(self.index_dir / IMAGES_FAISS)
-        if texts or removed_texts:
+        if (texts and texts[0]) or removed_texts:
             self.texts.save(self.index_dir / TEXTS_FAISS)
+        if doc_changed:
+            self.doc_texts.save(self.index_dir / DOC_TEXTS_FAISS)
         session.commit()
 
 
@@ -270,5 +312,11 @@ def check_compatible(info: IndexInfo, encoder: EncoderInfo, index_dir: Path) -> 
 
 def index_files(index_dir: Path) -> list[Path]:
     """The files that make up an index (for size on disk)."""
-    names = [catalog.CATALOG_FILE, catalog.CATALOG_FILE + "-wal", IMAGES_FAISS, TEXTS_FAISS]
+    names = [
+        catalog.CATALOG_FILE,
+        catalog.CATALOG_FILE + "-wal",
+        IMAGES_FAISS,
+        TEXTS_FAISS,
+        DOC_TEXTS_FAISS,
+    ]
     return [index_dir / n for n in names if (index_dir / n).exists()]

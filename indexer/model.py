@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AlbertConfig, AlbertModel, AlbertTokenizer, ResNetConfig, ResNetModel
@@ -52,7 +53,8 @@ class ImageTower(nn.Module):
         super().__init__()
         self.resnet = resnet
         self.coord_channels = coord_channels
-        self.proj = nn.Linear(resnet.config.hidden_sizes[-1], embed_dim, bias=False)
+        widths = list(resnet.config.hidden_sizes or [])
+        self.proj = nn.Linear(widths[-1], embed_dim, bias=False)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         if self.coord_channels:
@@ -167,14 +169,28 @@ def _resnet_from(source: Path, config: ModelConfig) -> ResNetModel:
         if source.is_dir():
             resnet = ResNetModel.from_pretrained(str(source), local_files_only=True)
         else:
-            resnet = ResNetModel(_resnet_config(replace(config, resnet_config=None)))
-            state = load_file(str(source))
-            resnet.load_state_dict(_strip_prefix(state, "resnet."), strict=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelLoadError(f"--image-init {source}: cannot load ResNet weights: {exc}") from exc
+            state = _strip_prefix(load_file(str(source)), "resnet.")
+            stem = state.get(STEM_WEIGHT)
+            # A bare state dict carries no architecture: the sizes come from --config's image
+            # tower, the input channels from the file (3 for standard weights, widened below).
+            kwargs = config.image.resnet_kwargs()
+            kwargs["num_channels"] = int(stem.shape[1]) if stem is not None else 3
+            resnet = ResNetModel(ResNetConfig(**kwargs))
+            resnet.load_state_dict(state, strict=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        hint = (
+            "" if source.is_dir() else " (a weights file has no architecture: its sizes must match "
+            "the image tower of --config, or pass a Hugging Face ResNet folder instead)"
+        )
+        raise ModelLoadError(
+            f"--image-init {source}: cannot load ResNet weights: {exc}{hint}"
+        ) from exc
     if config.image.coord_channels and resnet.config.num_channels == 3:
         _add_coordinate_inputs(resnet)
     return resnet
+
+
+STEM_WEIGHT = "embedder.embedder.convolution.weight"
 
 
 def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -183,7 +199,7 @@ def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
 
 def _add_coordinate_inputs(resnet: ResNetModel) -> None:
     """Widen a 3-channel stem to 5 with zero weights, so pretrained behaviour is unchanged at init."""
-    conv = resnet.embedder.embedder.convolution
+    conv: Any = resnet.embedder.embedder.convolution
     widened = nn.Conv2d(
         5, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +17,9 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from indexer import catalog
-from indexer.catalog import ImageRecord, ImageRow, SkippedRow, TextRow
+from indexer import calibration, catalog, doc_text
+from indexer.calibration import Calibration
+from indexer.catalog import DocTextRow, ImageRecord, ImageRow, SkippedRow, TextRow
 from indexer.encode import EncodedBatch, Skipped, encode_files, hash_file
 from indexer.encoders import Encoder
 from indexer.images import DEFAULT_MAX_MEGAPIXELS
@@ -45,6 +46,9 @@ class IndexReport:
     skipped: list[Skipped] = field(default_factory=list)
     repaired: int = 0
     encoded: int = 0
+    own_texts: int = 0  # images given (or given a new) own text: caption, sidecar or metadata
+    captions_unmatched: int = 0  # given captions naming no image found under the folders
+    calibrated: bool = False  # the random-pair score calibration was (re)computed
     elapsed_s: float = 0.0
 
     @property
@@ -62,6 +66,9 @@ class IndexReport:
             "unchanged": self.unchanged,
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
             "repaired": self.repaired,
+            "own_texts": self.own_texts,
+            "captions_unmatched": self.captions_unmatched,
+            "calibrated": self.calibrated,
             "indexed": self.new + self.changed,
             "elapsed_s": round(self.elapsed_s, 3),
             "images_per_s": round(self.images_per_s, 2),
@@ -83,6 +90,16 @@ class _Plan:
     to_encode: list[FileEntry] = field(default_factory=list)
     replaced: dict[str, int] = field(default_factory=dict)  # path -> old row id (changed files)
     vanished: list[ImageRow] = field(default_factory=list)
+    unchanged: list[tuple[FileEntry, int]] = field(default_factory=list)  # (file, row id)
+    sidecars: dict[str, int] = field(default_factory=dict)  # sidecar .txt path -> mtime_ns
+    captions: Mapping[str, str] = field(default_factory=dict)  # absolute path -> given caption
+    _roots: dict[str, str] | None = None
+
+    def root_of(self, path: str) -> str:
+        """The walk root a file to encode came from (built once, looked up per skipped file)."""
+        if self._roots is None:
+            self._roots = {e.path: e.root for e in self.to_encode}
+        return self._roots.get(path, os.path.dirname(path))
 
 
 ProgressFn = Callable[[int, int], None]  # (files done in this step, skipped so far)
@@ -96,20 +113,33 @@ def index_folders(
     options: IndexOptions = IndexOptions(),
     on_total: Callable[[int], None] | None = None,
     on_progress: ProgressFn | None = None,
+    captions: Mapping[str, str] | None = None,
 ) -> IndexReport:
-    """Bring the index in line with the folders: add, update, move and remove as needed."""
+    """Bring the index in line with the folders: add, update, move and remove as needed.
+
+    Each image's own text (captions[absolute path], else a sidecar .txt, else EXIF/XMP/IPTC
+    text) is embedded with the text tower and stored beside its image vector.
+    """
     started = time.perf_counter()
     folders = [_check_folder(r) for r in roots]
-    entries = [e for folder in folders for e in scan_folder(folder, options.scan)]
+    by_path: dict[str, FileEntry] = {}
+    for folder in folders:
+        for entry in _scan_nonempty(folder, options.scan):
+            by_path.setdefault(entry.path, entry)  # overlapping folders must not list a file twice
+    entries = list(by_path.values())
     report = IndexReport()
     with IndexWriter(index_dir, encoder.info) as writer:
         report.repaired = writer.repaired
         with writer.session() as session:
             plan = _classify(session, folders, entries, report)
             _apply_moves_and_removals(session, writer, plan, report)
+        plan.captions = {_caption_key(k): v for k, v in (captions or {}).items()}
+        report.captions_unmatched = len(set(plan.captions) - {e.path for e in entries})
+        _refresh_own_texts(writer, encoder, plan, report)
         if on_total:
             on_total(len(plan.to_encode))
         _encode_and_commit(writer, encoder, plan, options, report, on_progress)
+        report.calibrated = _calibrate_if_needed(writer, encoder)
     report.elapsed_s = time.perf_counter() - started
     return report
 
@@ -120,6 +150,21 @@ def _check_folder(root: Path) -> Path:
     if not root.is_dir():
         raise PipelineError(f"{root}: not a folder (mmsearch index takes a folder of photos)")
     return root.resolve()
+
+
+def _scan_nonempty(folder: Path, options: ScanOptions) -> list[FileEntry]:
+    """The folder's files; none with an image extension is an error, not "everything was deleted".
+
+    An unmounted drive or a mistyped path looks like an empty folder; indexing it would drop
+    every row under it, so the index is left untouched and removal has to be asked for.
+    """
+    entries = list(scan_folder(folder, options))
+    if not any(e.image_type for e in entries):
+        raise PipelineError(
+            f"{folder}: no image files found, nothing to index (the index is unchanged); "
+            f"to drop this folder's images from the index run `mmsearch remove {folder}`"
+        )
+    return entries
 
 
 def _classify(
@@ -134,16 +179,22 @@ def _classify(
     plan = _Plan(vanished=[row for path, row in known.items() if path not in seen])
     for path in [p for p in bad if p not in seen]:
         session.delete(bad[path])
+    sidecars = {c for e in entries if e.image_type for c in doc_text.sidecar_paths(e.path)}
     for entry in entries:
+        if not entry.image_type and entry.path in sidecars:
+            plan.sidecars[entry.path] = entry.mtime_ns  # an image's own text, not a skipped file
+            continue
         if not entry.image_type:
             report.skipped.append(Skipped(entry.path, _not_image_reason(entry.path)))
             continue
         row = known.get(entry.path)
         if row is not None and (row.size, row.mtime_ns) == (entry.size, entry.mtime_ns):
             report.unchanged += 1
+            plan.unchanged.append((entry, row.id))
         elif row is not None and _same_content(entry, row):
             row.size, row.mtime_ns = entry.size, entry.mtime_ns  # touched, not edited
             report.unchanged += 1
+            plan.unchanged.append((entry, row.id))
         elif (old := bad.get(entry.path)) is not None and (old.size, old.mtime_ns) == (
             entry.size,
             entry.mtime_ns,
@@ -181,25 +232,26 @@ def _apply_moves_and_removals(
     session: Session, writer: IndexWriter, plan: _Plan, report: IndexReport
 ) -> None:
     """A new file whose content matches a vanished row is that row, moved: no re-encoding."""
-    by_hash: dict[tuple[int, str], ImageRow] = {
-        (row.size, row.content_hash): row for row in plan.vanished
-    }
+    by_hash: dict[tuple[int, str], list[ImageRow]] = {}
+    for gone_row in plan.vanished:  # copies of one photo share a hash; each has its own row
+        by_hash.setdefault((gone_row.size, gone_row.content_hash), []).append(gone_row)
     sizes = {size for size, _ in by_hash}
-    still_to_encode = []
+    still_to_encode: list[FileEntry] = []
     for entry in plan.to_encode:
-        row = None
+        row: ImageRow | None = None
         if entry.path not in plan.replaced and entry.size in sizes:
             try:
-                row = by_hash.pop((entry.size, hash_file(entry.path)), None)
+                same = by_hash.get((entry.size, hash_file(entry.path)))
             except OSError:
-                row = None
+                same = None
+            row = same.pop() if same else None
         if row is None:
             still_to_encode.append(entry)
             continue
         row.path, row.root, row.mtime_ns = entry.path, entry.root, entry.mtime_ns
         report.moved += 1
     plan.to_encode = still_to_encode
-    gone = [row.id for row in by_hash.values()]
+    gone = [row.id for rows in by_hash.values() for row in rows]
     catalog.delete_images(session, gone)
     report.removed += len(gone)
     writer.commit_vectors(session, removed_images=gone)
@@ -225,6 +277,7 @@ def _encode_and_commit(
     pending_ids: list[int] = []
     pending_vectors: list[np.ndarray] = []
     pending_removed: list[int] = []
+    pending_docs = _PendingDocs()
     last_commit = time.perf_counter()
     try:
         for batch in batches:
@@ -232,13 +285,15 @@ def _encode_and_commit(
             pending_removed += removed
             pending_ids += ids
             pending_vectors.append(batch.vectors)
+            pending_docs.extend(_stage_own_texts(session, encoder, batch, ids, plan, report))
             if on_progress:
                 on_progress(len(batch.images) + len(batch.skipped), len(report.skipped))
             if time.perf_counter() - last_commit >= COMMIT_INTERVAL_S:
-                _commit(writer, session, pending_ids, pending_vectors, pending_removed)
+                _commit(writer, session, pending_ids, pending_vectors, pending_removed, pending_docs)
                 pending_ids, pending_vectors, pending_removed = [], [], []
+                pending_docs = _PendingDocs()
                 last_commit = time.perf_counter()
-        _commit(writer, session, pending_ids, pending_vectors, pending_removed)
+        _commit(writer, session, pending_ids, pending_vectors, pending_removed, pending_docs)
     finally:
         session.close()
 
@@ -265,11 +320,9 @@ def _stage_batch(
         for img in batch.images
     ]
     ids = catalog.insert_images(session, records)
-    for img in batch.images:
-        if (bad := session.get(SkippedRow, img.entry.path)) is not None:
-            session.delete(bad)
+    catalog.forget_skipped(session, [img.entry.path for img in batch.images])
     for skip in batch.skipped:
-        _remember_skip(session, skip, plan)
+        _remember_skip(session, skip, plan.root_of(skip.path))
         if skip.path in plan.replaced:  # an indexed file that turned bad: drop the stale vector
             removed.append(plan.replaced[skip.path])
             catalog.delete_images(session, [plan.replaced[skip.path]])
@@ -280,13 +333,14 @@ def _stage_batch(
     return removed, ids
 
 
-def _remember_skip(session: Session, skip: Skipped, plan: _Plan) -> None:
+def _remember_skip(session: Session, skip: Skipped, root: str) -> None:
+    if skip.retry:
+        return  # a fixed permission or an installed extra changes no size or mtime: try again
     try:
         st = os.stat(skip.path)
         size, mtime_ns = st.st_size, st.st_mtime_ns
     except OSError:
         return  # vanished or unreadable: nothing stable to remember it by
-    root = next((e.root for e in plan.to_encode if e.path == skip.path), os.path.dirname(skip.path))
     session.merge(
         SkippedRow(path=skip.path, root=root, size=size, mtime_ns=mtime_ns, reason=skip.reason)
     )
@@ -298,9 +352,159 @@ def _commit(
     ids: list[int],
     vectors: list[np.ndarray],
     removed: list[int],
+    docs: _PendingDocs | None = None,
 ) -> None:
     stacked = np.concatenate(vectors) if vectors else np.zeros((0, writer.images.dim), np.float32)
-    writer.commit_vectors(session, images=(ids, stacked), removed_images=removed)
+    doc_texts = docs.stacked(writer.images.dim) if docs else None
+    writer.commit_vectors(
+        session, images=(ids, stacked), removed_images=removed, doc_texts=doc_texts
+    )
+
+
+@dataclass
+class _PendingDocs:
+    """Own-text vectors staged with their images, committed in the same commit."""
+
+    ids: list[int] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+
+    def extend(self, staged: tuple[list[int], np.ndarray]) -> None:
+        """Add (image ids, own-text vectors (n, dim))."""
+        self.ids += staged[0]
+        self.vectors.append(staged[1])
+
+    def stacked(self, dim: int) -> tuple[list[int], np.ndarray]:
+        """(ids, (n, dim) float32) for commit_vectors."""
+        vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, dim), np.float32)
+        return self.ids, vectors
+
+
+def _stage_own_texts(
+    session: Session,
+    encoder: Encoder,
+    batch: EncodedBatch,
+    ids: list[int],
+    plan: _Plan,
+    report: IndexReport,
+) -> tuple[list[int], np.ndarray]:
+    """Own-text rows for a batch's new image rows; returns (image ids, text vectors (n, dim))."""
+    found = [
+        (image_id, doc_text.own_text(img.entry.path, caption=plan.captions.get(img.entry.path)))
+        for img, image_id in zip(batch.images, ids, strict=True)
+    ]
+    return _add_own_texts(session, encoder, [(i, t) for i, t in found if t is not None], report)
+
+
+def _add_own_texts(
+    session: Session,
+    encoder: Encoder,
+    texts: list[tuple[int, doc_text.OwnText]],
+    report: IndexReport,
+) -> tuple[list[int], np.ndarray]:
+    for image_id, own in texts:
+        session.add(
+            DocTextRow(
+                image_id=image_id,
+                text=own.text,
+                source=own.source,
+                sidecar_mtime_ns=own.sidecar_mtime_ns,
+            )
+        )
+    session.flush()
+    report.own_texts += len(texts)
+    if not texts:
+        return [], np.zeros((0, encoder.info.dim), np.float32)
+    return [i for i, _ in texts], encoder.encode_texts([own.text for _, own in texts])
+
+
+def _refresh_own_texts(
+    writer: IndexWriter, encoder: Encoder, plan: _Plan, report: IndexReport
+) -> None:
+    """Unchanged images whose own text changed (a new caption, an edited sidecar): re-embed only
+    the text, not the image."""
+    with writer.session() as session:
+        stored = catalog.doc_text_rows(session, [row_id for _, row_id in plan.unchanged])
+        stale = [
+            (entry, row_id)
+            for entry, row_id in plan.unchanged
+            if _own_text_stale(entry.path, stored.get(row_id), plan)
+        ]
+        if not stale:
+            return
+        old = [row_id for _, row_id in stale if row_id in stored]
+        catalog.delete_doc_texts(session, old)
+        found = [
+            (row_id, doc_text.own_text(entry.path, caption=plan.captions.get(entry.path)))
+            for entry, row_id in stale
+        ]
+        fresh = _add_own_texts(session, encoder, [(i, t) for i, t in found if t], report)
+        writer.commit_vectors(session, doc_texts=fresh, removed_doc_texts=old)
+
+
+def _caption_key(path: str) -> str:
+    """A caption's image path spelled like the scan spells it: folders resolved, name kept."""
+    absolute = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
+
+
+def _own_text_stale(path: str, stored: DocTextRow | None, plan: _Plan) -> bool:
+    caption = plan.captions.get(path)
+    if caption is not None:
+        return stored is None or (stored.source, stored.text) != ("caption", doc_text.clean_text(caption))
+    if stored is not None and stored.source == "caption":
+        return False  # a caption given earlier stays until another one is given
+    sidecar_mtime = doc_text.sidecar_state(path, plan.sidecars)
+    return sidecar_mtime != (stored.sidecar_mtime_ns if stored else None)
+
+
+def _calibrate_if_needed(writer: IndexWriter, encoder: Encoder) -> bool:
+    """Record random-pair score statistics when the index has none or changed meaningfully."""
+    with writer.session() as session:
+        current = calibration.read_calibration(session)
+        if not calibration.needs_calibration(
+            current, images=len(writer.images), doc_texts=len(writer.doc_texts)
+        ):
+            return False
+        _write_calibration(writer, session, encoder)
+    return True
+
+
+def _write_calibration(writer: IndexWriter, session: Session, encoder: Encoder) -> Calibration:
+    query = select(TextRow.id, TextRow.image_id).where(TextRow.image_id.is_not(None))
+    owners = {text_id: image_id for text_id, image_id in session.execute(query)}
+    sample = calibration.sample_index(
+        writer.images,
+        writer.texts,
+        writer.doc_texts,
+        text_owners={int(k): int(v) for k, v in owners.items() if v is not None},
+        encode_probes=encoder.encode_texts,
+    )
+    result = calibration.compute_calibration(sample)
+    calibration.write_calibration(session, result)
+    session.commit()
+    return result
+
+
+def calibrate_index(index_dir: Path, encoder: Encoder) -> Calibration:
+    """(Re)compute the index's random-pair score calibration now, whatever changed."""
+    with IndexWriter(index_dir, encoder.info) as writer, writer.session() as session:
+        if len(writer.images) < calibration.MIN_CALIBRATION_IMAGES:
+            raise PipelineError(
+                f"{index_dir} holds {len(writer.images)} images; calibration needs at least "
+                f"{calibration.MIN_CALIBRATION_IMAGES}: index more with `mmsearch index`"
+            )
+        return _write_calibration(writer, session, encoder)
+
+
+def _indexed_spellings(path: Path) -> list[str]:
+    """The path as given and as index_folders stored it (it resolves symlinks in the indexed folder)."""
+    absolute = os.path.abspath(path)
+    if os.path.isdir(absolute):
+        resolved = os.path.realpath(absolute)
+    else:  # the file may be gone already, and a symlinked file is stored under its own name
+        folder, name = os.path.split(absolute)
+        resolved = os.path.join(os.path.realpath(folder), name)
+    return list(dict.fromkeys([absolute, resolved]))
 
 
 def remove_images(index_dir: Path, paths: Sequence[Path]) -> int:
@@ -308,11 +512,12 @@ def remove_images(index_dir: Path, paths: Sequence[Path]) -> int:
     with IndexWriter(index_dir, None) as writer, writer.session() as session:
         ids: list[int] = []
         for path in paths:
-            absolute = os.path.abspath(path)
-            rows = catalog.images_by_path(session, [absolute]).values() or catalog.images_under(
-                session, absolute
-            )
+            spellings = _indexed_spellings(Path(path))
+            rows = list(catalog.images_by_path(session, spellings).values()) or [
+                row for s in spellings for row in catalog.images_under(session, s)
+            ]
             ids += [row.id for row in rows]
+        ids = list(dict.fromkeys(ids))  # a file named twice (or inside a named folder) counts once
         catalog.delete_images(session, ids)
         writer.commit_vectors(session, removed_images=ids)
     return len(ids)

@@ -73,10 +73,10 @@ def scan_folder(root: Path, options: ScanOptions = ScanOptions()) -> Iterator[Fi
             if options.exclude and _excluded(entry.path, root_str, options.exclude):
                 continue
             found = _file_entry(entry, root_str)
-            if found == "dir":
-                subfolders.append(entry.path)
-            elif found is not None:
+            if isinstance(found, FileEntry):
                 yield found
+            elif found == "dir":
+                subfolders.append(entry.path)
         stack.extend(reversed(subfolders))
 
 

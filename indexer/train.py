@@ -10,7 +10,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,12 +18,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from indexer.config import ModelConfig, TrainConfig, write_json
+from indexer.config import MAX_LOGIT_SCALE, ModelConfig, TrainConfig, write_json
 from indexer.data import Corpus
-from indexer.devices import resolve_device
+from indexer.devices import autocast_for, resolve_device
+from indexer.encoders import hub_offline
 from indexer.evaluate import retrieval_metrics, rsum
 from indexer.images import ImageLoadError, PreprocessConfig, open_image, preprocess
 from indexer.loss import clip_loss
@@ -42,6 +44,9 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 # More than this share of <unk> tokens means the tokenizer is broken, not merely imperfect.
 MAX_UNKNOWN_RATE = 0.05
+# Pretrained CLIP weights are destroyed by the from-scratch learning rate; fine-tuning uses
+# the small rate common for CLIP fine-tuning unless --lr says otherwise.
+FINETUNE_LR = 1e-5
 
 
 class TrainError(RuntimeError):
@@ -78,16 +83,24 @@ class PairData:
 
 
 def load_pairs(
-    corpus: Corpus, config: PreprocessConfig, *, skipped: list[ImageLoadError]
+    corpus: Corpus,
+    config: PreprocessConfig,
+    *,
+    skipped: list[ImageLoadError],
+    transform: Callable[[Image.Image], torch.Tensor] | None = None,
 ) -> PairData:
-    """Decode every image of the corpus once (in threads); unreadable ones are skipped and listed."""
+    """Decode every image of the corpus once (in threads); unreadable ones are skipped and listed.
+
+    `transform` replaces `preprocess(image, config)` for models that bring their own (OpenCLIP).
+    """
     by_image = corpus.captions_by_image()
     paths = list(by_image)
 
     def decode(path: Path) -> torch.Tensor | ImageLoadError:
         try:
             image = open_image(path, target_size=config.image_size)
-            return preprocess(image, config).half()
+            pixels = transform(image) if transform is not None else preprocess(image, config)
+            return pixels.half()
         except ImageLoadError as exc:
             return exc
 
@@ -124,7 +137,8 @@ def build_tokenizer(
 
 def param_groups(model: DualEncoder, weight_decay: float) -> list[dict[str, Any]]:
     """Decay matrices only: biases, norms, embeddings' scales and the temperature are exempt."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         exempt = param.ndim < 2 or "logit_scale" in name or "norm" in name.lower()
         (no_decay if exempt else decay).append(param)
@@ -167,22 +181,27 @@ def evaluate_model(
 ) -> dict[str, dict[str, float]]:
     """Recall@K both ways over every caption of every image in `data`."""
     model.eval()
-    image_emb = torch.cat(
-        [
-            model.encode_image(data.pixels[i : i + 256].float().to(device))
-            for i in range(0, len(data.pixels), 256)
-        ]
-    )
-    captions = [c for caps in data.captions for c in caps]
-    owners = [i for i, caps in enumerate(data.captions) for _ in caps]
-    text_emb = []
-    for i in range(0, len(captions), 256):
-        tokens = tokenize(tokenizer, captions[i : i + 256], max_length=max_length)
-        text_emb.append(
-            model.encode_text(tokens["input_ids"].to(device), tokens["attention_mask"].to(device))
+    with autocast_for(device):
+        image_emb = torch.cat(
+            [
+                model.encode_image(data.pixels[i : i + 256].float().to(device))
+                for i in range(0, len(data.pixels), 256)
+            ]
         )
+        captions = [c for caps in data.captions for c in caps]
+        owners = [i for i, caps in enumerate(data.captions) for _ in caps]
+        text_emb = []
+        for i in range(0, len(captions), 256):
+            tokens = tokenize(tokenizer, captions[i : i + 256], max_length=max_length)
+            text_emb.append(
+                model.encode_text(
+                    tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
+                )
+            )
     model.train()
-    return retrieval_metrics(image_emb.cpu().numpy(), torch.cat(text_emb).cpu().numpy(), owners)
+    return retrieval_metrics(
+        image_emb.float().cpu().numpy(), torch.cat(text_emb).float().cpu().numpy(), owners
+    )
 
 
 def train(
@@ -218,11 +237,13 @@ def train(
     elif resume:
         raise TrainError(f"--resume: no checkpoint in {last}; start without --resume")
     else:
-        tokenizer, proto = build_tokenizer(train_corpus, model_config, text_init)
-        model_config = replace(
-            model_config, text=replace(model_config.text, vocab_size=len(tokenizer))
-        )
-        model = build_model(model_config, text_init=text_init, image_init=image_init).to(device)
+        with hub_offline():  # --text-init/--image-init are local folders: never the Hub
+            tokenizer, proto = build_tokenizer(train_corpus, model_config, text_init)
+            model_config = replace(
+                model_config, text=replace(model_config.text, vocab_size=len(tokenizer))
+            )
+            model = build_model(model_config, text_init=text_init, image_init=image_init)
+        model = model.to(device)
     config = model.config
 
     train_data = load_pairs(train_corpus, config.preprocess, skipped=report.skipped)
@@ -241,6 +262,8 @@ def train(
     if resume:
         _load_optimizer(optimizer, last)
         scheduler.last_epoch = state["step"]  # the next step() continues the schedule
+    # fp16 autocast on CUDA needs loss scaling; on the CPU the scaler is a pass-through.
+    scaler = torch.amp.GradScaler("cuda", enabled=device.startswith("cuda"))
 
     model.train()
     for epoch in range(state["epoch"] + 1, train_config.epochs + 1):
@@ -254,14 +277,17 @@ def train(
         for idx, captions in bar:
             pixels = train_data.pixels[idx].float().to(device)  # (batch, 3, S, S)
             tokens = tokenize(tokenizer, captions, max_length=config.text.max_length)
-            image_emb, text_emb, scale = model(
-                pixels, tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
-            )
-            loss = clip_loss(image_emb, text_emb, scale)
+            with autocast_for(device):
+                image_emb, text_emb, scale = model(
+                    pixels, tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
+                )
+                loss = clip_loss(image_emb.float(), text_emb.float(), scale)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             state["step"] += 1
             losses.append(loss.item())
@@ -350,3 +376,133 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, last: Path) -> None:
         param_id, name = key.split(".", 1)
         state.setdefault(int(param_id), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def train_openclip(
+    corpus: Corpus,
+    out: Path,
+    *,
+    init: str | Path,
+    train_config: TrainConfig,
+    checkpoint: Path | None = None,
+    pretrained: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> TrainReport:
+    """Fine-tune an OpenCLIP model contrastively: same loss, schedule and best-by-val choice.
+
+    `init` is openclip:ARCH (weights from `checkpoint` or `pretrained`) or a folder from an
+    earlier fine-tune. OUT gets open_clip's local-dir layout, usable as --model OUT.
+    """
+    from indexer.openclip import load_openclip, save_openclip_dir  # optional extra
+
+    device = resolve_device(device)
+    torch.manual_seed(train_config.seed)
+    report = TrainReport(out=out)
+    train_corpus = corpus.select("train") if "train" in corpus.splits() else corpus
+    val_corpus = corpus.select("val") if "val" in corpus.splits() else None
+    loaded = load_openclip(init, device=device, checkpoint=checkpoint, pretrained=pretrained)
+    model = loaded.model
+    # The transform's size is what the images are decoded for (draft mode) and resized to.
+    decode_config = PreprocessConfig(image_size=_max_side(loaded.preprocess_cfg["size"]))
+    train_data = load_pairs(
+        train_corpus, decode_config, skipped=report.skipped, transform=loaded.transform
+    )
+    val_data = (
+        load_pairs(val_corpus, decode_config, skipped=report.skipped, transform=loaded.transform)
+        if val_corpus
+        else None
+    )
+
+    total_steps = math.ceil(len(train_data.captions) / train_config.batch_size) * train_config.epochs
+    optimizer = torch.optim.AdamW(
+        param_groups(model, train_config.weight_decay), lr=train_config.lr
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(train_config.warmup_steps, total_steps)
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=device.startswith("cuda"))
+    best: float | None = None
+
+    model.train()
+    for epoch in range(1, train_config.epochs + 1):
+        started = time.perf_counter()
+        rng = random.Random(train_config.seed * 10_007 + epoch)
+        losses = []
+        batches = epoch_batches(train_data, train_config.batch_size, rng)
+        bar = tqdm(
+            batches, desc=f"epoch {epoch}/{train_config.epochs}", disable=not progress, leave=False
+        )
+        for idx, captions in bar:
+            pixels = train_data.pixels[idx].float().to(device)  # (batch, 3, S, S)
+            tokens = loaded.tokenizer(captions).to(device)  # (batch, context)
+            with autocast_for(device):
+                image_emb = model.encode_image(pixels, normalize=True)  # (batch, dim)
+                text_emb = model.encode_text(tokens, normalize=True)  # (batch, dim)
+                scale = model.logit_scale.exp().squeeze()  # scalar
+                loss = clip_loss(image_emb.float(), text_emb.float(), scale.float())
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            with torch.no_grad():  # CLIP's cap on the temperature, as open_clip's own loop does
+                model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+
+        metrics = (
+            _evaluate_openclip(model, loaded.tokenizer, val_data, device=device)
+            if val_data
+            else None
+        )
+        score = rsum(metrics) if metrics else -float(np.mean(losses))
+        is_best = best is None or score > best
+        if is_best:
+            best, report.best_epoch = score, epoch
+            model.eval()
+            save_openclip_dir(loaded, out, extra=_provenance(train_config, epoch, metrics))
+            model.train()
+        result = EpochResult(
+            epoch, float(np.mean(losses)), metrics, time.perf_counter() - started, is_best
+        )
+        report.epochs.append(result)
+        if on_epoch:
+            on_epoch(result)
+    model.eval()
+    write_json(out / "train_config.json", train_config.to_dict())
+    return report
+
+
+def _max_side(size: int | Sequence[int]) -> int:
+    return max(size) if isinstance(size, Sequence) else int(size)
+
+
+@torch.no_grad()
+def _evaluate_openclip(
+    model: Any, tokenizer: Any, data: PairData, *, device: str
+) -> dict[str, dict[str, float]]:
+    """Recall@K both ways over every caption of every image in `data` (OpenCLIP model)."""
+    model.eval()
+    captions = [c for caps in data.captions for c in caps]
+    owners = [i for i, caps in enumerate(data.captions) for _ in caps]
+    with autocast_for(device):
+        image_emb = torch.cat(
+            [
+                model.encode_image(data.pixels[i : i + 256].float().to(device), normalize=True)
+                for i in range(0, len(data.pixels), 256)
+            ]
+        )  # (images, dim)
+        text_emb = torch.cat(
+            [
+                model.encode_text(tokenizer(captions[i : i + 256]).to(device), normalize=True)
+                for i in range(0, len(captions), 256)
+            ]
+        )  # (captions, dim)
+    model.train()
+    return retrieval_metrics(
+        image_emb.float().cpu().numpy(), text_emb.float().cpu().numpy(), owners
+    )

@@ -7,14 +7,18 @@ id, which is what an editable personal photo index needs. Files are replaced ato
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
+from indexer.devices import warn_once
+
 INDEX_TYPE = "IDMap2,FlatIP"
+# save() writes PATH.tmp-PID and renames it over PATH; a killed save leaves the temp file behind.
+TEMP_MARK = ".tmp-"
 
 
 class VectorStoreError(RuntimeError):
@@ -35,10 +39,17 @@ def gpu_available() -> bool:
 
 
 class VectorStore:
-    """An editable exact inner-product index keyed by int64 ids."""
+    """An editable exact inner-product index keyed by int64 ids.
 
-    def __init__(self, index: faiss.Index) -> None:
-        self.index = index
+    `cpu` is set on a GPU copy (see `to_search_device`): the CPU store it came from, which
+    answers id-restricted searches (FAISS's GPU indexes take no IDSelector) and is what is saved.
+    """
+
+    def __init__(self, index: faiss.Index, *, cpu: VectorStore | None = None) -> None:
+        self.cpu = cpu
+        self.gpu_resources: Any = None  # kept alive beside a GPU index that uses them
+        # faiss's SWIG stubs know only the base Index; IDMap2 methods are typed as Any here.
+        self.index: Any = index
 
     @classmethod
     def create(cls, dim: int) -> VectorStore:
@@ -88,7 +99,7 @@ class VectorStore:
     def reconstruct(self, id_: int) -> np.ndarray:
         """The stored vector (dim,) of one id; KeyError if absent."""
         try:
-            return self.index.reconstruct(int(id_))
+            return np.asarray(self.index.reconstruct(int(id_)), dtype=np.float32)
         except RuntimeError as exc:
             raise KeyError(id_) from exc
 
@@ -103,16 +114,20 @@ class VectorStore:
         if len(self) == 0 or k <= 0 or empty:
             return [SearchResult(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if allowed_ids is not None and self.cpu is not None:
+            return self.cpu.search(queries, k, allowed_ids=allowed_ids)
         params = None
         if allowed_ids is not None:
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
-            params = faiss.SearchParameters(sel=selector)
+            params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
         scores, ids = self.index.search(queries, min(k, len(self)), params=params)  # (q, k) each
         return [SearchResult(s[i >= 0], i[i >= 0]) for s, i in zip(scores, ids, strict=True)]
 
     def save(self, path: Path) -> None:
         """Write atomically: temp file, fsync, rename, fsync the folder."""
-        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        if self.cpu is not None:
+            raise VectorStoreError("a GPU search copy is never saved: save its CPU store")
+        tmp = path.with_name(f"{path.name}{TEMP_MARK}{os.getpid()}")
         faiss.write_index(self.index, str(tmp))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -124,15 +139,26 @@ class VectorStore:
             os.close(dir_fd)
 
 
+def remove_temp_files(path: Path) -> int:
+    """Delete what interrupted saves of `path` left; only safe while no save can be running."""
+    stale = list(path.parent.glob(f"{path.name}{TEMP_MARK}*"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
+
+
 def to_search_device(store: VectorStore, *, use_gpu: bool) -> VectorStore:
-    """A GPU copy for searching when asked and possible; the saved form always stays on the CPU."""
-    if not use_gpu:
+    """A GPU copy for searching when asked and possible; the saved form always stays on the CPU.
+
+    Building needs no GPU: adding to a flat index is a memory copy, the cost of building is the
+    encoding (which `--device cuda` runs on the GPU), and the file written is the CPU form.
+    """
+    if not use_gpu or store.cpu is not None:
         return store
     if not gpu_available():
-        warnings.warn(
-            "FAISS GPU not available (install mmsearch[gpu] on a CUDA machine); using CPU",
-            stacklevel=2,
-        )
+        warn_once("FAISS GPU not available (install mmsearch[gpu] on a CUDA machine); using the CPU")
         return store
     resources = faiss.StandardGpuResources()
-    return VectorStore(faiss.index_cpu_to_gpu(resources, 0, store.index))
+    gpu = VectorStore(faiss.index_cpu_to_gpu(resources, 0, store.index), cpu=store)
+    gpu.gpu_resources = resources  # the GPU index must not outlive the memory it was given
+    return gpu

@@ -70,9 +70,9 @@ def main() -> None:
         example = next(iter(sorted(photos.iterdir())))
         print(f"\nsearch --image {example} --to text")
         print(f"       (the image shows: {truth.get(str(example.resolve()), '?')})")
-        for hit in engine.search_image(example, k=SHOWN, to="text"):
-            assert isinstance(hit, TextHit)
-            print(f"  {hit.rank}. {hit.score:.3f}  {hit.text}")
+        for text_hit in engine.search_image(example, k=SHOWN, to="text"):
+            assert isinstance(text_hit, TextHit)
+            print(f"  {text_hit.rank}. {text_hit.score:.3f}  {text_hit.text}")
     print(f"\nTry it yourself: .venv/bin/mmsearch search \"a small white circle\" --db {args.db}")
 
 

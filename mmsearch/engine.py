@@ -6,21 +6,26 @@ do, and the CLI and HTTP layers turn them into exit codes and status codes.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from PIL import Image
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from indexer import catalog
-from indexer.catalog import ImageRow, TextRow
+from indexer.calibration import Calibration, read_calibration
+from indexer.catalog import DocTextRow, ImageRow, TextRow
 from indexer.encoders import Encoder, load_encoder
 from indexer.images import ImageLoadError, open_image
 from indexer.index_store import (
+    DOC_TEXTS_FAISS,
     IMAGES_FAISS,
     TEXTS_FAISS,
     IndexInfo,
@@ -35,14 +40,31 @@ from indexer.pipeline import (
     IndexReport,
     TextsReport,
     add_texts,
+    calibrate_index,
     index_folders,
     remove_images,
 )
-from indexer.vectors import VectorStore
+from indexer.vectors import VectorStore, VectorStoreError, to_search_device
+from mmsearch.query import (
+    DEFAULT_TEXT_WEIGHT,
+    QuerySpecError,
+    QueryTerm,
+    Relevance,
+    Scored,
+    TermKind,
+    combine,
+    cut,
+    judge,
+    main_kind,
+    plain,
+    score_documents,
+)
 
 # Guards against accidental huge requests; FAISS itself would happily return millions.
 MAX_K = 1000
 MAX_QUERY_CHARS = 1000
+# SQLite INTEGER keys (and FAISS int64 ids) are signed 64-bit; a larger id cannot name a row.
+MAX_IMAGE_ID = 2**63 - 1
 
 Target = Literal["image", "text"]
 
@@ -57,6 +79,10 @@ class IndexUnavailableError(EngineError):
 
 class QueryError(EngineError):
     """A query that cannot be answered as given (empty text, unreadable image, bad k)."""
+
+
+class ImageNotFoundError(EngineError):
+    """No indexed image has the given id (never indexed, or removed since)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +106,37 @@ class TextHit:
 
 
 @dataclass(frozen=True)
+class IndexedImage:
+    """One indexed file as the catalogue records it; size and mtime_ns are as of indexing."""
+
+    id: int
+    path: str
+    root: str
+    size: int
+    mtime_ns: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class SearchResults:
+    """Hits, and each hit's relevance (parallel to hits) when the index has a calibration."""
+
+    hits: list[ImageHit] | list[TextHit]
+    relevance: list[Relevance] | None
+
+    def to_json(self) -> dict[str, object]:
+        """{"results": [...]} as --json prints it, plus "relevance" when known."""
+        hits: list[ImageHit | TextHit] = list(self.hits)
+        out: dict[str, object] = {"results": [asdict(h) for h in hits]}
+        if self.relevance is not None:
+            out["relevance"] = [
+                {"id": h.id, **asdict(r)} for h, r in zip(hits, self.relevance, strict=True)
+            ]
+        return out
+
+
+@dataclass(frozen=True)
 class IndexStats:
     """What `mmsearch info` shows."""
 
@@ -97,26 +154,45 @@ class IndexStats:
 
 
 class _Snapshot:
-    """A FAISS file as loaded, reloaded when a writer has atomically replaced it."""
+    """A FAISS file as loaded, reloaded when a writer has atomically replaced it.
 
-    def __init__(self, path: Path, dim: int) -> None:
+    Safe to share between threads (the HTTP service queries from a thread pool): one thread
+    reloads while the others keep answering from the snapshot they already have, so a reader
+    never waits for a reload and N readers never load the same new file N times over.
+    """
+
+    def __init__(self, path: Path, dim: int, *, use_gpu: bool = False) -> None:
         self.path = path
         self.dim = dim
+        self.use_gpu = use_gpu  # search a FAISS GPU copy when possible (see to_search_device)
         self.stamp: tuple[int, int] | None = None
         self.store = VectorStore.create(dim)
+        self._reload_lock = threading.Lock()
         self.refresh()
 
     def refresh(self) -> VectorStore:
         """Reload if the file on disk is a different one than last time (cheap stat per query)."""
+        if self._stamp() == self.stamp:
+            return self.store
+        if not self._reload_lock.acquire(blocking=False):
+            return self.store  # another thread is loading the new file; answer from this one
+        try:
+            stamp = self._stamp()  # again under the lock: another thread may have just loaded it
+            if stamp != self.stamp:
+                # Store first, then stamp: a reader that sees the new stamp gets the new store.
+                loaded = VectorStore.load(self.path, dim=self.dim)
+                self.store = to_search_device(loaded, use_gpu=self.use_gpu)
+                self.stamp = stamp
+        finally:
+            self._reload_lock.release()
+        return self.store
+
+    def _stamp(self) -> tuple[int, int] | None:
         try:
             st = os.stat(self.path)
-            stamp = (st.st_ino, st.st_mtime_ns)
         except FileNotFoundError:
-            stamp = None
-        if stamp != self.stamp:
-            self.store = VectorStore.load(self.path, dim=self.dim)
-            self.stamp = stamp
-        return self.store
+            return None
+        return (st.st_ino, st.st_mtime_ns)
 
 
 class Engine:
@@ -127,8 +203,11 @@ class Engine:
         self.info = info
         self.encoder = encoder
         self._sql = catalog.open_catalog(index_dir, create=False)
-        self._images = _Snapshot(index_dir / IMAGES_FAISS, info.dim)
-        self._texts = _Snapshot(index_dir / TEXTS_FAISS, info.dim)
+        # An encoder on the GPU (--device cuda) means FAISS searches there too when it can.
+        use_gpu = str(getattr(encoder, "device", "cpu")).startswith("cuda")
+        self._images = _Snapshot(index_dir / IMAGES_FAISS, info.dim, use_gpu=use_gpu)
+        self._texts = _Snapshot(index_dir / TEXTS_FAISS, info.dim, use_gpu=use_gpu)
+        self._doc_texts = _Snapshot(index_dir / DOC_TEXTS_FAISS, info.dim, use_gpu=use_gpu)
 
     @classmethod
     def open(
@@ -140,7 +219,7 @@ class Engine:
             info = read_index_info(index_dir)
             encoder = _load_model(model if model is not None else info.model_source, device)
             check_compatible(info, encoder.info, index_dir)
-        except (IndexStoreError, ModelLoadError) as exc:
+        except (IndexStoreError, ModelLoadError, VectorStoreError) as exc:
             raise IndexUnavailableError(str(exc)) from exc
         return cls(index_dir, info, encoder)
 
@@ -156,10 +235,203 @@ class Engine:
 
     # -- queries ---------------------------------------------------------------------------
 
-    def search_text(self, query: str, k: int = 10, *, under: str | Path | None = None) -> list[ImageHit]:
-        """Images best matching a sentence (only files below `under` when given)."""
-        vector = self.encode_query_text(query)
-        return self._image_hits(vector, _check_k(k), under=under)
+    def search_text(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        under: str | Path | None = None,
+        text_weight: float | None = None,
+        min_score: float | None = None,
+        relevant: bool = False,
+    ) -> list[ImageHit]:
+        """Images best matching a sentence (only files below `under` when given); images with
+        own text are scored on image and text together (see search_scored)."""
+        results = self.search_scored(
+            [QueryTerm("text", query)],
+            k,
+            under=under,
+            text_weight=text_weight,
+            min_score=min_score,
+            relevant=relevant,
+        )
+        return results.hits  # type: ignore[return-value]
+
+    def search_mixed(
+        self,
+        terms: Sequence[QueryTerm],
+        k: int = 10,
+        to: Target = "image",
+        *,
+        under: str | Path | None = None,
+        text_weight: float | None = None,
+        min_score: float | None = None,
+        relevant: bool = False,
+    ) -> list[ImageHit] | list[TextHit]:
+        """Query arithmetic: the weighted sum of the terms' normalised embeddings, renormalised."""
+        return self.search_scored(
+            terms,
+            k,
+            to,
+            under=under,
+            text_weight=text_weight,
+            min_score=min_score,
+            relevant=relevant,
+        ).hits
+
+    def search_scored(
+        self,
+        terms: Sequence[QueryTerm],
+        k: int = 10,
+        to: Target = "image",
+        *,
+        under: str | Path | None = None,
+        text_weight: float | None = None,
+        min_score: float | None = None,
+        relevant: bool = False,
+    ) -> SearchResults:
+        """Search with weighted terms and report each hit's relevance.
+
+        text_weight (0..1, default DEFAULT_TEXT_WEIGHT): for a sentence query, an image with own
+        text scores (1 - w) * image similarity + w * own-text similarity; images without own
+        text keep their image similarity. min_score drops hits below a raw score; relevant keeps
+        only hits above the 99th percentile of random pairs recorded for this index.
+        """
+        try:
+            modality = main_kind(terms)
+        except QuerySpecError as exc:
+            raise QueryError(str(exc)) from exc
+        return self.search_vector(
+            self.encode_terms(terms),
+            k,
+            to,
+            modality=modality,
+            under=under,
+            text_weight=text_weight,
+            min_score=min_score,
+            relevant=relevant,
+        )
+
+    def encode_terms(self, terms: Sequence[QueryTerm]) -> np.ndarray:
+        """Weighted query terms -> (dim,) normalised query vector."""
+        weights = [t.weight for t in terms]
+        if not any(w > 0 for w in weights):  # refuse before encoding anything
+            return self._combine(np.zeros((len(terms), self.info.dim), np.float32), weights)
+        vectors = [
+            self.encode_query_text(str(t.value))
+            if t.kind == "text"
+            else self.encode_query_image(t.value)  # type: ignore[arg-type]
+            for t in terms
+        ]
+        return self._combine(np.stack(vectors), weights)
+
+    @staticmethod
+    def _combine(vectors: np.ndarray, weights: list[float]) -> np.ndarray:
+        try:
+            return combine(vectors, weights)
+        except QuerySpecError as exc:
+            raise QueryError(str(exc)) from exc
+
+    def search_vector(
+        self,
+        vector: np.ndarray,
+        k: int = 10,
+        to: Target = "image",
+        *,
+        modality: TermKind = "text",
+        under: str | Path | None = None,
+        text_weight: float | None = None,
+        min_score: float | None = None,
+        relevant: bool = False,
+    ) -> SearchResults:
+        """Search with a ready query vector (dim,) float32; `modality` (what the query mainly
+        is) decides whether own texts are fused and which random-pair distribution judges it."""
+        k, weight = _check_k(k), _check_weight(text_weight)
+        if min_score is not None and not math.isfinite(min_score):
+            raise QueryError(f"min_score must be a number, not {min_score}")
+        calibration = self.calibration()
+        if relevant and calibration is None:
+            raise QueryError(
+                f"{self.index_dir} has no score calibration yet, so relevance is unknown: run "
+                f"`mmsearch calibrate --db {self.index_dir}` (or `mmsearch index` again)"
+            )
+        scored, relevance = self._score(vector, k, to, modality, weight, calibration, under)
+        if relevant and relevance is None:
+            raise QueryError("this index's calibration does not cover this kind of query")
+        scored, relevance = cut(scored, relevance, min_score=min_score, relevant_only=relevant)
+        hits = self._hits(scored, to)
+        if relevance is not None:
+            by_id = dict(zip(scored.ids.tolist(), relevance, strict=True))
+            relevance = [by_id[h.id] for h in hits]
+        return SearchResults(hits, relevance)
+
+    def _score(
+        self,
+        vector: np.ndarray,
+        k: int,
+        to: Target,
+        modality: TermKind,
+        text_weight: float,
+        calibration: Calibration | None,
+        under: str | Path | None,
+    ) -> tuple[Scored, list[Relevance] | None]:
+        if to == "text":
+            result = self._texts.refresh().search(vector[None, :], k)[0]
+            scored = plain(result.ids, result.scores)
+            text_null = None
+            if calibration is not None:
+                text_null = calibration.text_image if modality == "image" else calibration.text_doc
+            return scored, judge(scored, text_null, None) if text_null else None
+        if to != "image":
+            raise QueryError(f"to must be 'image' or 'text', not {to!r}")
+        weight = text_weight if modality == "text" else 0.0
+        scored = score_documents(
+            vector,
+            self._images.refresh(),
+            self._doc_texts.refresh(),
+            k,
+            text_weight=weight,
+            calibration=calibration,
+            allowed_ids=None if under is None else self._ids_under(under),
+        )
+        if calibration is None:
+            return scored, None
+        if modality == "image":
+            image_null = calibration.image_image
+            return scored, judge(scored, image_null, None) if image_null else None
+        fused_null = calibration.for_fusion(weight) if calibration.fused else None
+        return scored, judge(scored, calibration.text_image, fused_null)
+
+    def _hits(self, scored: Scored, to: Target) -> list[ImageHit] | list[TextHit]:
+        ids = [int(i) for i in scored.ids]
+        with Session(self._sql) as session:
+            if to == "text":
+                texts = catalog.text_rows(session, ids)
+                return _ranked(
+                    scored.ids, scored.scores, texts, lambda r, s, i, row: TextHit(r, s, i, row.text)
+                )
+            images = catalog.image_rows(session, ids)
+        return _ranked(
+            scored.ids, scored.scores, images, lambda r, s, i, row: ImageHit(r, s, i, row.path)
+        )
+
+    def calibration(self) -> Calibration | None:
+        """The index's random-pair score calibration, or None (not computed, or an old index)."""
+        with Session(self._sql) as session:
+            return read_calibration(session)
+
+    def calibrate(self) -> Calibration:
+        """(Re)compute the calibration now (takes the writer lock)."""
+        return calibrate_index(self.index_dir, self.encoder)
+
+    def doc_text(self, image_id: int) -> str | None:
+        """An indexed image's own text (caption, sidecar or metadata), or None."""
+        try:
+            with Session(self._sql) as session:
+                row = session.get(DocTextRow, image_id)
+        except OperationalError:
+            return None  # an index from before own texts: no doc_texts table
+        return None if row is None else row.text
 
     def search_image(
         self,
@@ -176,6 +448,32 @@ class Engine:
         if to == "text":
             return self._text_hits(vector, _check_k(k))
         raise QueryError(f"to must be 'image' or 'text', not {to!r}")
+
+    def search_by_id(
+        self,
+        image_id: int,
+        k: int = 10,
+        to: Target = "image",
+        *,
+        under: str | Path | None = None,
+    ) -> list[ImageHit] | list[TextHit]:
+        """Like search_image for an already indexed image, from its stored vector (no decoding)."""
+        k = _check_k(k)
+        if to not in ("image", "text"):
+            raise QueryError(f"to must be 'image' or 'text', not {to!r}")
+        self.get_image(image_id)  # a removed image keeps no row: ImageNotFoundError
+        try:
+            vector = self._images.refresh().reconstruct(image_id)  # (dim,) float32
+        except KeyError:
+            raise ImageNotFoundError(f"no indexed image has id {image_id}") from None
+        if to == "image":
+            return self._image_hits(vector, k, under=under)
+        return self._text_hits(vector, k)
+
+    def search_texts(self, query: str, k: int = 10) -> list[TextHit]:
+        """Indexed texts closest to a sentence (text -> text, both sides through the text tower)."""
+        vector = self.encode_query_text(query)
+        return self._text_hits(vector, _check_k(k))
 
     def encode_query_text(self, query: str) -> np.ndarray:
         """A sentence -> (dim,) normalised query vector."""
@@ -221,11 +519,23 @@ class Engine:
     # -- editing (takes the writer lock) ----------------------------------------------------
 
     def add(
-        self, paths: Sequence[Path | str], *, options: IndexOptions = IndexOptions()
+        self,
+        paths: Sequence[Path | str],
+        *,
+        options: IndexOptions = IndexOptions(),
+        captions: Mapping[str | Path, str] | None = None,
     ) -> IndexReport:
-        """Index (or refresh) folders into this index with its own model."""
+        """Index (or refresh) folders into this index with its own model.
+
+        captions {image path: text} give images their own text (it takes precedence over a
+        sidecar .txt and the file's EXIF/XMP/IPTC description).
+        """
         return index_folders(
-            [Path(p) for p in paths], self.index_dir, self.encoder, options=options
+            [Path(p) for p in paths],
+            self.index_dir,
+            self.encoder,
+            options=options,
+            captions={os.path.abspath(p): t for p, t in (captions or {}).items()},
         )
 
     def add_texts(self, texts: Sequence[str], *, source: str = "api") -> TextsReport:
@@ -236,7 +546,32 @@ class Engine:
         """Remove files (or everything under folders) from the index; returns how many."""
         return remove_images(self.index_dir, [Path(p) for p in paths])
 
+    def remove_image(self, image_id: int) -> IndexedImage:
+        """Remove one image by id (the file itself is untouched); returns what was removed."""
+        image = self.get_image(image_id)
+        if self.remove([image.path]) == 0:  # another writer removed it in between
+            raise ImageNotFoundError(f"no indexed image has id {image_id}")
+        return image
+
     # -- facts --------------------------------------------------------------------------------
+
+    def get_image(self, image_id: int) -> IndexedImage:
+        """The catalogue record of one indexed image, or ImageNotFoundError."""
+        if not 0 < image_id <= MAX_IMAGE_ID:
+            raise ImageNotFoundError(f"no indexed image has id {image_id}")
+        with Session(self._sql) as session:
+            row = session.get(ImageRow, image_id)
+            if row is None:
+                raise ImageNotFoundError(f"no indexed image has id {image_id}")
+            return IndexedImage(
+                id=row.id,
+                path=row.path,
+                root=row.root,
+                size=row.size,
+                mtime_ns=row.mtime_ns,
+                width=row.width,
+                height=row.height,
+            )
 
     def stats(self) -> IndexStats:
         """Counts, model and size on disk."""
@@ -266,6 +601,13 @@ def _load_model(spec: str | Path, device: str) -> Encoder:
             "the same model, or rebuild the index"
         )
     return load_encoder(source, device=device)
+
+
+def _check_weight(text_weight: float | None) -> float:
+    weight = DEFAULT_TEXT_WEIGHT if text_weight is None else text_weight
+    if not (math.isfinite(weight) and 0.0 <= weight <= 1.0):
+        raise QueryError(f"text weight must be between 0 and 1, got {text_weight}")
+    return float(weight)
 
 
 def _check_k(k: int) -> int:

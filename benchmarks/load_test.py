@@ -1,0 +1,329 @@
+"""Loopback load test of `mmsearch serve`: concurrent clients against a real uvicorn on 127.0.0.1.
+
+    .venv/bin/python benchmarks/load_test.py --quick                 # 4 clients for 3 s, ~1 min
+    .venv/bin/python benchmarks/load_test.py                         # 16 clients for 20 s
+    .venv/bin/python benchmarks/load_test.py --db INDEX --clients 32 --seconds 60
+
+The server runs as `python -m mmsearch.cli serve` in a subprocess (so the clients' interpreter
+does not slow it), on 127.0.0.1 at a free port; this process drives it with asyncio + httpx
+clients that each send `GET /search?q=...&k=10` back to back until the time is up. Reported:
+p50/p99 latency, requests/s and errors, with the engine's in-process latency for the same
+sentences beside them. Every answer is compared with the in-process engine's; a wrong answer
+counts as an error. Traffic goes to 127.0.0.1 only, and the run stops by itself.
+
+Without --db an index of synthetic images is built once under benchmarks/work/load/ with the
+bundled default model (or, if that model has not been trained, a random tiny one, which is
+said in the report). Nothing is written outside benchmarks/work/.
+
+benchmarks/run.py calls `run_load_test(index_dir, clients, seconds)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+WORK_DIR = BENCH_DIR / "work" / "load"
+
+DEFAULT_CLIENTS = 16  # the issue's figure
+DEFAULT_SECONDS = 20.0
+QUICK_CLIENTS, QUICK_SECONDS = 4, 3.0
+QUERY_K = 10
+DISTINCT_QUERIES = 64
+ENGINE_REPEATS = 3  # in-process passes over the sentences (first pass is warm-up)
+SERVER_START_TIMEOUT_S = 180.0  # model load on a busy two-core machine
+REQUEST_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+SYNTH_IMAGES, QUICK_SYNTH_IMAGES = 300, 100
+SYNTH_SIZE = 96
+SEED = 0
+
+COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "black", "white")
+SHAPES = ("circle", "square", "triangle", "star", "hexagon")
+PLACES = ("on the left", "on the right", "at the top", "at the bottom", "in the middle")
+
+
+def log(message: str) -> None:
+    print(f"[load] {message}", file=sys.stderr, flush=True)
+
+
+def sentences(count: int, rng: random.Random) -> list[str]:
+    """Distinct short descriptions in the sample corpus's vocabulary."""
+    found: dict[str, None] = {}
+    while len(found) < count:
+        found[f"a {rng.choice(COLORS)} {rng.choice(SHAPES)} {rng.choice(PLACES)}"] = None
+    return list(found)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) by linear interpolation; 0 for no values."""
+    return float(np.percentile(values, q)) if values else 0.0
+
+
+# -- an index to hit when none is given ----------------------------------------------------------
+
+
+def ensure_index(work: Path, *, images: int) -> tuple[Path, str]:
+    """benchmarks/work/load/index-N over N synthetic images, built once; returns (dir, model note)."""
+    from indexer.encoders import DEFAULT_MODEL_DIR, load_encoder
+    from indexer.model import is_model_dir
+    from indexer.pipeline import index_folders
+
+    index_dir = work / f"index-{images}"
+    note_file = index_dir / "model-note.txt"
+    if note_file.is_file():
+        return index_dir, note_file.read_text().strip()
+    photos = work / f"photos-{images}"
+    photos.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(SEED)
+    for i in range(images):
+        path = photos / f"img_{i:05d}.png"
+        if not path.exists():
+            blocks = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)  # 4x4 colour blocks, stretched
+            Image.fromarray(blocks).resize((SYNTH_SIZE, SYNTH_SIZE), Image.Resampling.BICUBIC).save(path)
+    if is_model_dir(DEFAULT_MODEL_DIR):
+        model_dir, note = DEFAULT_MODEL_DIR, "the bundled default model"
+    else:
+        model_dir = _random_tiny_model(work / "random-model")
+        note = "a random tiny-test model (the default model is not trained: `make default-model`)"
+    index_folders([photos], index_dir, load_encoder(model_dir, device="cpu"))
+    note_file.write_text(note + "\n")
+    return index_dir, note
+
+
+def _random_tiny_model(out: Path) -> Path:
+    import torch
+
+    from indexer.config import load_named_config
+    from indexer.model import build_model, is_model_dir, save_model_dir
+    from indexer.tokenizer import tokenizer_from_sentencepiece, train_sentencepiece
+
+    if is_model_dir(out):
+        return out
+    torch.manual_seed(SEED)
+    proto = train_sentencepiece(sentences(200, random.Random(SEED)), vocab_size=64)
+    tokenizer = tokenizer_from_sentencepiece(proto)
+    config = load_named_config("tiny-test")
+    config = replace(config, text=replace(config.text, vocab_size=len(tokenizer)))
+    save_model_dir(build_model(config), tokenizer, out, spm_proto=proto)
+    return out
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port the OS says is free on 127.0.0.1 (the server binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(index_dir: Path, port: int, *, model: str | None) -> subprocess.Popen[bytes]:
+    """`mmsearch serve` on 127.0.0.1:port, without a token (loopback needs none)."""
+    command = [sys.executable, "-m", "mmsearch.cli", "serve", "--db", str(index_dir)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    if model:
+        command += ["--model", model]
+    env = {k: v for k, v in os.environ.items() if k != "MMSEARCH_TOKEN"}
+    return subprocess.Popen(command, cwd=REPO_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_until_up(base: str, server: subprocess.Popen[bytes]) -> float:
+    """Seconds until /health answers; raises with the server's stderr if it died."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < SERVER_START_TIMEOUT_S:
+        if server.poll() is not None:
+            stderr = server.stderr.read().decode(errors="replace") if server.stderr else ""
+            raise RuntimeError(f"mmsearch serve exited with {server.returncode}: {stderr.strip()}")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return time.perf_counter() - started
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"mmsearch serve did not answer within {SERVER_START_TIMEOUT_S:.0f} s")
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    """SIGINT (uvicorn's graceful stop), then kill if it lingers."""
+    if server.poll() is None:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+# -- the clients ---------------------------------------------------------------------------------
+
+
+async def drive(
+    base: str, queries: list[str], expected: dict[str, list[int]], *, clients: int, seconds: float
+) -> dict[str, Any]:
+    """`clients` coroutines, each one request at a time, until `seconds` have passed."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    wrong = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=REQUEST_TIMEOUT_S, limits=limits) as http:
+
+        async def client(number: int, deadline: float) -> None:
+            nonlocal wrong
+            pick = number
+            while time.perf_counter() < deadline:
+                query = queries[pick % len(queries)]
+                pick += clients
+                started = time.perf_counter()
+                try:
+                    response = await http.get("/search", params={"q": query, "k": QUERY_K})
+                except httpx.HTTPError as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != 200:
+                    errors.append(f"HTTP {response.status_code}: {response.text[:200]}")
+                elif [r["id"] for r in response.json()["results"]] != expected[query]:
+                    wrong += 1
+
+        started = time.perf_counter()
+        deadline = started + seconds
+        await asyncio.gather(*(client(n, deadline) for n in range(clients)))
+        elapsed = time.perf_counter() - started
+    return {"latencies": latencies, "errors": errors, "wrong": wrong, "elapsed": elapsed}
+
+
+def engine_latencies(
+    index_dir: Path, queries: list[str], *, model: str | None
+) -> tuple[dict[str, list[int]], list[float]]:
+    """Expected ids per sentence, and the in-process search_text latency (first pass is warm-up)."""
+    from mmsearch.engine import Engine
+
+    seconds: list[float] = []
+    expected: dict[str, list[int]] = {}
+    with Engine.open(index_dir, model=model) as engine:
+        for repeat in range(ENGINE_REPEATS):
+            for query in queries:
+                started = time.perf_counter()
+                hits = engine.search_text(query, k=QUERY_K)
+                if repeat:
+                    seconds.append(time.perf_counter() - started)
+                expected[query] = [h.id for h in hits]
+    return expected, seconds
+
+
+def run_load_test(
+    index_dir: Path | str,
+    clients: int = DEFAULT_CLIENTS,
+    seconds: float = DEFAULT_SECONDS,
+    *,
+    model: str | None = None,
+) -> dict[str, Any]:
+    """Serve index_dir on 127.0.0.1 and load it; returns the figures (milliseconds, requests/s)."""
+    if clients < 1 or seconds <= 0:
+        raise ValueError("clients must be >= 1 and seconds > 0")
+    index_dir = Path(index_dir).resolve()
+    queries = sentences(DISTINCT_QUERIES, random.Random(SEED))
+    log(f"in-process engine: {ENGINE_REPEATS} passes over {len(queries)} sentences")
+    expected, engine_s = engine_latencies(index_dir, queries, model=model)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log(f"starting mmsearch serve on {base}")
+    server = start_server(index_dir, port, model=model)
+    try:
+        startup_s = wait_until_up(base, server)
+        log(f"server up after {startup_s:.1f} s; warming up, then {clients} clients for {seconds:g} s")
+        asyncio.run(drive(base, queries, expected, clients=1, seconds=min(1.0, seconds)))
+        run = asyncio.run(drive(base, queries, expected, clients=clients, seconds=seconds))
+    finally:
+        stop_server(server)
+    latencies_ms = [s * 1000 for s in run["latencies"]]
+    engine_ms = [s * 1000 for s in engine_s]
+    requests = len(run["latencies"]) + sum(1 for e in run["errors"] if not e.startswith("HTTP"))
+    return {
+        "index_dir": str(index_dir),
+        "clients": clients,
+        "seconds": round(run["elapsed"], 2),
+        "requests": requests,
+        "requests_per_s": round(requests / run["elapsed"], 1),
+        "errors": len(run["errors"]) + run["wrong"],
+        "wrong_answers": run["wrong"],
+        "error_samples": run["errors"][:5],
+        "p50_ms": round(percentile(latencies_ms, 50), 2),
+        "p99_ms": round(percentile(latencies_ms, 99), 2),
+        "mean_ms": round(statistics.fmean(latencies_ms), 2) if latencies_ms else 0.0,
+        "max_ms": round(max(latencies_ms, default=0.0), 2),
+        "engine_p50_ms": round(percentile(engine_ms, 50), 2),
+        "engine_p99_ms": round(percentile(engine_ms, 99), 2),
+        "engine_queries": len(engine_ms),
+        "server_startup_s": round(startup_s, 1),
+        "k": QUERY_K,
+    }
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """A few lines for a terminal or a Markdown report."""
+    return "\n".join(
+        [
+            f"loopback load test: {result['clients']} clients for {result['seconds']} s, "
+            f"GET /search k={result['k']} on {result['index_dir']}",
+            f"  HTTP        p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  "
+            f"{result['requests_per_s']:.1f} requests/s  ({result['requests']} requests, "
+            f"{result['errors']} errors, {result['wrong_answers']} wrong answers)",
+            f"  in-process  p50 {result['engine_p50_ms']:.2f} ms  p99 {result['engine_p99_ms']:.2f} ms  "
+            f"(Engine.search_text, one at a time, {result['engine_queries']} queries)",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, build the default index if needed, run, print; 1 if any request failed."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--db", type=Path, help="index to serve (default: a synthetic one under work/)")
+    parser.add_argument("--model", help="model for the index (default: the index's own)")
+    parser.add_argument("--clients", type=int, help=f"concurrent clients (default {DEFAULT_CLIENTS})")
+    parser.add_argument("--seconds", type=float, help=f"duration (default {DEFAULT_SECONDS:g})")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_CLIENTS} clients for {QUICK_SECONDS:g} s: a harness check",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    clients = args.clients or (QUICK_CLIENTS if args.quick else DEFAULT_CLIENTS)
+    seconds = args.seconds or (QUICK_SECONDS if args.quick else DEFAULT_SECONDS)
+    if clients < 1 or seconds <= 0:
+        parser.error("--clients must be >= 1 and --seconds > 0")
+    if args.db is not None:
+        index_dir, note = args.db, "the index's own model"
+    else:
+        images = QUICK_SYNTH_IMAGES if args.quick else SYNTH_IMAGES
+        log(f"index: {images} synthetic images under {WORK_DIR} (built once, then reused)")
+        index_dir, note = ensure_index(WORK_DIR, images=images)
+    result = run_load_test(index_dir, clients, seconds, model=args.model)
+    result["model"] = note
+    print(json.dumps(result, indent=2) if args.json else format_report(result) + f"\n  model: {note}")
+    return 1 if result["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

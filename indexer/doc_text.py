@@ -1,0 +1,269 @@
+"""An image's own text: a caption given at add time, a sidecar .txt, or embedded metadata.
+
+Precedence, first found wins: the given caption, then a sidecar (`photo.txt` or `photo.jpg.txt`
+beside `photo.jpg`), then what the file itself says (EXIF ImageDescription / XPComment /
+XPKeywords, XMP dc:description / dc:subject, IPTC caption / keywords), descriptions first and
+keywords after. The text is embedded with the text tower and fused with the image at query time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageFile, IptcImagePlugin, UnidentifiedImageError
+
+from indexer.images import DECODE_ERRORS, PILLOW_FORMATS
+
+SIDECAR_SUFFIX = ".txt"
+# Captions longer than this say nothing more to a text tower that reads a few dozen tokens.
+MAX_OWN_TEXT_CHARS = 1000
+MAX_SIDECAR_BYTES = 64 * 1024
+# XMP packets are a few KB; a huge one is not worth parsing (and keeps the parser bounded).
+MAX_XMP_BYTES = 1 << 20
+CAPTION_SOURCES = ("caption", "sidecar", "metadata")
+
+EXIF_IMAGE_DESCRIPTION = 0x010E
+EXIF_XP_COMMENT = 0x9C9C
+EXIF_XP_KEYWORDS = 0x9C9E
+TIFF_XMP_TAG = 700
+IPTC_CAPTION = (2, 120)
+IPTC_KEYWORDS = (2, 25)
+XMP_NS = {
+    "dc": "http://purl.org/dc/elements/1.1/",
+    "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+}
+XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+# What cameras write into ImageDescription when the owner wrote nothing: not a description.
+CAMERA_PLACEHOLDERS = frozenset(
+    {
+        "olympus digital camera",
+        "sony dsc",
+        "digital camera",
+        "konica minolta digital camera",
+        "leica digital camera",
+        "minolta digital camera",
+        "default",
+        "image",
+        "created with gimp",
+    }
+)
+# Anything Pillow raises on a header it cannot parse: no embedded text, not an error here.
+METADATA_ERRORS: tuple[type[Exception], ...] = (
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+    *DECODE_ERRORS,
+)
+CAPTION_PATH_KEYS = ("image", "path", "file")
+CAPTION_TEXT_KEYS = ("caption", "text")
+
+
+class CaptionsFileError(ValueError):
+    """A --captions file that cannot be read; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class OwnText:
+    """Text that belongs to one image, where it came from, and the sidecar's mtime if any."""
+
+    text: str
+    source: str  # one of CAPTION_SOURCES
+    sidecar_mtime_ns: int | None = None
+
+
+def sidecar_paths(image_path: str) -> tuple[str, str]:
+    """Where a sidecar of `photo.jpg` may be: `photo.txt`, then `photo.jpg.txt`."""
+    stem, _ = os.path.splitext(image_path)
+    return stem + SIDECAR_SUFFIX, image_path + SIDECAR_SUFFIX
+
+
+def own_text(image_path: str, *, caption: str | None = None) -> OwnText | None:
+    """The image's own text by precedence (given caption, sidecar, metadata), or None."""
+    if caption is not None and (text := clean_text(caption)):
+        return OwnText(text, "caption")
+    sidecar = read_sidecar(image_path)
+    if sidecar is not None:
+        return sidecar
+    embedded = embedded_text(image_path)
+    if embedded:
+        return OwnText(embedded, "metadata", None)
+    return None
+
+
+def read_sidecar(image_path: str) -> OwnText | None:
+    """The first non-empty sidecar text file beside the image, or None."""
+    for candidate in sidecar_paths(image_path):
+        try:
+            with open(candidate, "rb") as fh:
+                data = fh.read(MAX_SIDECAR_BYTES)
+                mtime_ns = os.fstat(fh.fileno()).st_mtime_ns
+        except OSError:
+            continue  # absent or unreadable: not a sidecar
+        text = clean_text(data.decode("utf-8", errors="replace"))
+        if text:
+            return OwnText(text, "sidecar", mtime_ns)
+    return None
+
+
+def sidecar_state(image_path: str, mtimes: dict[str, int]) -> int | None:
+    """The mtime of the image's sidecar among scanned files (`mtimes`: path -> mtime_ns)."""
+    for candidate in sidecar_paths(image_path):
+        if candidate in mtimes:
+            return mtimes[candidate]
+    return None
+
+
+def embedded_text(image_path: str) -> str | None:
+    """Descriptions and keywords from EXIF, XMP and IPTC, joined; None if the file has none."""
+    try:
+        with Image.open(image_path, formats=PILLOW_FORMATS) as image:
+            descriptions, keywords = _exif_text(image)
+            xmp_descriptions, xmp_keywords = _xmp_text(_xmp_packet(image))
+            iptc_descriptions, iptc_keywords = _iptc_text(image)
+    except METADATA_ERRORS:
+        return None  # the image pipeline reports unreadable files; no text is all we lose here
+    return _join(
+        descriptions + xmp_descriptions + iptc_descriptions,
+        keywords + xmp_keywords + iptc_keywords,
+    )
+
+
+def _exif_text(image: Image.Image) -> tuple[list[str], list[str]]:
+    exif = image.getexif()
+    description = exif.get(EXIF_IMAGE_DESCRIPTION)
+    descriptions = [description] if isinstance(description, str) else []
+    descriptions = [d for d in descriptions if d.strip().lower() not in CAMERA_PLACEHOLDERS]
+    descriptions += _utf16_values([exif.get(EXIF_XP_COMMENT)])
+    keywords = [k for value in _utf16_values([exif.get(EXIF_XP_KEYWORDS)]) for k in value.split(";")]
+    return descriptions, keywords
+
+
+def _utf16_values(values: Iterable[object]) -> list[str]:
+    """Windows XP* tags hold UTF-16LE bytes (Pillow gives bytes, or a tuple of ints)."""
+    texts = []
+    for value in values:
+        if isinstance(value, tuple):
+            value = bytes(v for v in value if isinstance(v, int) and 0 <= v < 256)
+        if isinstance(value, bytes):
+            texts.append(value.decode("utf-16-le", errors="replace").replace("\x00", ""))
+    return texts
+
+
+def _xmp_packet(image: Image.Image) -> bytes | None:
+    """Raw XMP: JPEG, PNG and WebP put it in info["xmp"]; TIFF in tag 700."""
+    packet = image.info.get("xmp")
+    if packet is None and hasattr(image, "tag_v2"):
+        packet = image.tag_v2.get(TIFF_XMP_TAG)
+    if isinstance(packet, str):
+        packet = packet.encode("utf-8")
+    if not isinstance(packet, bytes) or len(packet) > MAX_XMP_BYTES:
+        return None
+    return packet
+
+
+def _xmp_text(packet: bytes | None) -> tuple[list[str], list[str]]:
+    if not packet:
+        return [], []
+    try:
+        root = ET.fromstring(packet.strip(b"\x00 \r\n\t"))
+    except ET.ParseError:
+        return [], []
+    descriptions = []
+    for node in root.iter(f"{{{XMP_NS['dc']}}}description"):
+        items = node.findall(".//rdf:li", XMP_NS)
+        default = [li for li in items if li.get(XML_LANG) == "x-default"]
+        chosen = (default or items)[:1]
+        descriptions += [li.text or "" for li in chosen] if chosen else [node.text or ""]
+    keywords = [
+        li.text or "" for node in root.iter(f"{{{XMP_NS['dc']}}}subject")
+        for li in node.findall(".//rdf:li", XMP_NS)
+    ]
+    return descriptions, keywords
+
+
+def _iptc_text(image: ImageFile.ImageFile) -> tuple[list[str], list[str]]:
+    try:
+        info = IptcImagePlugin.getiptcinfo(image) or {}
+    except (SyntaxError, ValueError, OSError, IndexError):
+        return [], []  # a malformed IPTC block: ignore it, the image itself may be fine
+    return _iptc_values(info.get(IPTC_CAPTION)), _iptc_values(info.get(IPTC_KEYWORDS))
+
+
+def _iptc_values(value: object) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    texts = []
+    for item in values:
+        if isinstance(item, bytes):
+            try:
+                texts.append(item.decode("utf-8"))
+            except UnicodeDecodeError:
+                texts.append(item.decode("latin-1"))  # legacy IPTC without a charset marker
+    return texts
+
+
+def _join(descriptions: list[str], keywords: list[str]) -> str | None:
+    parts = _unique(descriptions)
+    tags = _unique(keywords)
+    if tags:
+        parts.append(", ".join(tags))
+    return clean_text("; ".join(parts)) or None
+
+
+def _unique(texts: Iterable[str]) -> list[str]:
+    seen: dict[str, str] = {}
+    for text in texts:
+        cleaned = clean_text(text)
+        if cleaned and cleaned.lower() not in seen:
+            seen[cleaned.lower()] = cleaned
+    return list(seen.values())
+
+
+def clean_text(text: str) -> str:
+    """One line, single spaces, capped at MAX_OWN_TEXT_CHARS."""
+    return " ".join(text.replace("\x00", " ").split())[:MAX_OWN_TEXT_CHARS]
+
+
+def read_captions(path: Path) -> dict[str, str]:
+    """A --captions JSONL file -> {absolute image path: caption}.
+
+    Each line is an object with the image ("image", "path" or "file"; relative paths are
+    relative to the JSONL file's folder) and its text ("caption" or "text"). Several lines for
+    one image are joined with "; ".
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise CaptionsFileError(f"{path}: no such captions file") from None
+    except UnicodeDecodeError:
+        raise CaptionsFileError(f"{path}: not UTF-8 text; re-save it as UTF-8") from None
+    base = path.resolve().parent
+    captions: dict[str, list[str]] = {}
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            image, text = _caption_line(line, path, number)
+            captions.setdefault(os.path.abspath(base / image), []).append(text)
+    if not captions:
+        raise CaptionsFileError(
+            f'{path}: no captions (expected JSONL lines {{"image": ..., "caption": ...}})'
+        )
+    return {image: clean_text("; ".join(_unique(texts))) for image, texts in captions.items()}
+
+
+def _caption_line(line: str, path: Path, number: int) -> tuple[str, str]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CaptionsFileError(f"{path}:{number}: invalid JSON: {exc.msg}") from None
+    if not isinstance(record, dict):
+        raise CaptionsFileError(f"{path}:{number}: expected a JSON object")
+    image = next((record[k] for k in CAPTION_PATH_KEYS if isinstance(record.get(k), str)), None)
+    text = next((record[k] for k in CAPTION_TEXT_KEYS if isinstance(record.get(k), str)), None)
+    if not image or not text or not text.strip():
+        raise CaptionsFileError(
+            f'{path}:{number}: needs an "image" (or "path") and a "caption" (or "text") field'
+        )
+    return os.path.expanduser(image), text

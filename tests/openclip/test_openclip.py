@@ -1,0 +1,247 @@
+"""OpenCLIP behind the Encoder interface, exercised through the real open_clip code.
+
+Tiny random-weight models are saved to local files and loaded through exactly the user-facing
+paths (`load_encoder`, `mmsearch index/search/train`); the loaded encoder must reproduce the saved
+model's embeddings. The network is refused for every test (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from click.testing import Result
+from conftest import TINY_ARCH, Checkpoint, save_checkpoint
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from PIL import Image
+from typer.testing import CliRunner
+
+from indexer.encoders import load_encoder
+from indexer.model import ModelLoadError
+from indexer.openclip import CONFIG_FILE, WEIGHTS_FILE, OpenClipSpec
+from mmsearch.cli import app
+from mmsearch.engine import Engine
+
+TEXTS = ["a red image", "a blue square on a white background", "an image"]
+COLORS = ("red", "green", "blue", "yellow")
+ATOL = 1e-5
+
+
+def run(*args: object) -> Result:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+@torch.no_grad()
+def reference_embeddings(
+    model: Any, arch_or_dir: str, texts: list[str], images: list[Image.Image]
+) -> tuple[np.ndarray, np.ndarray]:
+    """What open_clip itself computes: its tokenizer, its eval transform, normalised features."""
+    tokenizer = open_clip.get_tokenizer(arch_or_dir)
+    transform = image_transform_v2(
+        PreprocessCfg(**open_clip.get_model_preprocess_cfg(model)), is_train=False
+    )
+    text = model.encode_text(tokenizer(texts), normalize=True)
+    pixels = torch.stack([transform(image) for image in images])
+    return text.numpy(), model.encode_image(pixels, normalize=True).numpy()
+
+
+def encoder_embeddings(encoder: Any, texts: list[str], images: list[Image.Image]) -> tuple:
+    pixels = torch.stack([encoder.preprocess(image) for image in images])
+    return encoder.encode_texts(texts), encoder.encode_pixels(pixels)
+
+
+@pytest.fixture
+def images(make_color_image: Callable[..., Image.Image]) -> list[Image.Image]:
+    return [make_color_image(c, seed=i, size=(48, 40)) for i, c in enumerate(COLORS)]
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_checkpoint_loads_with_the_saved_embeddings(
+    tiny_arch: str, tmp_path: Path, images: list[Image.Image], suffix: str
+) -> None:
+    saved = save_checkpoint(tiny_arch, tmp_path / f"weights{suffix}", seed=1)
+    encoder = load_encoder(f"openclip:{tiny_arch}", checkpoint=saved.path, device="cpu")
+    want_text, want_image = reference_embeddings(saved.model, tiny_arch, TEXTS, images)
+    got_text, got_image = encoder_embeddings(encoder, TEXTS, images)
+    np.testing.assert_allclose(got_text, want_text, atol=ATOL)
+    np.testing.assert_allclose(got_image, want_image, atol=ATOL)
+    assert got_text.dtype == np.float32 and got_text.flags.c_contiguous
+    assert encoder.info.kind == "openclip"
+    assert encoder.info.dim == 32
+    assert encoder.info.source == OpenClipSpec(tiny_arch, saved.path.resolve()).source()
+    assert encoder.info.model_id.startswith(f"openclip:{tiny_arch}:")
+
+
+def test_model_id_is_the_content_of_the_weights(tiny_checkpoint: Checkpoint, tmp_path: Path) -> None:
+    copy = tmp_path / "moved" / "same.safetensors"
+    copy.parent.mkdir()
+    shutil.copyfile(tiny_checkpoint.path, copy)
+    other = save_checkpoint(TINY_ARCH, tmp_path / "other.safetensors", seed=2)
+    spec = f"openclip:{TINY_ARCH}"
+    original = load_encoder(spec, checkpoint=tiny_checkpoint.path, device="cpu").info
+    moved = load_encoder(spec, checkpoint=copy, device="cpu").info
+    different = load_encoder(spec, checkpoint=other.path, device="cpu").info
+    assert moved.model_id == original.model_id  # a moved file is the same model ...
+    assert moved.source != original.source
+    assert different.model_id != original.model_id  # ... and other weights are not
+
+
+class Payload:
+    """Anything that is not a tensor: loading it would mean unpickling code."""
+
+
+def test_a_checkpoint_that_needs_unpickling_is_refused(tiny_arch: str, tmp_path: Path) -> None:
+    path = tmp_path / "pickled.pt"
+    torch.save({"state_dict": {}, "payload": Payload()}, path)
+    with pytest.raises(ModelLoadError, match="never unpickles"):
+        load_encoder(f"openclip:{tiny_arch}", checkpoint=path, device="cpu")
+
+
+def test_unknown_architecture_and_missing_file_are_clear(
+    tiny_checkpoint: Checkpoint, tmp_path: Path
+) -> None:
+    with pytest.raises(ModelLoadError, match="no architecture 'no-such-arch'"):
+        load_encoder("openclip:no-such-arch", checkpoint=tiny_checkpoint.path, device="cpu")
+    with pytest.raises(ModelLoadError, match="--checkpoint FILE"):
+        load_encoder(f"openclip:{TINY_ARCH}", checkpoint=tmp_path / "gone.pt", device="cpu")
+
+
+def test_pretrained_tag_is_passed_to_open_clip(
+    tiny_checkpoint: Checkpoint, monkeypatch: pytest.MonkeyPatch, images: list[Image.Image]
+) -> None:
+    """--pretrained TAG goes to open_clip unchanged (which downloads on machines with internet);
+    here open_clip's create_model is wrapped to serve the tag from the local file instead."""
+    real_create = open_clip.create_model
+    calls: list[tuple[str, str | None]] = []
+
+    def create_model(name: str, pretrained: str | None = None, **kwargs: Any) -> Any:
+        calls.append((name, pretrained))
+        return real_create(name, pretrained=str(tiny_checkpoint.path), **kwargs)
+
+    monkeypatch.setattr(open_clip, "create_model", create_model)
+    encoder = load_encoder(f"openclip:{TINY_ARCH}", pretrained="laion2b_s34b_b79k", device="cpu")
+    assert calls == [(TINY_ARCH, "laion2b_s34b_b79k")]
+    assert encoder.info.source == f"openclip:{TINY_ARCH}?pretrained=laion2b_s34b_b79k"
+    assert encoder.info.model_id == f"openclip:{TINY_ARCH}/laion2b_s34b_b79k"
+    want_text, _ = reference_embeddings(tiny_checkpoint.model, TINY_ARCH, TEXTS, images)
+    np.testing.assert_allclose(encoder.encode_texts(TEXTS), want_text, atol=ATOL)
+
+
+# -- the CLI: index records the model, search reuses it -------------------------------------------
+
+
+def test_index_then_search_without_repeating_the_model(
+    tiny_checkpoint: Checkpoint, photo_folder: Any, tmp_path: Path
+) -> None:
+    db = tmp_path / "db"
+    args = [
+        "index", photo_folder.root, "--db", db, "--model", f"openclip:{TINY_ARCH}",
+        "--checkpoint", tiny_checkpoint.path, "--device", "cpu", "--json",
+    ]  # fmt: skip
+    summary = json.loads(ok(run(*args)))
+    assert summary["new"] == len(photo_folder.valid)
+    assert len(summary["skipped"]) == len(photo_folder.skipped)
+
+    info = json.loads(ok(run("info", "--db", db, "--json")))
+    assert info["model_kind"] == "openclip"
+    assert info["model_source"] == OpenClipSpec(TINY_ARCH, tiny_checkpoint.path.resolve()).source()
+    assert info["model_id"].startswith(f"openclip:{TINY_ARCH}:")
+    assert info["dim"] == 32
+
+    results = json.loads(ok(run("search", "a red image", "--db", db, "--json", "-k", 4)))["results"]
+    # The scores are the saved model's own cosine similarities between query and files.
+    encoder = load_encoder(f"openclip:{TINY_ARCH}", checkpoint=tiny_checkpoint.path, device="cpu")
+    query = encoder.encode_texts(["a red image"])[0]
+    with Engine.open(db) as engine:
+        assert engine.encoder.info == encoder.info
+    for hit in results:
+        image = Image.open(hit["path"]).convert("RGB")
+        vector = encoder.encode_pixels(encoder.preprocess(image)[None])[0]
+        assert hit["score"] == pytest.approx(float(query @ vector), abs=2e-3)
+    assert {h["path"] for h in results} == photo_folder.valid_paths
+
+
+def test_an_explicit_model_that_differs_from_the_index_is_refused(
+    tiny_checkpoint: Checkpoint, photo_folder: Any, tmp_path: Path
+) -> None:
+    db = tmp_path / "db"
+    spec = ["--model", f"openclip:{TINY_ARCH}"]
+    ok(run("index", photo_folder.root, "--db", db, *spec, "--checkpoint", tiny_checkpoint.path))
+    other = save_checkpoint(TINY_ARCH, tmp_path / "other.safetensors", seed=3)
+    result = run("search", "a red image", "--db", db, *spec, "--checkpoint", other.path)
+    assert result.exit_code == 1
+    assert "was built with model" in result.stderr
+    # The same weights given explicitly are accepted.
+    ok(run("search", "a red image", "--db", db, *spec, "--checkpoint", tiny_checkpoint.path))
+
+
+# -- fine-tuning ------------------------------------------------------------------------------------
+
+
+def test_finetune_writes_a_folder_usable_as_model(
+    tiny_checkpoint: Checkpoint,
+    colors_corpus: Path,
+    photo_folder: Any,
+    images: list[Image.Image],
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "finetuned"
+    output = ok(
+        run(
+            "train", "--corpus", colors_corpus, "--out", out, "--init", f"openclip:{TINY_ARCH}",
+            "--checkpoint", tiny_checkpoint.path, "--epochs", 4, "--batch-size", 8,
+            "--lr", 1e-3, "--device", "cpu",
+        )
+    )  # fmt: skip
+    losses = [float(x) for x in re.findall(r"loss (\d+\.\d+)", output)]
+    assert len(losses) == 4 and losses[-1] < losses[0], output
+    assert (out / CONFIG_FILE).is_file() and (out / WEIGHTS_FILE).is_file()
+
+    # open_clip reads the folder itself (its local-dir layout) ...
+    plain = open_clip.create_model(f"local-dir:{out}").eval()
+    want_text, want_image = reference_embeddings(plain, f"local-dir:{out}", TEXTS, images)
+    # ... and the Encoder built from it gives the same embeddings.
+    encoder = load_encoder(out, device="cpu")
+    got_text, got_image = encoder_embeddings(encoder, TEXTS, images)
+    np.testing.assert_allclose(got_text, want_text, atol=ATOL)
+    np.testing.assert_allclose(got_image, want_image, atol=ATOL)
+    assert encoder.info.kind == "openclip" and encoder.info.source == str(out.resolve())
+    # Training moved the weights away from the checkpoint it started from.
+    start_text, _ = reference_embeddings(tiny_checkpoint.model, TINY_ARCH, TEXTS, images)
+    assert not np.allclose(got_text, start_text, atol=1e-3)
+    recorded = json.loads((out / CONFIG_FILE).read_text())["mmsearch"]
+    assert recorded["arch"] == TINY_ARCH
+    assert recorded["init"]["source"] == OpenClipSpec(TINY_ARCH, tiny_checkpoint.path.resolve()).source()
+
+    db = tmp_path / "db"
+    ok(run("index", photo_folder.root, "--db", db, "--model", out, "--device", "cpu"))
+    assert json.loads(ok(run("search", "a red image", "--db", db, "--json")))["results"]
+    assert json.loads(ok(run("info", "--db", db, "--json")))["model_source"] == str(out.resolve())
+
+
+def test_eval_reports_recall_for_an_openclip_checkpoint(
+    tiny_checkpoint: Checkpoint, colors_corpus: Path
+) -> None:
+    args = [
+        "eval", "--corpus", colors_corpus, "--model", f"openclip:{TINY_ARCH}",
+        "--checkpoint", tiny_checkpoint.path, "--json", "--device", "cpu",
+    ]  # fmt: skip
+    result = json.loads(ok(run(*args)))
+    assert result["counts"]["images"] == 24
+    assert set(result["t2i"]) >= {"R@1", "R@5", "R@10"}

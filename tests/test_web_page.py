@@ -1,0 +1,253 @@
+"""The web search page in a real headless Chromium (Debian's), driven by Playwright.
+
+A real uvicorn serves an index of noisy colour images on 127.0.0.1 at a free port; the colors
+model from conftest separates the four colours, so "a red image" must put a red file first.
+Install the browser with `make browser-deps` (apt-get install chromium); Playwright's own browser
+download is never used.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from conftest import COLORS, caption_for, color_image
+
+from indexer.encoders import load_encoder
+from indexer.pipeline import add_texts, index_folders
+from mmsearch.engine import Engine
+from mmsearch.service import ServiceSettings, create_app
+
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="Playwright is missing: pip install -e '.[dev]' (the browser test needs it)"
+)
+
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 20_000
+TOKEN = "page-token-0123456789abcdef"
+COPIES = 3  # images per colour
+
+
+def find_chromium() -> str:
+    """Debian's chromium, or skip saying how to install it."""
+    for candidate in (*CHROMIUM_CANDIDATES, shutil.which("chromium"), shutil.which("chromium-browser")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    pytest.skip("Debian chromium not found at /usr/bin/chromium: run `make browser-deps` (needs root)")
+
+
+@dataclass
+class Site:
+    """An indexed colour gallery behind a real server."""
+
+    engine: Engine
+    photos: dict[str, list[Path]]
+
+
+@pytest.fixture(scope="module")
+def site(colors_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    base = tmp_path_factory.mktemp("web")
+    photos: dict[str, list[Path]] = {}
+    for c, color in enumerate(COLORS):
+        (base / "photos" / color).mkdir(parents=True)
+        photos[color] = []
+        for i in range(COPIES):
+            path = base / "photos" / color / f"{color} {i}.png"
+            color_image(color, seed=9000 + 10 * c + i, size=(96, 72)).save(path)
+            photos[color].append(path)
+    encoder = load_encoder(colors_model, device="cpu")
+    index_folders([base / "photos"], base / "index", encoder)
+    add_texts(base / "index", encoder, [caption_for(c) for c in COLORS], source="test")
+    with Engine.open(base / "index", device="cpu") as engine:
+        yield Site(engine, photos)
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """A real uvicorn on 127.0.0.1 at a free port, in a thread; yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Headless Chromium with a fresh profile (module-scoped: launching costs ~1-2 s)."""
+    executable = find_chromium()
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=executable,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1100, "height": 760},
+        )
+        context.set_default_timeout(TIMEOUT_MS)
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def page(browser_context: Any) -> Iterator[Any]:
+    tab = browser_context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield tab
+    tab.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def first_result_id(page: Any) -> int:
+    return int(page.get_attribute("#results li.result >> nth=0", "data-id"))
+
+
+# Predicates are written as functions: Playwright evaluates a bare expression with eval() on
+# every poll, which the page's Content-Security-Policy (no 'unsafe-eval') rightly refuses.
+def wait_for_first(page: Any, image_id: int) -> None:
+    """Until the grid's first card is image_id and its thumbnail has decoded."""
+    page.wait_for_function(
+        """(id) => {
+            const first = document.querySelector('#results li.result');
+            const img = first && first.querySelector('img');
+            return first && first.dataset.id === String(id) && img.complete && img.naturalWidth > 0;
+        }""",
+        arg=image_id,
+    )
+
+
+def image_id_of(engine: Engine, path: Path) -> int:
+    return next(h.id for h in engine.search_image(path, k=1))
+
+
+def test_search_by_sentence_by_upload_and_by_click(site: Site, page: Any, tmp_path: Path) -> None:
+    engine = site.engine
+    with serve(create_app(engine)) as base:
+        page.goto(base + "/")
+        page.wait_for_function("() => document.querySelector('#stats').textContent.includes('12 images')")
+
+        # Type a sentence: the engine's best red image comes first, with its thumbnail and score.
+        expected = engine.search_text("a red image", k=24)
+        assert Path(expected[0].path).parent.name == "red"
+        page.fill("#q", "a red image")
+        page.press("#q", "Enter")
+        wait_for_first(page, expected[0].id)
+        cards = page.locator("#results li.result")
+        assert cards.count() == len(expected) == 12
+        shown = [int(cards.nth(i).get_attribute("data-id")) for i in range(cards.count())]
+        assert shown == [h.id for h in expected]
+        assert page.inner_text("#results li.result >> nth=0 >> .score") == f"{expected[0].score:.3f}"
+        assert page.inner_text("#results li.result >> nth=0 >> .name") == Path(expected[0].path).name
+        assert "12 images in" in page.inner_text("#status")
+        all_loaded = "() => [...document.querySelectorAll('#results img')].every((i) => i.naturalWidth)"
+        page.wait_for_function(all_loaded)
+        page.screenshot(path=str(tmp_path / "text-search.png"), full_page=True)
+
+        # Pick a file: its own indexed copy comes first, then its colour.
+        upload = site.photos["blue"][1]
+        page.set_input_files("#file", str(upload))
+        wait_for_first(page, image_id_of(engine, upload))
+        assert page.is_visible("#query-line") and upload.name in page.inner_text("#query-label")
+        neighbours = [int(cards.nth(i).get_attribute("data-id")) for i in range(COPIES)]
+        blue_ids = {image_id_of(engine, p) for p in site.photos["blue"]}
+        assert set(neighbours) == blue_ids
+
+        # Click a result: search by that indexed image.
+        clicked = int(cards.nth(COPIES).get_attribute("data-id"))
+        cards.nth(COPIES).locator("button.thumb").click()
+        wait_for_first(page, clicked)
+        assert "Similar to" in page.inner_text("#query-label")
+
+        # Image to text: the clicked image's colour caption is shown first.
+        clicked_color = Path(engine.get_image(clicked).path).parent.name
+        page.check("input[name=to][value=text]")
+        page.wait_for_selector("#captions li.caption")
+        assert page.inner_text("#captions li.caption >> nth=0 >> .text") == caption_for(clicked_color)
+        page.screenshot(path=str(tmp_path / "captions.png"), full_page=True)
+        page.check("input[name=to][value=image]")
+        wait_for_first(page, clicked)
+
+        # Drag and drop a file onto the page.
+        dropped = site.photos["yellow"][2]
+        page.evaluate(
+            """([name, data]) => {
+                const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+                const transfer = new DataTransfer();
+                transfer.items.add(new File([bytes], name, { type: 'image/png' }));
+                document.body.dispatchEvent(new DragEvent('drop', { dataTransfer: transfer, bubbles: true }));
+            }""",
+            [dropped.name, base64.b64encode(dropped.read_bytes()).decode()],
+        )
+        wait_for_first(page, image_id_of(engine, dropped))
+        page.screenshot(path=str(tmp_path / "search-by-image.png"), full_page=True)
+
+    for name in ("text-search.png", "captions.png", "search-by-image.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_errors_are_shown_on_the_page(site: Site, page: Any, tmp_path: Path) -> None:
+    with serve(create_app(site.engine)) as base:
+        page.goto(base + "/")
+        page.set_input_files(
+            "#file", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not pixels at all"}]
+        )
+        page.wait_for_selector("#error:not([hidden])")
+        assert "notes.png" in page.inner_text("#error") and "not an image" in page.inner_text("#error")
+        assert page.locator("#results li").count() == 0
+
+        page.fill("#q", "   ")
+        page.press("#q", "Enter")
+        page.wait_for_function(
+            "() => document.querySelector('#error').textContent.includes('Type a sentence')"
+        )
+        page.screenshot(path=str(tmp_path / "error.png"), full_page=True)
+
+
+def test_a_token_protected_server_asks_for_the_token(site: Site, page: Any) -> None:
+    with serve(create_app(site.engine, ServiceSettings(token=TOKEN))) as base:
+        page.goto(base + "/")
+        page.wait_for_selector("#token-form:not([hidden])")
+        page.fill("#token", "wrong-token")
+        page.click("#token-form button")
+        page.fill("#q", "a green image")
+        page.press("#q", "Enter")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "token" in page.inner_text("#error")
+
+        page.fill("#token", TOKEN)
+        page.click("#token-form button")
+        wait_for_first(page, site.engine.search_text("a green image", k=1)[0].id)
+        assert page.is_hidden("#token-form") and page.is_hidden("#error")
+        assert page.evaluate("sessionStorage.getItem('mmsearch-token')") == TOKEN
