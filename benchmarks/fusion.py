@@ -5,9 +5,9 @@ Half of the test scenes (seeded) get a partial caption as their own text, either
 shapes (no sizes, no positions). Every test scene's canonical caption is then a query, and
 text->image Recall@1/5/10 is measured for image-only scoring (text weight 0) and fused scoring
 at text weights 0.1 .. 1.0, over all queries and split by whether the target has own text.
-The main table goes through the public Engine (`Engine.add(captions=...)`,
-`Engine.search_vector`); the alignment ablation calls `score_documents` directly with each way
-of aligning own-text similarities to image similarities (none / mean shift / z-score).
+The per-weight tables go through the public Engine (`Engine.add(captions=...)`,
+`Engine.search_vector`); the variant comparison calls the engine's `score_documents` directly
+with each fusion rule (lift / linear) and alignment of own-text similarities (mean / none / z).
 
     .venv/bin/python benchmarks/fusion.py --corpus sample_corpus/build --out benchmarks/FUSION.md
 """
@@ -28,7 +28,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from indexer import catalog
-from indexer.calibration import FUSION_ALIGN, Calibration
+from indexer.calibration import FUSION_ALIGN, FUSION_RULE, Calibration
 from indexer.encoders import load_encoder
 from indexer.pipeline import IndexOptions, index_folders
 from indexer.vectors import VectorStore
@@ -38,6 +38,9 @@ from mmsearch.query import DEFAULT_TEXT_WEIGHT, score_documents
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 KS = (1, 5, 10)
 CONDITIONS = ("paraphrase", "colour+shape")
+# Fusion rule / alignment of own-text similarities, measured side by side (direct scoring).
+VARIANTS = tuple(f"{rule}/{align}" for rule in ("lift", "linear") for align in ("mean", "none", "z"))
+DEFAULT_VARIANT = f"{FUSION_RULE}/{FUSION_ALIGN}"
 
 
 @dataclass(frozen=True)
@@ -106,13 +109,20 @@ def direct_ranks(
     queries: np.ndarray,
     targets: list[int],
     weight: float,
-    align: str,
+    variant: str,
 ) -> list[int | None]:
-    """Ablation: the same scoring function with another alignment of own-text similarities."""
+    """Ablation: the engine's scoring function with another fusion variant ("rule/align")."""
+    rule, align = variant.split("/")
     ranks: list[int | None] = []
     for vector, target in zip(queries, targets, strict=True):
         scored = score_documents(
-            vector, *stores, max(KS), text_weight=weight, calibration=calibration, align=align  # type: ignore[arg-type]
+            vector,
+            *stores,
+            max(KS),
+            text_weight=weight,
+            calibration=calibration,
+            align=align,  # type: ignore[arg-type]
+            rule=rule,  # type: ignore[arg-type]
         )
         ids = scored.ids.tolist()
         ranks.append(ids.index(target) + 1 if target in ids else None)
@@ -158,14 +168,14 @@ def run_condition(
         VectorStore.load(engine.index_dir / "doc_texts.faiss", dim=engine.info.dim),
     )
     ablation = {
-        align: [
+        variant: [
             {
                 "weight": w,
-                **split_recall(direct_ranks(stores, calibration, queries, targets, w, align), has_text),
+                **split_recall(direct_ranks(stores, calibration, queries, targets, w, variant), has_text),
             }
             for w in WEIGHTS
         ]
-        for align in ("none", "mean", "z")
+        for variant in VARIANTS
     }
     example = next(iter(captions.items()))
     return {
@@ -193,47 +203,90 @@ def _ids_by_path(engine: Engine, scenes: list[Scene]) -> dict[str, int]:
     return {path: row.id for path, row in rows.items()}
 
 
-def mean_recall(results: list[dict[str, object]], align: str, weight: float, group: str) -> float:
-    """Mean of R@1, R@5 and R@10 over both conditions, for one alignment, weight and group."""
+def mean_recall(results: list[dict[str, object]], variant: str, weight: float, group: str) -> float:
+    """Mean of R@1, R@5 and R@10 over both conditions, for one variant, weight and group."""
     values = [
         v
         for result in results
-        for row in result["ablation"][align]  # type: ignore[index]
+        for row in result["ablation"][variant]  # type: ignore[index]
         if row["weight"] == weight
         for v in row[group].values()
     ]
     return float(np.mean(values))
 
 
-def best_weight(results: list[dict[str, object]], align: str = FUSION_ALIGN) -> float:
+def best_weight(results: list[dict[str, object]], variant: str = DEFAULT_VARIANT) -> float:
     """The weight with the best mean recall over all queries of both conditions, among those
     that leave images without own text at least as well found as image-only retrieval."""
-    floor = mean_recall(results, align, 0.0, "without_text")
-    fair = [w for w in WEIGHTS if w > 0 and mean_recall(results, align, w, "without_text") >= floor]
-    return max(fair or WEIGHTS, key=lambda w: mean_recall(results, align, w, "all"))
+    floor = mean_recall(results, variant, 0.0, "without_text")
+    fair = [w for w in WEIGHTS if w > 0 and mean_recall(results, variant, w, "without_text") >= floor]
+    return max(fair or WEIGHTS, key=lambda w: mean_recall(results, variant, w, "all"))
+
+
+def _triple(row: dict[str, dict[str, float]], group: str) -> str:
+    return " / ".join(f"{row[group][f'R@{k}']:.3f}" for k in KS)
 
 
 def summary(results: list[dict[str, object]], best: float) -> list[str]:
-    """The headline: image-only vs the chosen weight, per condition and group."""
+    """The headline: image-only vs the engine's fusion at the chosen weight, per group."""
     lines = [
-        f"## Summary (default: `DEFAULT_TEXT_WEIGHT = {best}`, alignment `{FUSION_ALIGN}`)",
+        f"## Summary: `{DEFAULT_VARIANT}` fusion, default text weight {best}",
         "",
-        "| own text | queries | image only R@1 / R@5 / R@10 | fused (w = "
-        f"{best}) R@1 / R@5 / R@10 |",
+        f"| own text | queries | image only R@1 / R@5 / R@10 | fused (w = {best}) R@1 / R@5 / R@10 |",
         "|---|---|---|---|",
     ]
     for result in results:
-        rows = {row["weight"]: row for row in result["ablation"][FUSION_ALIGN]}  # type: ignore[index]
+        rows = {row["weight"]: row for row in result["ablation"][DEFAULT_VARIANT]}  # type: ignore[index]
         for group, label in (
             ("all", "all"),
             ("with_text", "target has own text"),
             ("without_text", "target has no own text"),
         ):
-            cells = [
-                " / ".join(f"{rows[w][group][f'R@{k}']:.3f}" for k in KS) for w in (0.0, best)
-            ]
-            lines.append(f"| {result['condition']} | {label} | {cells[0]} | {cells[1]} |")
+            lines.append(
+                f"| {result['condition']} | {label} | {_triple(rows[0.0], group)} "
+                f"| {_triple(rows[best], group)} |"
+            )
     return [*lines, ""]
+
+
+def variants_table(results: list[dict[str, object]]) -> list[str]:
+    """Each fusion variant at its own best weight (same criterion), both conditions pooled."""
+    lines = [
+        "## Fusion variants (rule / alignment), each at its best weight",
+        "",
+        "`lift` = max(image, (1-w)·image + w·text); `linear` = (1-w)·image + w·text. Alignment of "
+        "the own-text similarity: `mean` shifted by the difference of random-pair means (text/text "
+        "vs text/image), `none` raw, `z` z-scored onto the image scale. Mean of R@1/R@5/R@10 over "
+        "both conditions.",
+        "",
+        "| variant | best w | all | target has own text | target has no own text |",
+        "|---|---|---|---|---|",
+        f"| image only | - | {mean_recall(results, DEFAULT_VARIANT, 0.0, 'all'):.3f} "
+        f"| {mean_recall(results, DEFAULT_VARIANT, 0.0, 'with_text'):.3f} "
+        f"| {mean_recall(results, DEFAULT_VARIANT, 0.0, 'without_text'):.3f} |",
+    ]
+    for variant in VARIANTS:
+        w = best_weight(results, variant)
+        cells = [f"{mean_recall(results, variant, w, g):.3f}" for g in ("all", "with_text", "without_text")]
+        lines.append(f"| {variant} | {w} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def weight_table(rows: list[dict[str, object]], best: float, *, flagged: bool) -> list[str]:
+    """R@1/5/10 per text weight, over all queries and per group."""
+    header = "| text weight | all R@1 / R@5 / R@10 | own text | no own text |"
+    rule = "|---|---|---|---|" + ("---|" if flagged else "")
+    lines = [header + (" target flagged |" if flagged else ""), rule]
+    for row in rows:
+        weight = float(row["weight"])  # type: ignore[arg-type]
+        label = "0 (image only)" if weight == 0 else f"{weight:.1f}"
+        if weight == best and weight > 0:
+            label = f"**{label} (default)**"
+        cells = [label] + [_triple(row, g) for g in ("all", "with_text", "without_text")]  # type: ignore[arg-type]
+        if flagged:
+            cells.append(f"{row['flagged']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def to_markdown(meta: dict[str, object], results: list[dict[str, object]], best: float) -> str:
@@ -241,67 +294,31 @@ def to_markdown(meta: dict[str, object], results: list[dict[str, object]], best:
     lines = [
         "# Hybrid documents: fusing an image's own text (sample corpus)",
         "",
-        f"Generated by `benchmarks/fusion.py` on {meta['date']} ({meta['machine']}).",
+        *summary(results, best),
+        f"Generated by `benchmarks/fusion.py` on {meta['date']} ({meta['machine']}). "
         f"Model: `{meta['model']}` ({meta['model_id']}). Corpus: `{meta['corpus']}`, split "
         f"`{meta['split']}`: {meta['scenes']} scenes; {meta['with_text']} of them "
-        f"({meta['fraction']:.0%}, seed {meta['seed']}) get a partial caption as their own text.",
-        "Queries: the canonical caption of every scene (one per scene); the target is that scene.",
-        "Weight 0 is image-only retrieval; w > 0 scores an image with own text as "
-        "(1-w)·image similarity + w·own-text similarity, the own-text similarity aligned with "
-        f"the index's calibration (`{FUSION_ALIGN}`, see the ablation); images without own text "
-        "keep their image score. 'target flagged' = the target is in the top 10 and marked "
-        "likely relevant (above the p99 of random pairs).",
+        f"({meta['fraction']:.0%}, seed {meta['seed']}) get a partial caption as their own text: "
+        "a paraphrase (a non-canonical caption, in templates the model never saw) or only the "
+        "colours and shapes. Queries: the canonical caption of every scene; the target is that "
+        "scene. Weight 0 is image-only retrieval. Images without own text always keep their image "
+        "score. 'target flagged' = the target is in the top 10 and marked likely relevant (above "
+        "the p99 of random pairs).",
         "",
+        *variants_table(results),
     ]
     for result in results:
+        example = result["example"]
         lines += [
-            f"## Own text = {result['condition']}",
+            f"## Own text = {result['condition']}, through the Engine (`{DEFAULT_VARIANT}`)",
             "",
-            f"Example own text: `{result['example']['own_text']}` "  # type: ignore[index]
-            f"({result['example']['image']}). Calibration: {result['calibration']}.",  # type: ignore[index]
+            f"Example own text: `{example['own_text']}` ({example['image']}). "  # type: ignore[index]
+            f"Calibration: {result['calibration']}.",
             "",
-            "| text weight | all R@1 | R@5 | R@10 | with own text R@1 | R@5 | R@10 "
-            "| without own text R@1 | R@5 | R@10 | target flagged likely relevant |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            *weight_table(result["rows"], best, flagged=True),  # type: ignore[arg-type]
+            "",
         ]
-        for row in result["rows"]:  # type: ignore[attr-defined]
-            label = "0 (image only)" if row["weight"] == 0 else f"{row['weight']:.1f}"
-            if row["weight"] == best:
-                label = f"**{label} (default)**"
-            cells = [label]
-            for group in ("all", "with_text", "without_text"):
-                cells += [f"{row[group][f'R@{k}']:.3f}" for k in KS]
-            cells.append(f"{row['flagged']:.3f}")
-            lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", *ablation_table(result["ablation"]), ""]  # type: ignore[arg-type]
-    return "\n".join(lines[:2] + summary(results, best) + lines[2:])
-
-
-def ablation_table(ablation: dict[str, list[dict[str, object]]]) -> list[str]:
-    """R@1 / R@10 per weight for each alignment of own-text similarities."""
-    header = "| text weight | " + " | ".join(
-        f"{align}: all R@1 | R@10 | with text R@1 | without text R@1 | R@10" for align in ablation
-    )
-    lines = [
-        "Alignment ablation (own-text similarity used raw, shifted by the random-pair mean "
-        "difference, or z-scored onto the image scale):",
-        "",
-        header + " |",
-        "|---" * (1 + 5 * len(ablation)) + "|",
-    ]
-    for n, weight in enumerate(WEIGHTS):
-        cells = [f"{weight:.1f}"]
-        for rows in ablation.values():
-            row = rows[n]
-            cells += [
-                f"{row['all']['R@1']:.3f}",  # type: ignore[index]
-                f"{row['all']['R@10']:.3f}",  # type: ignore[index]
-                f"{row['with_text']['R@1']:.3f}",  # type: ignore[index]
-                f"{row['without_text']['R@1']:.3f}",  # type: ignore[index]
-                f"{row['without_text']['R@10']:.3f}",  # type: ignore[index]
-            ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    return "\n".join(lines)
 
 
 def main() -> None:

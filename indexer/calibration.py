@@ -9,7 +9,7 @@ built-in set of generic probe sentences. Indexes without the row simply have no 
 
 Own-text similarities (text vs text) run higher than text vs image in a contrastive space (the
 "modality gap"), so hybrid scores shift them by the difference of the two random-pair means
-first (`fuse_scores`): an unrelated own text then neither lifts nor sinks a document on average.
+first (`fuse_scores`): an unrelated own text then scores like an unrelated image.
 """
 
 from __future__ import annotations
@@ -48,6 +48,12 @@ FusionAlign = Literal["none", "mean", "z"]
 # "none" raw, "mean" shifted by the difference of random-pair means, "z" also rescaled by the
 # ratio of their stds. "mean" measured best on the sample corpus (benchmarks/FUSION.md).
 FUSION_ALIGN: FusionAlign = "mean"
+FusionRule = Literal["linear", "lift"]
+# "linear": (1-w) * image + w * text. "lift": the same, but never below the image score, so own
+# text is supporting evidence only: a document with a weak own text does not fall behind one
+# with no text at all. "lift" measured better (benchmarks/FUSION.md): "linear" lets short or
+# loosely worded own texts drag their documents below text-less look-alikes.
+FUSION_RULE: FusionRule = "lift"
 NO_OWNER = -1
 
 # Generic captions for indexes that bring none of their own: everyday photos and simple scenes.
@@ -141,6 +147,7 @@ class Calibration:
     probes: str  # which captions were used
     created_at: float
     fusion_align: str = FUSION_ALIGN  # the alignment the fused distributions were computed with
+    fusion_rule: str = FUSION_RULE  # and the rule
 
     def for_fusion(self, text_weight: float) -> ScoreStats:
         """The null distribution of fused scores at a text weight (interpolated on FUSION_GRID)."""
@@ -167,8 +174,8 @@ class Calibration:
         data = json.loads(text)
         if data.pop("format", None) != CALIBRATION_FORMAT:
             return None
-        if data.get("fusion_align", FUSION_ALIGN) != FUSION_ALIGN:
-            return None  # fused distributions of another alignment: recomputed on the next run
+        if (data.get("fusion_align"), data.get("fusion_rule")) != (FUSION_ALIGN, FUSION_RULE):
+            return None  # fused distributions of another fusion: recomputed on the next run
         stats = {k: ScoreStats(**data[k]) if data[k] else None for k in ("image_image", "text_doc")}
         return cls(
             text_image=ScoreStats(**data["text_image"]),
@@ -177,7 +184,8 @@ class Calibration:
             doc_texts=int(data["doc_texts"]),
             probes=str(data["probes"]),
             created_at=float(data["created_at"]),
-            fusion_align=str(data.get("fusion_align", FUSION_ALIGN)),
+            fusion_align=str(data["fusion_align"]),
+            fusion_rule=str(data["fusion_rule"]),
             **stats,
         )
 
@@ -188,14 +196,16 @@ def fuse_scores(
     text_weight: float,
     calibration: Calibration | None,
     align: FusionAlign = FUSION_ALIGN,
+    rule: FusionRule = FUSION_RULE,
 ) -> np.ndarray:
-    """(1-w) * image similarity + w * own-text similarity (aligned when calibrated).
+    """(1-w) * image similarity + w * own-text similarity (aligned when calibrated; with the
+    "lift" rule never below the image similarity).
 
     image_scores, text_scores (n,) float32; text_scores is NaN for documents without own text,
     which keep their image score unchanged: a missing modality is never a penalty.
     """
     aligned = calibration.align_text(text_scores, align) if calibration else text_scores
-    fused = _mix(image_scores, aligned, text_weight)
+    fused = _mix(image_scores, aligned, text_weight, rule)
     return np.where(np.isnan(text_scores), image_scores, fused).astype(np.float32)
 
 
@@ -212,8 +222,11 @@ def align_text_scores(
     return text_image.mean + text_image.std * z
 
 
-def _mix(image_scores: np.ndarray, text_scores: np.ndarray, text_weight: float) -> np.ndarray:
-    return (1.0 - text_weight) * image_scores + text_weight * text_scores
+def _mix(
+    image_scores: np.ndarray, text_scores: np.ndarray, text_weight: float, rule: FusionRule
+) -> np.ndarray:
+    mixed = (1.0 - text_weight) * image_scores + text_weight * text_scores
+    return np.maximum(image_scores, mixed) if rule == "lift" else mixed
 
 
 @dataclass(frozen=True)
@@ -261,7 +274,9 @@ def compute_calibration(sample: CalibrationSample) -> Calibration:
         text_scores = _rowdot(sample.texts[t], doc_texts[d])
         text_doc = ScoreStats.of(text_scores)
         aligned = align_text_scores(text_scores, text_image, text_doc, FUSION_ALIGN)
-        fused = tuple(ScoreStats.of(_mix(image_scores, aligned, w)) for w in FUSION_GRID)
+        fused = tuple(
+            ScoreStats.of(_mix(image_scores, aligned, w, FUSION_RULE)) for w in FUSION_GRID
+        )
     return Calibration(
         text_image,
         image_image,

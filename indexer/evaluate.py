@@ -45,12 +45,35 @@ def summarize_ranks(ranks: np.ndarray) -> dict[str, float]:
     return summary
 
 
+def text_to_image_targets(
+    caption_to_image: Sequence[int], caption_texts: Sequence[str] | None
+) -> list[list[int]]:
+    """Correct images per caption: its own, plus every image carrying the very same caption.
+
+    Two images described by identical text cannot be told apart by that text, so either
+    counts as correct (emoji drawn by two vendors, look-alike rendered scenes).
+    """
+    if caption_texts is None:
+        return [[i] for i in caption_to_image]
+    owners: dict[str, set[int]] = {}
+    for text, image in zip(caption_texts, caption_to_image, strict=True):
+        owners.setdefault(_normalise(text), set()).add(image)
+    return [sorted(owners[_normalise(t)]) for t in caption_texts]
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
 def retrieval_metrics(
-    image_emb: np.ndarray, text_emb: np.ndarray, caption_to_image: Sequence[int]
+    image_emb: np.ndarray,
+    text_emb: np.ndarray,
+    caption_to_image: Sequence[int],
+    caption_texts: Sequence[str] | None = None,
 ) -> dict[str, dict[str, float]]:
     """{"t2i": {...}, "i2t": {...}} for normalised image_emb (I, dim) and text_emb (T, dim)."""
     scores = text_emb @ image_emb.T  # (T, I)
-    t2i = best_target_ranks(scores, [[i] for i in caption_to_image])
+    t2i = best_target_ranks(scores, text_to_image_targets(caption_to_image, caption_texts))
     captions_of: list[list[int]] = [[] for _ in range(len(image_emb))]
     for caption, image in enumerate(caption_to_image):
         captions_of[image].append(caption)
@@ -109,7 +132,9 @@ def evaluate_corpus(encoder: Encoder, corpus: Corpus, *, batch_size: int = 64) -
     emb = embed_corpus(encoder, corpus, batch_size=batch_size)
     if not emb.pairs:
         raise ValueError(f"{corpus.source}: no readable images to evaluate on")
-    result: dict[str, Any] = retrieval_metrics(emb.image_emb, emb.text_emb, emb.caption_to_image)
+    result: dict[str, Any] = retrieval_metrics(
+        emb.image_emb, emb.text_emb, emb.caption_to_image, [p.caption for p in emb.pairs]
+    )
     breakdown = _scene_breakdown(emb)
     if breakdown:
         result["breakdown"] = breakdown
@@ -138,8 +163,9 @@ def _scene_breakdown(emb: CorpusEmbeddings) -> dict[str, Any]:
         image_emb = emb.image_emb[images]
         owners = list(range(len(rows)))  # one canonical caption per scene: row j owns image j
         scores = text_emb @ image_emb.T  # (captions, images)
-        t2i = best_target_ranks(scores, [[j] for j in owners])
-        i2t = best_target_ranks(scores.T, [[j] for j in owners])
+        targets = text_to_image_targets(owners, [emb.pairs[i].caption for i in rows])
+        t2i = best_target_ranks(scores, targets)
+        i2t = best_target_ranks(scores.T, [[j] for j in owners])  # identical texts tie: counted
         unseen = np.array([bool(emb.pairs[i].meta.get("unseen")) for i in rows])
         out[kind] = _subset_summary(t2i, i2t, np.ones_like(unseen))
         for name, mask in (("seen", ~unseen), ("unseen", unseen)):
@@ -168,7 +194,20 @@ def _paraphrase_ranks(emb: CorpusEmbeddings, images: list[int], image_emb: np.nd
     if not rows:
         return np.zeros(0, dtype=np.int64)
     scores = emb.text_emb[rows] @ image_emb.T  # (captions, images)
-    return best_target_ranks(scores, [[column[emb.caption_to_image[i]]] for i in rows])
+    # Scenes with the same canonical caption are the same facts: either is a correct answer.
+    canonical_of = {
+        emb.caption_to_image[i]: _normalise(p.caption)
+        for i, p in enumerate(emb.pairs)
+        if p.meta.get("canonical") and emb.caption_to_image[i] in column
+    }
+    same_facts: dict[str, list[int]] = {}
+    for image, text in canonical_of.items():
+        same_facts.setdefault(text, []).append(column[image])
+    targets = [
+        same_facts.get(canonical_of.get(emb.caption_to_image[i], ""), [column[emb.caption_to_image[i]]])
+        for i in rows
+    ]
+    return best_target_ranks(scores, targets)
 
 
 def _states_everything(caption: str, objects: Sequence[Any]) -> bool:

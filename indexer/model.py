@@ -268,10 +268,10 @@ def load_model_dir(directory: Path, *, device: str = "cpu") -> LoadedModel:
         )
     config = read_model_config(directory)
     model = build_model(config)
-    state = load_file(str(directory / WEIGHTS_FILE))
     try:
+        state = load_file(str(directory / WEIGHTS_FILE))
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, SafetensorError) as exc:
         raise ModelLoadError(f"{directory}: weights do not match config.json: {exc}") from exc
     model.to(device).eval()
     return LoadedModel(model, load_tokenizer(directory), directory, weights_id(directory))

@@ -73,6 +73,8 @@ class OpenClipSpec:
         if "checkpoint" in options:
             checkpoint = checkpoint or Path(unquote(options["checkpoint"]))
         pretrained = pretrained or options.get("pretrained")
+        if pretrained is not None and checkpoint is None and Path(pretrained).is_file():
+            checkpoint, pretrained = Path(pretrained), None  # open_clip's "pretrained=FILE" form
         if (checkpoint is None) == (pretrained is None):
             raise ModelLoadError(
                 f"--model {OPENCLIP_PREFIX}{arch} needs exactly one weights source: --checkpoint "
@@ -177,8 +179,10 @@ def _load_dir(directory: Path, *, device: str) -> LoadedOpenClip:
         )
     try:
         config = json.loads((directory / CONFIG_FILE).read_text())
-        model_cfg, arch = config["model_cfg"], config["mmsearch"]["arch"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        model_cfg = config["model_cfg"]
+        # Folders open_clip itself wrote (no "mmsearch" section) load too, named by the folder.
+        arch = str(config.get("mmsearch", {}).get("arch", directory.name))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelLoadError(f"{directory}: unreadable {CONFIG_FILE}: {exc}") from exc
     open_clip = import_open_clip()
     name = f"local-dir:{directory}"

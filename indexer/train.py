@@ -200,7 +200,7 @@ def evaluate_model(
             )
     model.train()
     return retrieval_metrics(
-        image_emb.float().cpu().numpy(), torch.cat(text_emb).float().cpu().numpy(), owners
+        image_emb.float().cpu().numpy(), torch.cat(text_emb).float().cpu().numpy(), owners, captions
     )
 
 
@@ -504,5 +504,5 @@ def _evaluate_openclip(
         )  # (captions, dim)
     model.train()
     return retrieval_metrics(
-        image_emb.float().cpu().numpy(), text_emb.float().cpu().numpy(), owners
+        image_emb.float().cpu().numpy(), text_emb.float().cpu().numpy(), owners, captions
     )

@@ -293,9 +293,10 @@ class Engine:
         """Search with weighted terms and report each hit's relevance.
 
         text_weight (0..1, default DEFAULT_TEXT_WEIGHT): for a sentence query, an image with own
-        text scores (1 - w) * image similarity + w * own-text similarity; images without own
-        text keep their image similarity. min_score drops hits below a raw score; relevant keeps
-        only hits above the 99th percentile of random pairs recorded for this index.
+        text scores max(image, (1 - w) * image + w * own-text similarity) (mmsearch.query);
+        images without own text keep their image similarity. min_score drops hits below a raw
+        score; relevant keeps only hits above the 99th percentile of random pairs recorded for
+        this index.
         """
         try:
             modality = main_kind(terms)

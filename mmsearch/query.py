@@ -5,9 +5,11 @@
   late fusion of normalised embeddings. `a beach --add 2:sunset --subtract people` is
   normalise(e("a beach") + 2 e("sunset") - e("people")).
 - Hybrid documents: a sentence query scores an image that has its own text as
-  (1 - w) * image similarity + w * own-text similarity, the latter first shifted by the
-  index's calibration so unrelated texts and unrelated images score alike on average (the
-  modality gap); an image without own text keeps its image similarity.
+  max(image similarity, (1 - w) * image similarity + w * own-text similarity): own text lifts
+  a document whose text matches better than its pixels, and never sinks it below them. The
+  own-text similarity is first shifted by the index's calibration so unrelated texts and
+  unrelated images score alike on average (the modality gap). An image without own text keeps
+  its image similarity.
 - Relevance: a hit's score against the random-pair distribution recorded at index time.
 
 Pure functions over vectors and VectorStores; the Engine wires them to an index.
@@ -24,7 +26,15 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from indexer.calibration import FUSION_ALIGN, Calibration, FusionAlign, ScoreStats, fuse_scores
+from indexer.calibration import (
+    FUSION_ALIGN,
+    FUSION_RULE,
+    Calibration,
+    FusionAlign,
+    FusionRule,
+    ScoreStats,
+    fuse_scores,
+)
 from indexer.vectors import VectorStore
 
 TermKind = Literal["text", "image"]
@@ -169,6 +179,7 @@ def score_documents(
     calibration: Calibration | None,
     allowed_ids: np.ndarray | None = None,
     align: FusionAlign = FUSION_ALIGN,
+    rule: FusionRule = FUSION_RULE,
 ) -> Scored:
     """Top-k images for a query vector (dim,), fusing own-text similarity when there is any.
 
@@ -186,7 +197,7 @@ def score_documents(
     has_text = np.isin(ids, doc_texts.ids())
     text_scores = np.full(len(ids), np.nan, np.float32)
     text_scores[has_text] = _exact_scores(vector, doc_texts, ids[has_text], by_text.ids, by_text.scores)
-    fused = fuse_scores(image_scores, text_scores, text_weight, calibration, align)
+    fused = fuse_scores(image_scores, text_scores, text_weight, calibration, align, rule)
     order = np.argsort(-fused, kind="stable")[:k]
     return Scored(ids[order], fused[order], image_scores[order], text_scores[order])
 

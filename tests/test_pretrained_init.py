@@ -242,3 +242,11 @@ def test_openclip_spec_needs_one_weights_source(
 ) -> None:
     with pytest.raises(ModelLoadError, match="--checkpoint"):
         OpenClipSpec.parse(text, checkpoint=checkpoint, pretrained=pretrained)
+
+
+def test_pretrained_given_a_file_is_a_checkpoint(tmp_path: Path) -> None:
+    """open_clip's own `pretrained=FILE` form: local weights, recorded by content, not as a tag."""
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(b"")
+    spec = OpenClipSpec.parse("openclip:ViT-B-32", pretrained=str(weights))
+    assert spec == OpenClipSpec("ViT-B-32", checkpoint=weights.resolve())

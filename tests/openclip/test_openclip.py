@@ -2,7 +2,7 @@
 
 Tiny random-weight models are saved to local files and loaded through exactly the user-facing
 paths (`load_encoder`, `mmsearch index/search/train`); the loaded encoder must reproduce the saved
-model's embeddings. The network is refused for every test (see conftest.py).
+model's embeddings. Every test runs with network connections refused and recorded.
 """
 
 from __future__ import annotations
@@ -10,25 +10,84 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import open_clip
 import pytest
-import torch
-from click.testing import Result
-from conftest import TINY_ARCH, Checkpoint, save_checkpoint
-from open_clip.transform import PreprocessCfg, image_transform_v2
-from PIL import Image
-from typer.testing import CliRunner
 
-from indexer.encoders import load_encoder
-from indexer.model import ModelLoadError
-from indexer.openclip import CONFIG_FILE, WEIGHTS_FILE, OpenClipSpec
-from mmsearch.cli import app
-from mmsearch.engine import Engine
+# Runs in .venv-openclip (`make test` does, loading mmsearch_torchvision_shim first); skipped
+# where the optional extra is not installed, as in the core .venv.
+open_clip = pytest.importorskip("open_clip", reason="needs mmsearch[openclip]: make test-openclip")
+
+import torch  # noqa: E402
+from click.testing import Result  # noqa: E402
+from open_clip.transform import PreprocessCfg, image_transform_v2  # noqa: E402
+from PIL import Image  # noqa: E402
+from pretrained_parts import NetworkGuard  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from indexer.encoders import load_encoder  # noqa: E402
+from indexer.model import ModelLoadError  # noqa: E402
+from indexer.openclip import CONFIG_FILE, WEIGHTS_FILE, OpenClipSpec  # noqa: E402
+from mmsearch.cli import app  # noqa: E402
+from mmsearch.engine import Engine  # noqa: E402
+
+TINY_ARCH = "mmsearch-tiny-vit"
+# A ViT CLIP small enough to build in milliseconds; vocab_size is the SimpleTokenizer's (its BPE
+# vocabulary ships inside the open_clip package, so tokenising needs no download).
+TINY_CONFIG: dict[str, Any] = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A saved weights file and the model it was saved from (the reference for embeddings)."""
+
+    path: Path
+    model: Any
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[NetworkGuard]:
+    """Nothing in the OpenCLIP paths may open a connection (recorded even if swallowed)."""
+    guard = NetworkGuard().install(monkeypatch)
+    yield guard
+    assert guard.attempts == [], f"network access attempted: {guard.attempts}"
+
+
+@pytest.fixture(scope="session")
+def tiny_arch(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """TINY_ARCH registered the way open_clip registers its own: a JSON config in a folder."""
+    folder = tmp_path_factory.mktemp("open_clip_configs")
+    (folder / f"{TINY_ARCH}.json").write_text(json.dumps(TINY_CONFIG))
+    open_clip.add_model_config(folder)
+    return TINY_ARCH
+
+
+def save_checkpoint(arch: str, path: Path, *, seed: int) -> Checkpoint:
+    """Random weights for `arch` saved as safetensors or a plain torch state dict (by suffix)."""
+    torch.manual_seed(seed)
+    model = open_clip.create_model(arch).eval()
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    if path.suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return Checkpoint(path, model)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_arch: str, tmp_path_factory: pytest.TempPathFactory) -> Checkpoint:
+    """The model users would point --checkpoint at, as safetensors."""
+    return save_checkpoint(tiny_arch, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", seed=0)
+
 
 TEXTS = ["a red image", "a blue square on a white background", "an image"]
 COLORS = ("red", "green", "blue", "yellow")
