@@ -43,6 +43,7 @@ from mmsearch.engine import Engine
 # Helper modules beside this script (benchmarks/ is on sys.path when run as benchmarks/run.py).
 import report
 import synth
+from load_test import format_report, run_load_test
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -590,6 +591,29 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     )
 
 
+def measure_http_load(index_dir: Path, settings: Settings) -> report.Section:
+    """The loopback HTTP load test against the same index, with in-process latency beside it."""
+    section = report.Section("HTTP service under load (loopback)")
+    clients, seconds = (4, 3.0) if settings.quick else (16, 20.0)
+    result = run_load_test(index_dir, clients, seconds, model=settings.model)
+    log(format_report(result))
+    section.add("GET /search p50 / p99", f"**{result['p50_ms']:.2f} / {result['p99_ms']:.2f} ms**")
+    section.add("requests/s", f"{result['requests_per_s']:.1f} ({result['requests']} requests)")
+    section.add("errors (incl. wrong answers)", f"{result['errors']} ({pass_fail(result['errors'] == 0)})")
+    section.add(
+        "in-process Engine p50 / p99",
+        f"{result['engine_p50_ms']:.2f} / {result['engine_p99_ms']:.2f} ms"
+        f" ({result['engine_queries']} queries)",
+    )
+    section.params = {
+        "server": "`mmsearch serve` on 127.0.0.1 in its own process"
+        f" (start-up {result['server_startup_s']} s)",
+        "load": f"{clients} concurrent clients for {seconds:g} s, GET /search k={result['k']}, "
+        "each answer checked against the in-process engine",
+    }
+    return section
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run all four measurements and write the report; 1 if a hard check failed."""
     settings = parse_args(argv)
@@ -625,12 +649,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     indexing = measure_indexing(encoder, photos, photo_entries, encoded.images_per_s, settings)
     reindex = measure_reindex(encoder, small, settings)
     queries = measure_queries(reindex.index_dir, small, settings)
+    http = measure_http_load(reindex.index_dir, settings)
 
     machine.append(("load average at end (1/5/15 min)", report.load_average()))
     command = shlex.join([shown(Path(sys.executable)), *sys.argv])
     text = report.render(
         machine=machine,
-        sections=[encoded.section, indexing, reindex.section, queries],
+        sections=[encoded.section, indexing, reindex.section, queries, http],
         command=command,
         quick=settings.quick,
         elapsed_s=time.perf_counter() - STARTED,
