@@ -21,7 +21,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +31,14 @@ import torch
 from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from support import save_random_model
 from typer.testing import CliRunner
 
 from indexer import catalog, encode, images
 from indexer.catalog import ImageRow
-from indexer.config import load_named_config
 from indexer.encoders import Encoder, load_encoder
-from indexer.model import build_model, save_model_dir
 from indexer.pipeline import IndexOptions, index_folders
 from indexer.scan import ScanOptions, scan_folder
-from indexer.tokenizer import tokenizer_from_sentencepiece, train_sentencepiece
 from mmsearch.cli import app
 
 SEED = 7
@@ -252,14 +250,8 @@ def _one_torch_thread() -> Iterator[None]:
 def bad_files_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init model of the tiny-test config (ranking does not matter here)."""
     captions = [f"a {c} {s}" for c in ("red", "green", "blue") for s in ("circle", "square", "star")]
-    proto = train_sentencepiece(captions, vocab_size=48)
-    tokenizer = tokenizer_from_sentencepiece(proto)
-    config = load_named_config("tiny-test")
-    config = replace(config, text=replace(config.text, vocab_size=len(tokenizer)))
-    torch.manual_seed(SEED)
     directory = tmp_path_factory.mktemp("bad-files-model")
-    save_model_dir(build_model(config), tokenizer, directory, spm_proto=proto)
-    return directory
+    return save_random_model(directory, captions, vocab_size=48, seed=SEED)
 
 
 @pytest.fixture(scope="module")

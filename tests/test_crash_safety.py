@@ -23,7 +23,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +33,16 @@ import torch
 from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from support import save_random_model
 from typer.testing import CliRunner
 
 from indexer import catalog
 from indexer.catalog import ImageRow
-from indexer.config import load_named_config
 from indexer.encode import LoadedImage, hash_file, load_file
 from indexer.encoders import Encoder, load_encoder
 from indexer.index_store import IMAGES_FAISS, LOCK_FILE, IndexLockedError, IndexWriter, WriterLock
-from indexer.model import build_model, save_model_dir
 from indexer.pipeline import IndexOptions, IndexReport, index_folders
 from indexer.scan import FileEntry
-from indexer.tokenizer import tokenizer_from_sentencepiece, train_sentencepiece
 from indexer.vectors import VectorStore
 from mmsearch.cli import app
 from mmsearch.engine import MAX_K, Engine, IndexUnavailableError
@@ -308,14 +306,7 @@ def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zygote]:
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init model of the tiny-test config."""
-    proto = train_sentencepiece(CAPTIONS, vocab_size=64)
-    tokenizer = tokenizer_from_sentencepiece(proto)
-    config = load_named_config("tiny-test")
-    config = replace(config, text=replace(config.text, vocab_size=len(tokenizer)))
-    torch.manual_seed(SEED)
-    directory = tmp_path_factory.mktemp("tiny-model")
-    save_model_dir(build_model(config), tokenizer, directory, spm_proto=proto)
-    return directory
+    return save_random_model(tmp_path_factory.mktemp("tiny-model"), CAPTIONS, vocab_size=64, seed=SEED)
 
 
 @pytest.fixture(scope="module")

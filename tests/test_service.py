@@ -6,7 +6,6 @@ apart) is shared by most tests; tests that write (POST /index, DELETE) build the
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import socket
@@ -26,6 +25,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from support import serve
 from typer.testing import CliRunner
 
 from indexer.index_store import IndexWriter, WriterLock
@@ -367,28 +367,6 @@ def test_a_file_that_changed_or_became_a_symlink_is_not_served(writable: Writabl
     assert_error(client.get(f"/images/{hits[vanished]}"), 404)
     os.remove(vanished)
     assert_error(client.get(f"/images/{hits[vanished]}/thumbnail"), 404, "gone")
-
-
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """A real uvicorn on 127.0.0.1 at a free port, in a thread; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 def raw_get(base: str, target: str) -> tuple[int, bytes]:

@@ -9,19 +9,15 @@ download is never used.
 from __future__ import annotations
 
 import base64
-import contextlib
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from conftest import COLORS, caption_for, color_image
+from support import serve
 
 from indexer.encoders import load_encoder
 from indexer.pipeline import add_texts, index_folders
@@ -80,27 +76,6 @@ def site(colors_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     add_texts(base / "index", encoder, [caption_for(c) for c in COLORS], source="test")
     with Engine.open(base / "index", device="cpu") as engine:
         yield Site(engine, photos)
-
-
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """A real uvicorn on 127.0.0.1 at a free port, in a thread; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
