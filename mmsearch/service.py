@@ -24,7 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Literal
@@ -52,6 +52,7 @@ from mmsearch.engine import (
     ImageHit,
     ImageNotFoundError,
     IndexedImage,
+    IndexStats,
     IndexUnavailableError,
     QueryError,
     TextHit,
@@ -182,22 +183,6 @@ class HealthResponse(BaseModel):
     status: Literal["ok"] = "ok"
     version: str
     auth_required: bool
-
-
-class StatsResponse(BaseModel):
-    """Index facts, as `mmsearch info` shows them."""
-
-    index_dir: str
-    model_kind: str
-    model_source: str
-    model_id: str
-    dim: int
-    index_type: str
-    images: int
-    texts: int
-    image_vectors: int
-    text_vectors: int
-    size_bytes: int
 
 
 class QueryInfo(BaseModel):
@@ -662,10 +647,10 @@ def create_app(engine: Engine, settings: ServiceSettings | None = None) -> FastA
         """The server is up (no token needed)."""
         return HealthResponse(version=__version__, auth_required=settings.token is not None)
 
-    @api.get("/stats", response_model=StatsResponse, tags=["service"])
-    def stats() -> StatsResponse:
+    @api.get("/stats", response_model=IndexStats, tags=["service"])
+    def stats() -> IndexStats:
         """Counts, model, dimension and size on disk of the served index."""
-        return StatsResponse(**asdict(engine.stats()))
+        return engine.stats()
 
     @api.get("/search", response_model=ImageSearchResponse, tags=["search"])
     def search(q: QParam, k: KParam = DEFAULT_K) -> ImageSearchResponse | TextSearchResponse:
