@@ -1,18 +1,21 @@
 """Synthetic benchmark inputs, generated once into benchmarks/work/ and reused on later runs.
 
 Two sets: camera-sized JPEGs (smooth gradients, a few filled shapes and mild sensor-like noise,
-so libjpeg does as much work as on a real photo and files are a few MB) and many small PNGs
+so libjpeg does as much work as on a real photo and files are a few MB, with the EXIF preview
+every camera and phone writes) and many small PNGs
 for the no-change re-index. Files are written under a hidden temporary name and renamed, and a
 marker beside the folder records a finished set, so an interrupted generation resumes.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import multiprocessing
 import os
 import shutil
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +38,9 @@ SMALL_SIZE = 96  # side of the re-index PNGs
 FILES_PER_FOLDER = 500  # photo libraries are folders of hundreds, not one flat folder
 PHOTO_SEED = 1_000_000  # seed offsets, so the two sets never share content
 SMALL_SEED = 2_000_000
+# The EXIF preview cameras and phones embed (IFD1): 160x120 baseline JPEG, as DCF specifies.
+CAMERA_PREVIEW_SIZE = (160, 120)
+CAMERA_PREVIEW_QUALITY = 85
 CHUNKS_PER_PROCESS = 16  # pool work units per process: small enough to balance, big enough to batch
 
 
@@ -73,7 +79,69 @@ def ensure_photos(work: Path, *, count: int, megapixels: float, processes: int) 
     }
     paths = _layout(folder, count, "photo", ".jpg")
     jobs = [(str(p), PHOTO_SEED + i, width, height) for i, p in enumerate(paths)]
+    _add_previews_to_older_set(folder, paths, params, processes)
+    params["exif_preview"] = list(CAMERA_PREVIEW_SIZE)
     return _ensure(folder, paths, jobs, _write_photo, params, processes)
+
+
+def camera_exif(preview_jpeg: bytes, *, orientation: int = 1) -> bytes:
+    """An EXIF APP1 payload as a camera writes it: IFD0 with the orientation, IFD1 with a preview.
+
+    Pillow reads IFD1 but does not write it, hence the few lines of TIFF here (little-endian:
+    header, IFD0 with one entry, IFD1 with three, then the preview's bytes).
+    """
+    short, long_ = 3, 4  # TIFF field types
+    ifd0_at, ifd0_entries = 8, 1
+    ifd1_at = ifd0_at + 2 + 12 * ifd0_entries + 4
+    ifd1_entries = 3
+    preview_at = ifd1_at + 2 + 12 * ifd1_entries + 4
+    tiff = b"II*\x00" + struct.pack("<L", ifd0_at)
+    tiff += struct.pack("<H", ifd0_entries)
+    tiff += struct.pack("<HHLHxx", 0x0112, short, 1, orientation)  # Orientation
+    tiff += struct.pack("<L", ifd1_at)
+    tiff += struct.pack("<H", ifd1_entries)
+    tiff += struct.pack("<HHLHxx", 0x0103, short, 1, 6)  # Compression: JPEG
+    tiff += struct.pack("<HHLL", 0x0201, long_, 1, preview_at)  # JPEGInterchangeFormat
+    tiff += struct.pack("<HHLL", 0x0202, long_, 1, len(preview_jpeg))  # ...Length
+    tiff += struct.pack("<L", 0)  # no IFD2
+    return b"Exif\x00\x00" + tiff + preview_jpeg
+
+
+def camera_preview(photo: Image.Image) -> bytes:
+    """The CAMERA_PREVIEW_SIZE JPEG a camera would embed for this photo."""
+    preview = photo.copy()
+    preview.thumbnail(CAMERA_PREVIEW_SIZE, Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    preview.save(buffer, format="JPEG", quality=CAMERA_PREVIEW_QUALITY)
+    return buffer.getvalue()
+
+
+def _add_previews_to_older_set(
+    folder: Path, paths: Sequence[Path], params: dict[str, object], processes: int
+) -> None:
+    """Sets generated before previews were added get them spliced in: minutes instead of a rebuild."""
+    marker = folder.parent / f"{folder.name}.done.json"
+    if _read_marker(marker) != params:
+        return
+    with multiprocessing.Pool(processes) as pool:
+        for _ in pool.imap_unordered(_splice_preview, [str(p) for p in paths], chunksize=16):
+            pass
+    marker.write_text(json.dumps({**params, "exif_preview": list(CAMERA_PREVIEW_SIZE)}, indent=1) + "\n")
+
+
+def _splice_preview(path: str) -> None:
+    data = Path(path).read_bytes()
+    with Image.open(io.BytesIO(data)) as photo:
+        if "exif" in photo.info:
+            return
+        photo.draft("RGB", (CAMERA_PREVIEW_SIZE[0] * 2, CAMERA_PREVIEW_SIZE[1] * 2))
+        preview = camera_preview(photo.convert("RGB"))
+    payload = camera_exif(preview)
+    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    head, name = os.path.split(path)
+    partial = os.path.join(head, f".{name}.part")
+    Path(partial).write_bytes(data[:2] + app1 + data[2:])  # right after SOI
+    os.replace(partial, path)
 
 
 def ensure_small_files(work: Path, *, count: int, processes: int) -> GeneratedSet:
@@ -128,7 +196,7 @@ def _read_marker(marker: Path) -> object:
         return None
 
 
-def _save_atomically(image: Image.Image, path: str, *, image_format: str, **options: int) -> None:
+def _save_atomically(image: Image.Image, path: str, *, image_format: str, **options: object) -> None:
     """Hidden temporary name (the scanner skips dot files), then rename: no half-written files."""
     head, name = os.path.split(path)
     partial = os.path.join(head, f".{name}.part")
@@ -170,7 +238,8 @@ def _write_photo(job: Job) -> None:
     path, seed, width, height = job
     rng = np.random.default_rng(seed)
     photo = _add_noise(_scene(rng, width, height), rng)
-    _save_atomically(photo, path, image_format="JPEG", quality=JPEG_QUALITY)
+    exif = camera_exif(camera_preview(photo))
+    _save_atomically(photo, path, image_format="JPEG", quality=JPEG_QUALITY, exif=exif)
 
 
 def _write_small(job: Job) -> None:

@@ -6,7 +6,6 @@ memory stays flat however large the folder is. Bad files are skipped and reporte
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from collections import deque
@@ -17,12 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from indexer.content_id import content_id
 from indexer.encoders import Encoder
 from indexer.images import (
     DEFAULT_MAX_MEGAPIXELS,
     ImageLoadError,
     MissingExtraError,
-    decode_image_bytes,
+    decode_bytes,
 )
 from indexer.scan import FileEntry
 
@@ -63,21 +63,18 @@ class EncodedBatch:
     skipped: list[Skipped]
 
 
-def file_hash(data: bytes) -> str:
-    """Content id of a file: BLAKE2b-128 is fast and plenty against accidental collisions."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def hash_file(path: str) -> str:
-    """Content id of a file on disk."""
-    with open(path, "rb") as fh:
-        return file_hash(fh.read())
-
-
 def load_file(
-    entry: FileEntry, encoder: Encoder, *, max_megapixels: float
+    entry: FileEntry,
+    encoder: Encoder,
+    *,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    embedded_thumbnail: bool = True,
 ) -> LoadedImage | Skipped:
-    """Read, hash, decode and preprocess one file; any failure becomes a Skipped with a reason."""
+    """Read, hash, decode and preprocess one file; any failure becomes a Skipped with a reason.
+
+    The whole file is read (not memory-mapped): a file truncated by another program while
+    mapped would kill the indexer with SIGBUS instead of becoming one skipped line.
+    """
     if not entry.image_type:
         return Skipped(
             entry.path,
@@ -96,19 +93,19 @@ def load_file(
     except OSError as exc:
         return Skipped(entry.path, f"unreadable: {exc.strerror or exc}", retry=True)
     try:
-        image = decode_image_bytes(
+        decoded = decode_bytes(
             data,
             name=entry.path,
             max_megapixels=max_megapixels,
             target_size=encoder.preprocess_config.image_size,
+            embedded_thumbnail=embedded_thumbnail,
         )
-        width, height = image.size
-        pixels = encoder.preprocess(image)
+        pixels = encoder.preprocess(decoded.image)
     except MissingExtraError as exc:
         return Skipped(entry.path, exc.reason, retry=True)
     except ImageLoadError as exc:
         return Skipped(entry.path, exc.reason)
-    return LoadedImage(entry, pixels, file_hash(data), width, height)
+    return LoadedImage(entry, pixels, content_id(data), decoded.width, decoded.height)
 
 
 def _chunks(entries: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]]:
@@ -128,6 +125,7 @@ def encode_files(
     *,
     batch_size: int,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    embedded_thumbnail: bool = True,
     workers: int | None = None,
 ) -> Iterator[EncodedBatch]:
     """Yield encoded batches in input order; decoding runs `LOOKAHEAD_BATCHES` ahead in threads."""
@@ -137,7 +135,16 @@ def encode_files(
         chunks = _chunks(entries, batch_size)
         for chunk in chunks:
             pending.append(
-                [pool.submit(load_file, e, encoder, max_megapixels=max_megapixels) for e in chunk]
+                [
+                    pool.submit(
+                        load_file,
+                        e,
+                        encoder,
+                        max_megapixels=max_megapixels,
+                        embedded_thumbnail=embedded_thumbnail,
+                    )
+                    for e in chunk
+                ]
             )
             if len(pending) > LOOKAHEAD_BATCHES:
                 yield _encode_ready(pending.popleft(), encoder)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 from indexer import calibration, catalog, doc_text
 from indexer.calibration import Calibration
 from indexer.catalog import DocTextRow, ImageRecord, ImageRow, SkippedRow, TextRow
-from indexer.encode import EncodedBatch, Skipped, encode_files, hash_file
+from indexer.content_id import algorithm_key, content_id_like, file_content_id
+from indexer.encode import EncodedBatch, Skipped, encode_files
 from indexer.encoders import Encoder
 from indexer.images import DEFAULT_MAX_MEGAPIXELS
 from indexer.index_store import IndexWriter
@@ -83,6 +84,10 @@ class IndexOptions:
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
     scan: ScanOptions = field(default_factory=ScanOptions)
     workers: int | None = None
+    # Encode a JPEG from its EXIF preview when that preview is big enough and matches the photo's
+    # shape (see indexer.images); False decodes every photo, for folders edited by tools that
+    # leave stale previews behind.
+    exif_thumbnails: bool = True
 
 
 @dataclass
@@ -223,7 +228,9 @@ def _skipped_under(session: Session, root: str) -> list[SkippedRow]:
 
 def _same_content(entry: FileEntry, row: ImageRow) -> bool:
     try:
-        return entry.size == row.size and hash_file(entry.path) == row.content_hash
+        return entry.size == row.size and (
+            file_content_id(entry.path, like=row.content_hash) == row.content_hash
+        )
     except OSError:
         return False
 
@@ -233,18 +240,17 @@ def _apply_moves_and_removals(
 ) -> None:
     """A new file whose content matches a vanished row is that row, moved: no re-encoding."""
     by_hash: dict[tuple[int, str], list[ImageRow]] = {}
+    # size -> one stored id per hash algorithm among the vanished rows of that size
+    id_samples: dict[int, dict[str, str]] = {}
     for gone_row in plan.vanished:  # copies of one photo share a hash; each has its own row
         by_hash.setdefault((gone_row.size, gone_row.content_hash), []).append(gone_row)
-    sizes = {size for size, _ in by_hash}
+        samples = id_samples.setdefault(gone_row.size, {})
+        samples.setdefault(algorithm_key(gone_row.content_hash), gone_row.content_hash)
     still_to_encode: list[FileEntry] = []
     for entry in plan.to_encode:
         row: ImageRow | None = None
-        if entry.path not in plan.replaced and entry.size in sizes:
-            try:
-                same = by_hash.get((entry.size, hash_file(entry.path)))
-            except OSError:
-                same = None
-            row = same.pop() if same else None
+        if entry.path not in plan.replaced and entry.size in id_samples:
+            row = _take_moved_row(entry, id_samples[entry.size].values(), by_hash)
         if row is None:
             still_to_encode.append(entry)
             continue
@@ -255,6 +261,24 @@ def _apply_moves_and_removals(
     catalog.delete_images(session, gone)
     report.removed += len(gone)
     writer.commit_vectors(session, removed_images=gone)
+
+
+def _take_moved_row(
+    entry: FileEntry,
+    id_samples: Iterable[str],
+    by_hash: dict[tuple[int, str], list[ImageRow]],
+) -> ImageRow | None:
+    """The vanished row with this file's content, hashed as each candidate's id was hashed."""
+    try:
+        with open(entry.path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    for sample in id_samples:
+        same = by_hash.get((entry.size, content_id_like(data, sample)))
+        if same:
+            return same.pop()
+    return None
 
 
 def _encode_and_commit(
@@ -271,6 +295,7 @@ def _encode_and_commit(
         encoder,
         batch_size=options.batch_size,
         max_megapixels=options.max_megapixels,
+        embedded_thumbnail=options.exif_thumbnails,
         workers=options.workers,
     )
     session = writer.session()

@@ -241,6 +241,15 @@ def index_cmd(
     max_megapixels: Annotated[
         float, typer.Option("--max-megapixels", min=0.01)
     ] = DEFAULT_MAX_MEGAPIXELS,
+    exif_thumbnails: Annotated[
+        bool,
+        typer.Option(
+            "--exif-thumbnails/--no-exif-thumbnails",
+            help="Encode a JPEG from the preview its camera embedded when that preview is big "
+            "enough for the model and has the photo's shape (many times faster); "
+            "--no-exif-thumbnails decodes every photo.",
+        ),
+    ] = True,
     device: DeviceOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", help="Only errors.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -264,6 +273,7 @@ def index_cmd(
         batch_size=batch_size,
         max_megapixels=max_megapixels,
         scan=ScanOptions(exclude=tuple(exclude or ()), include_hidden=include_hidden),
+        exif_thumbnails=exif_thumbnails,
     )
     bar: tqdm | None = None
 

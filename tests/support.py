@@ -3,21 +3,66 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
+import io
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
+from PIL import Image
 
 from indexer.config import load_named_config
 from indexer.model import build_model, save_model_dir
 from indexer.tokenizer import tokenizer_from_sentencepiece, train_sentencepiece
 
 SERVER_START_TIMEOUT_S = 20
+REPO = Path(__file__).resolve().parents[1]
+BENCH_SYNTH_PATH = REPO / "benchmarks" / "synth.py"
+
+
+@functools.cache
+def bench_synth() -> ModuleType:
+    """benchmarks/synth.py (not a package): the camera-EXIF writer the benchmark photos use."""
+    name = "mmsearch_bench_synth"
+    spec = importlib.util.spec_from_file_location(name, BENCH_SYNTH_PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def camera_jpeg(
+    photo: Image.Image,
+    *,
+    preview: Image.Image | bytes | None = None,
+    orientation: int = 1,
+) -> bytes:
+    """A JPEG as a camera writes it: EXIF orientation and an embedded preview (IFD1).
+
+    preview defaults to the photo shrunk to 160x120; an Image or raw bytes lets a test tell
+    which pixels were decoded, or hand over a broken preview.
+    """
+    synth = bench_synth()
+    if preview is None:
+        preview_bytes = synth.camera_preview(photo)
+    elif isinstance(preview, Image.Image):
+        buffer = io.BytesIO()
+        preview.save(buffer, format="JPEG", quality=95)
+        preview_bytes = buffer.getvalue()
+    else:
+        preview_bytes = preview
+    out = io.BytesIO()
+    photo.save(out, format="JPEG", quality=90, exif=synth.camera_exif(preview_bytes, orientation=orientation))
+    return out.getvalue()
 
 
 def save_random_model(directory: Path, captions: Sequence[str], *, vocab_size: int, seed: int) -> Path:

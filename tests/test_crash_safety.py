@@ -38,7 +38,8 @@ from typer.testing import CliRunner
 
 from indexer import catalog
 from indexer.catalog import ImageRow
-from indexer.encode import LoadedImage, hash_file, load_file
+from indexer.content_id import file_content_id
+from indexer.encode import LoadedImage, load_file
 from indexer.encoders import Encoder, load_encoder
 from indexer.index_store import IMAGES_FAISS, LOCK_FILE, IndexLockedError, IndexWriter, WriterLock
 from indexer.pipeline import IndexOptions, IndexReport, index_folders
@@ -434,7 +435,7 @@ def _read_state(index_dir: Path, dim: int) -> IndexState:
 
 def _current_hash(path: str) -> str | None:
     try:
-        return hash_file(path)
+        return file_content_id(path)
     except FileNotFoundError:
         return None
 
@@ -526,7 +527,7 @@ def _check_after_kill(
     assert sorted(row.path for row in final.rows.values()) == files, "not every image exactly once"
     assert final.vector_ids == final.rows.keys()
     for row in final.rows.values():
-        assert row.content_hash == hash_file(row.path)
+        assert row.content_hash == file_content_id(row.path)
     _check_pairing(index_dir, final, reference, dim)
     return state, report
 
@@ -810,4 +811,4 @@ def test_next_writer_repairs_hand_made_damage_and_resume_reencodes(
 
 def test_shared_photos_were_not_touched(crash_photos: Path, reference: dict[str, np.ndarray]) -> None:
     """The fresh-index tests share one folder; a test that edited it would void the others."""
-    assert {hash_file(p) for p in _image_files(crash_photos)} == set(reference)
+    assert {file_content_id(p) for p in _image_files(crash_photos)} == set(reference)
