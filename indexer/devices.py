@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
+from collections.abc import Iterator
 
 import torch
 
@@ -38,3 +41,31 @@ def autocast_for(device: str) -> torch.autocast:
     if device.startswith("cuda"):
         return torch.autocast("cuda", dtype=torch.float16)
     return torch.autocast("cpu", enabled=False)
+
+
+def indexing_threads() -> int:
+    """Torch intra-op threads while decode workers share the cores: half of them, at least one.
+
+    Measured on 2 cores (benchmarks/RESULTS.md): with decoding in worker threads, one torch thread
+    indexes as fast or faster than torch's default of one per core, which oversubscribes.
+    """
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run a block with `count` intra-op threads (None: unchanged), then restore the setting.
+
+    The setting is process-wide: queries served meanwhile by the same process use it too.
+    """
+    if count is None:
+        yield
+        return
+    if count < 1:
+        raise ValueError(f"torch threads must be at least 1, got {count}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -8,12 +8,14 @@ keywords after. The text is embedded with the text tower and fused with the imag
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageFile, IptcImagePlugin, UnidentifiedImageError
 
@@ -81,14 +83,20 @@ def sidecar_paths(image_path: str) -> tuple[str, str]:
     return stem + SIDECAR_SUFFIX, image_path + SIDECAR_SUFFIX
 
 
-def own_text(image_path: str, *, caption: str | None = None) -> OwnText | None:
-    """The image's own text by precedence (given caption, sidecar, metadata), or None."""
+def own_text(
+    image_path: str, *, caption: str | None = None, data: bytes | None = None
+) -> OwnText | None:
+    """The image's own text by precedence (given caption, sidecar, metadata), or None.
+
+    data: the image file's bytes when the caller has read them already (metadata is parsed
+    from them instead of opening the file again).
+    """
     if caption is not None and (text := clean_text(caption)):
         return OwnText(text, "caption")
     sidecar = read_sidecar(image_path)
     if sidecar is not None:
         return sidecar
-    embedded = embedded_text(image_path)
+    embedded = embedded_text(image_path if data is None else io.BytesIO(data))
     if embedded:
         return OwnText(embedded, "metadata", None)
     return None
@@ -117,10 +125,13 @@ def sidecar_state(image_path: str, mtimes: dict[str, int]) -> int | None:
     return None
 
 
-def embedded_text(image_path: str) -> str | None:
-    """Descriptions and keywords from EXIF, XMP and IPTC, joined; None if the file has none."""
+def embedded_text(source: str | BinaryIO) -> str | None:
+    """Descriptions and keywords from EXIF, XMP and IPTC, joined; None if the file has none.
+
+    source: a path, or the file's bytes as a binary stream.
+    """
     try:
-        with Image.open(image_path, formats=PILLOW_FORMATS) as image:
+        with Image.open(source, formats=PILLOW_FORMATS) as image:
             descriptions, keywords = _exif_text(image)
             xmp_descriptions, xmp_keywords = _xmp_text(_xmp_packet(image))
             iptc_descriptions, iptc_keywords = _iptc_text(image)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import stat
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from indexer import doc_text
 from indexer.content_id import content_id
 from indexer.encoders import Encoder
 from indexer.images import (
@@ -39,6 +40,7 @@ class LoadedImage:
     content_hash: str
     width: int
     height: int
+    own_text: doc_text.OwnText | None = None  # read here, in the worker, from the bytes in hand
 
 
 @dataclass(frozen=True)
@@ -69,11 +71,15 @@ def load_file(
     *,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     embedded_thumbnail: bool = True,
+    caption: str | None = None,
 ) -> LoadedImage | Skipped:
     """Read, hash, decode and preprocess one file; any failure becomes a Skipped with a reason.
 
-    The whole file is read (not memory-mapped): a file truncated by another program while
-    mapped would kill the indexer with SIGBUS instead of becoming one skipped line.
+    caption: text given for this file at index time; without it the image's own text comes from
+    a sidecar or its metadata (indexer.doc_text).
+
+    The whole file is read, not memory-mapped: a file truncated by another program while mapped
+    would kill the indexer with SIGBUS instead of becoming one skipped line.
     """
     if not entry.image_type:
         return Skipped(
@@ -105,7 +111,8 @@ def load_file(
         return Skipped(entry.path, exc.reason, retry=True)
     except ImageLoadError as exc:
         return Skipped(entry.path, exc.reason)
-    return LoadedImage(entry, pixels, content_id(data), decoded.width, decoded.height)
+    own = doc_text.own_text(entry.path, caption=caption, data=data)
+    return LoadedImage(entry, pixels, content_id(data), decoded.width, decoded.height, own)
 
 
 def _chunks(entries: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]]:
@@ -126,6 +133,7 @@ def encode_files(
     batch_size: int,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     embedded_thumbnail: bool = True,
+    captions: Mapping[str, str] | None = None,
     workers: int | None = None,
 ) -> Iterator[EncodedBatch]:
     """Yield encoded batches in input order; decoding runs `LOOKAHEAD_BATCHES` ahead in threads."""
@@ -142,6 +150,7 @@ def encode_files(
                         encoder,
                         max_megapixels=max_megapixels,
                         embedded_thumbnail=embedded_thumbnail,
+                        caption=captions.get(e.path) if captions else None,
                     )
                     for e in chunk
                 ]

@@ -21,6 +21,7 @@ from indexer import calibration, catalog, doc_text
 from indexer.calibration import Calibration
 from indexer.catalog import DocTextRow, ImageRecord, ImageRow, SkippedRow, TextRow
 from indexer.content_id import algorithm_key, content_id_like, file_content_id
+from indexer.devices import indexing_threads, torch_threads
 from indexer.encode import EncodedBatch, Skipped, encode_files
 from indexer.encoders import Encoder
 from indexer.images import DEFAULT_MAX_MEGAPIXELS
@@ -88,6 +89,8 @@ class IndexOptions:
     # shape (see indexer.images); False decodes every photo, for folders edited by tools that
     # leave stale previews behind.
     exif_thumbnails: bool = True
+    # Torch intra-op threads while encoding; None: indexer.devices.indexing_threads().
+    torch_threads: int | None = None
 
 
 @dataclass
@@ -296,6 +299,7 @@ def _encode_and_commit(
         batch_size=options.batch_size,
         max_megapixels=options.max_megapixels,
         embedded_thumbnail=options.exif_thumbnails,
+        captions=plan.captions,
         workers=options.workers,
     )
     session = writer.session()
@@ -304,20 +308,22 @@ def _encode_and_commit(
     pending_removed: list[int] = []
     pending_docs = _PendingDocs()
     last_commit = time.perf_counter()
+    threads = options.torch_threads or indexing_threads()
     try:
-        for batch in batches:
-            removed, ids = _stage_batch(session, batch, plan, report)
-            pending_removed += removed
-            pending_ids += ids
-            pending_vectors.append(batch.vectors)
-            pending_docs.extend(_stage_own_texts(session, encoder, batch, ids, plan, report))
-            if on_progress:
-                on_progress(len(batch.images) + len(batch.skipped), len(report.skipped))
-            if time.perf_counter() - last_commit >= COMMIT_INTERVAL_S:
-                _commit(writer, session, pending_ids, pending_vectors, pending_removed, pending_docs)
-                pending_ids, pending_vectors, pending_removed = [], [], []
-                pending_docs = _PendingDocs()
-                last_commit = time.perf_counter()
+        with torch_threads(threads):
+            for batch in batches:
+                removed, ids = _stage_batch(session, batch, plan, report)
+                pending_removed += removed
+                pending_ids += ids
+                pending_vectors.append(batch.vectors)
+                pending_docs.extend(_stage_own_texts(session, encoder, batch, ids, report))
+                if on_progress:
+                    on_progress(len(batch.images) + len(batch.skipped), len(report.skipped))
+                if time.perf_counter() - last_commit >= COMMIT_INTERVAL_S:
+                    _commit(writer, session, pending_ids, pending_vectors, pending_removed, pending_docs)
+                    pending_ids, pending_vectors, pending_removed = [], [], []
+                    pending_docs = _PendingDocs()
+                    last_commit = time.perf_counter()
         _commit(writer, session, pending_ids, pending_vectors, pending_removed, pending_docs)
     finally:
         session.close()
@@ -409,15 +415,15 @@ def _stage_own_texts(
     encoder: Encoder,
     batch: EncodedBatch,
     ids: list[int],
-    plan: _Plan,
     report: IndexReport,
 ) -> tuple[list[int], np.ndarray]:
     """Own-text rows for a batch's new image rows; returns (image ids, text vectors (n, dim))."""
     found = [
-        (image_id, doc_text.own_text(img.entry.path, caption=plan.captions.get(img.entry.path)))
+        (image_id, img.own_text)
         for img, image_id in zip(batch.images, ids, strict=True)
+        if img.own_text is not None
     ]
-    return _add_own_texts(session, encoder, [(i, t) for i, t in found if t is not None], report)
+    return _add_own_texts(session, encoder, found, report)
 
 
 def _add_own_texts(

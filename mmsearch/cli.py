@@ -250,6 +250,15 @@ def index_cmd(
             "--no-exif-thumbnails decodes every photo.",
         ),
     ] = True,
+    torch_threads: Annotated[
+        int | None,
+        typer.Option(
+            "--torch-threads",
+            min=1,
+            help="Torch threads for encoding while decode workers run "
+            "(default: half the cores, measured fastest on 2 cores).",
+        ),
+    ] = None,
     device: DeviceOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", help="Only errors.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -274,6 +283,7 @@ def index_cmd(
         max_megapixels=max_megapixels,
         scan=ScanOptions(exclude=tuple(exclude or ()), include_hidden=include_hidden),
         exif_thumbnails=exif_thumbnails,
+        torch_threads=torch_threads,
     )
     bar: tqdm | None = None
 

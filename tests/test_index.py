@@ -27,7 +27,7 @@ from indexer.index_store import (
     IndexWriter,
 )
 from indexer.model import build_model, load_model_dir, save_model_dir
-from indexer.pipeline import PipelineError, add_texts, index_folders, remove_images
+from indexer.pipeline import IndexOptions, PipelineError, add_texts, index_folders, remove_images
 from indexer.vectors import VectorStore, VectorStoreError
 from mmsearch import Engine
 
@@ -496,3 +496,24 @@ def test_add_texts_skips_duplicates_and_keys_vectors_by_row(index_dir: Path, enc
     store = VectorStore.load(index_dir / TEXTS_FAISS, dim=32)
     for text, id_ in rows.items():
         assert np.allclose(store.reconstruct(id_), encoder.encode_texts([text])[0], atol=1e-5)
+
+
+def test_encoding_uses_the_requested_torch_threads_and_restores_them(
+    photo_folder: PhotoFolder, index_dir: Path, encoder: Encoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[int] = []
+    encode = encoder.encode_pixels
+
+    def spy(pixels: torch.Tensor) -> np.ndarray:
+        seen.append(torch.get_num_threads())
+        return encode(pixels)
+
+    monkeypatch.setattr(encoder, "encode_pixels", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        index_folders([photo_folder.root], index_dir, encoder, options=IndexOptions(torch_threads=1))
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
