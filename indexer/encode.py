@@ -41,6 +41,7 @@ class LoadedImage:
     width: int
     height: int
     own_text: doc_text.OwnText | None = None  # read here, in the worker, from the bytes in hand
+    decoded_from: str = "full"  # indexer.images.DecodedImage.source: full, draft or exif thumbnail
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,9 @@ def load_file(
     except ImageLoadError as exc:
         return Skipped(entry.path, exc.reason)
     own = doc_text.own_text(entry.path, caption=caption, data=data)
-    return LoadedImage(entry, pixels, content_id(data), decoded.width, decoded.height, own)
+    return LoadedImage(
+        entry, pixels, content_id(data), decoded.width, decoded.height, own, decoded.source
+    )
 
 
 def _chunks(entries: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]]:

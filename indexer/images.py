@@ -53,6 +53,7 @@ DRAFT_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO"})
 # for 12 MP even at 1/8 scale). A preview whose aspect ratio differs by more than this fraction is
 # letterboxed or stale (edited without updating it) and is not used.
 THUMBNAIL_ASPECT_TOLERANCE = 0.02
+FROM_EXIF_THUMBNAIL = "exif thumbnail"  # DecodedImage.source when the preview stood in
 EXIF_HEADER = b"Exif\x00\x00"  # APP1 payload prefix; IFD offsets count from just after it
 # EXIF orientation -> the transpose that makes the stored pixels upright (as ImageOps does).
 ORIENTATION_TRANSPOSE: dict[int, Image.Transpose] = {
@@ -240,7 +241,7 @@ def _decode(
             if embedded_thumbnail and target_size is not None and img.format in DRAFT_FORMATS:
                 preview = _exif_thumbnail(img, target_size)
             if preview is not None:
-                upright, kind = _transposed(preview, orientation), "exif thumbnail"
+                upright, kind = _transposed(preview, orientation), FROM_EXIF_THUMBNAIL
             else:
                 kind = "full"
                 if target_size is not None and img.format in DRAFT_FORMATS:
