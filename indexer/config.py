@@ -116,6 +116,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     recall_k: int = 10  # the Recall@K that picks the best checkpoint
+    # Weight of a second InfoNCE term between two captions of one image (0: off). It teaches the
+    # text tower that captions of the same picture agree, which own-text fusion relies on.
+    caption_agreement: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""

@@ -160,10 +160,28 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Rows of one step: image indices, one caption each, and the caption-agreement partners.
+
+    partner_rows index into the batch: those images have another, different caption, given in
+    partner_captions; the two captions of an image are pulled together (TrainConfig.caption_agreement).
+    """
+
+    images: list[int]
+    captions: list[str]
+    partner_rows: list[int] = field(default_factory=list)
+    partner_captions: list[str] = field(default_factory=list)
+
+
 def epoch_batches(
-    data: PairData, batch_size: int, rng: random.Random
-) -> list[tuple[list[int], list[str]]]:
-    """One caption per image per epoch, so no batch holds two positives for the same image."""
+    data: PairData, batch_size: int, rng: random.Random, *, partners: bool = False
+) -> list[Batch]:
+    """One caption per image per epoch, so no batch holds two positives for the same image.
+
+    partners draws a second caption per image after the first, so runs without it keep the
+    random stream (and results) of earlier releases.
+    """
     order = list(range(len(data.captions)))
     rng.shuffle(order)
     batches = []
@@ -171,8 +189,24 @@ def epoch_batches(
         idx = order[start : start + batch_size]
         if len(idx) < 2:
             continue  # a contrastive batch needs at least one negative
-        batches.append((idx, [rng.choice(data.captions[i]) for i in idx]))
+        captions = [rng.choice(data.captions[i]) for i in idx]
+        batch = Batch(idx, captions)
+        if partners:
+            for row, (i, first) in enumerate(zip(idx, captions, strict=True)):
+                others = [c for c in data.captions[i] if c != first]
+                if others:
+                    batch.partner_rows.append(row)
+                    batch.partner_captions.append(rng.choice(others))
+        batches.append(batch)
     return batches
+
+
+def _agreement_loss(
+    text_emb: torch.Tensor, partner_emb: torch.Tensor, rows: list[int], scale: torch.Tensor
+) -> torch.Tensor:
+    """InfoNCE between two captions of each image: text/text similarity learns to mean
+    "describes the same picture", which hybrid-document fusion relies on."""
+    return clip_loss(text_emb[rows].float(), partner_emb.float(), scale)
 
 
 @torch.no_grad()
@@ -269,19 +303,31 @@ def train(
     for epoch in range(state["epoch"] + 1, train_config.epochs + 1):
         started = time.perf_counter()
         rng = random.Random(train_config.seed * 10_007 + epoch)  # resumable without saved RNG state
-        batches = epoch_batches(train_data, train_config.batch_size, rng)
+        batches = epoch_batches(
+            train_data, train_config.batch_size, rng, partners=train_config.caption_agreement > 0
+        )
         losses = []
         bar = tqdm(
             batches, desc=f"epoch {epoch}/{train_config.epochs}", disable=not progress, leave=False
         )
-        for idx, captions in bar:
-            pixels = train_data.pixels[idx].float().to(device)  # (batch, 3, S, S)
-            tokens = tokenize(tokenizer, captions, max_length=config.text.max_length)
+        for batch in bar:
+            pixels = train_data.pixels[batch.images].float().to(device)  # (batch, 3, S, S)
+            tokens = tokenize(tokenizer, batch.captions, max_length=config.text.max_length)
             with autocast_for(device):
                 image_emb, text_emb, scale = model(
                     pixels, tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
                 )
                 loss = clip_loss(image_emb.float(), text_emb.float(), scale)
+                if len(batch.partner_rows) >= 2:
+                    partner = tokenize(
+                        tokenizer, batch.partner_captions, max_length=config.text.max_length
+                    )
+                    partner_emb = model.encode_text(
+                        partner["input_ids"].to(device), partner["attention_mask"].to(device)
+                    )
+                    loss = loss + train_config.caption_agreement * _agreement_loss(
+                        text_emb, partner_emb, batch.partner_rows, scale
+                    )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
@@ -430,18 +476,26 @@ def train_openclip(
         started = time.perf_counter()
         rng = random.Random(train_config.seed * 10_007 + epoch)
         losses = []
-        batches = epoch_batches(train_data, train_config.batch_size, rng)
+        batches = epoch_batches(
+            train_data, train_config.batch_size, rng, partners=train_config.caption_agreement > 0
+        )
         bar = tqdm(
             batches, desc=f"epoch {epoch}/{train_config.epochs}", disable=not progress, leave=False
         )
-        for idx, captions in bar:
-            pixels = train_data.pixels[idx].float().to(device)  # (batch, 3, S, S)
-            tokens = loaded.tokenizer(captions).to(device)  # (batch, context)
+        for batch in bar:
+            pixels = train_data.pixels[batch.images].float().to(device)  # (batch, 3, S, S)
+            tokens = loaded.tokenizer(batch.captions).to(device)  # (batch, context)
             with autocast_for(device):
                 image_emb = model.encode_image(pixels, normalize=True)  # (batch, dim)
                 text_emb = model.encode_text(tokens, normalize=True)  # (batch, dim)
                 scale = model.logit_scale.exp().squeeze()  # scalar
                 loss = clip_loss(image_emb.float(), text_emb.float(), scale.float())
+                if len(batch.partner_rows) >= 2:
+                    partner_tokens = loaded.tokenizer(batch.partner_captions).to(device)
+                    partner_emb = model.encode_text(partner_tokens, normalize=True)
+                    loss = loss + train_config.caption_agreement * _agreement_loss(
+                        text_emb, partner_emb, batch.partner_rows, scale.float()
+                    )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)

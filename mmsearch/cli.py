@@ -155,6 +155,16 @@ def train_cmd(
         Path | None, typer.Option("--image-init", help="Local ResNet weights.")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.")] = False,
+    caption_agreement: Annotated[
+        float,
+        typer.Option(
+            "--caption-agreement",
+            min=0.0,
+            help="Weight of an extra InfoNCE term pulling two captions of one image together "
+            "(0: off). Makes an image's own text a better match for queries (hybrid documents); "
+            "needs images with several captions.",
+        ),
+    ] = TrainConfig.caption_agreement,
     device: DeviceOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
     init: Annotated[
@@ -176,7 +186,11 @@ def train_cmd(
     data = load_corpus(corpus)
     default_lr = TrainConfig.lr if init is None else FINETUNE_LR
     train_config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, seed=seed, lr=default_lr if lr is None else lr
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        lr=default_lr if lr is None else lr,
+        caption_agreement=caption_agreement,
     )
 
     def show(result: EpochResult) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,16 @@ from indexer.tokenizer import (
     train_sentencepiece,
     unknown_rate,
 )
-from indexer.train import LAST_DIR, STATE_FILE, EpochResult, TrainError, TrainReport, train
+from indexer.train import (
+    LAST_DIR,
+    STATE_FILE,
+    EpochResult,
+    PairData,
+    TrainError,
+    TrainReport,
+    epoch_batches,
+    train,
+)
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 ROUND_TRIP = [
@@ -264,6 +274,7 @@ def test_two_training_steps_lower_the_loss(tiny_config: ModelConfig, tokenizer: 
 # -- training loop -----------------------------------------------------------------------------
 
 RESUME_TRAIN = TrainConfig(epochs=3, batch_size=8, lr=3e-3, warmup_steps=2)
+AGREEMENT_TRAIN = TrainConfig(epochs=4, batch_size=32, lr=3e-3, warmup_steps=5)
 
 
 class _Interrupted(Exception):
@@ -382,3 +393,67 @@ def test_train_with_text_init_uses_the_folder_tokenizer(
 def test_text_init_without_config_names_the_flag(tiny_config: ModelConfig, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="--text-init"):
         build_model(tiny_config, text_init=tmp_path)
+
+
+# -- caption agreement -------------------------------------------------------------------------
+
+
+def _pair_data(captions: list[list[str]]) -> PairData:
+    return PairData(torch.zeros((len(captions), 3, IMAGE_SIZE, IMAGE_SIZE)), captions)
+
+
+def test_partners_are_other_captions_of_the_same_image() -> None:
+    captions = [[f"image {i} caption {j}" for j in range(i % 3 + 1)] for i in range(40)]
+    batches = epoch_batches(_pair_data(captions), 16, random.Random(0), partners=True)
+    seen_partner = False
+    for batch in batches:
+        assert len(batch.partner_rows) == len(batch.partner_captions)
+        for row, partner in zip(batch.partner_rows, batch.partner_captions, strict=True):
+            image = batch.images[row]
+            assert partner in captions[image] and partner != batch.captions[row]
+            seen_partner = True
+        with_one_caption = {r for r, i in enumerate(batch.images) if len(captions[i]) == 1}
+        assert not with_one_caption & set(batch.partner_rows)
+    assert seen_partner
+    plain = epoch_batches(_pair_data(captions), 16, random.Random(0))
+    assert all(not b.partner_rows for b in plain)
+
+
+def _caption_to_caption_r1(model_dir: Path, corpus: Path) -> float:
+    """How often an image's first caption finds another caption of the same image first."""
+    loaded = load_model_dir(model_dir)
+    by_image = load_corpus(corpus).captions_by_image()
+    groups = [caps[:2] for caps in by_image.values() if len(caps) >= 2]
+    firsts = [g[0] for g in groups]
+    seconds = [g[1] for g in groups]
+    with torch.no_grad():
+        a = loaded.model.encode_text(**_tokens(loaded.tokenizer, firsts))
+        b = loaded.model.encode_text(**_tokens(loaded.tokenizer, seconds))
+    hits = (a @ b.T).argmax(dim=1) == torch.arange(len(groups))
+    return float(hits.float().mean())
+
+
+def _tokens(tokenizer: Any, texts: list[str]) -> dict[str, torch.Tensor]:
+    tokens = tokenize(tokenizer, texts, max_length=load_named_config("tiny-test").text.max_length)
+    return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+
+def test_caption_agreement_teaches_captions_of_one_image_to_find_each_other(
+    sample_corpus: Path, tmp_path: Path
+) -> None:
+    corpus = sample_corpus
+    rates = {}
+    for weight in (0.0, 1.0):
+        out = tmp_path / f"agreement-{weight}"
+        train(
+            load_corpus(corpus),
+            out,
+            model_config=load_named_config("tiny-test"),
+            train_config=replace(AGREEMENT_TRAIN, caption_agreement=weight),
+            device="cpu",
+            progress=False,
+        )
+        rates[weight] = _caption_to_caption_r1(out, corpus)
+        recorded = json.loads((out / "train_config.json").read_text())
+        assert recorded["caption_agreement"] == weight
+    assert rates[1.0] > rates[0.0] + 0.1, rates
