@@ -8,7 +8,6 @@ keywords after. The text is embedded with the text tower and fused with the imag
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -83,23 +82,24 @@ def sidecar_paths(image_path: str) -> tuple[str, str]:
     return stem + SIDECAR_SUFFIX, image_path + SIDECAR_SUFFIX
 
 
-def own_text(
-    image_path: str, *, caption: str | None = None, data: bytes | None = None
-) -> OwnText | None:
-    """The image's own text by precedence (given caption, sidecar, metadata), or None.
+def own_text(image_path: str, *, caption: str | None = None) -> OwnText | None:
+    """The image's own text by precedence (given caption, sidecar, metadata), or None."""
+    found = caption_or_sidecar(image_path, caption=caption)
+    if found is not None:
+        return found
+    return metadata_own_text(embedded_text(image_path))
 
-    data: the image file's bytes when the caller has read them already (metadata is parsed
-    from them instead of opening the file again).
-    """
+
+def caption_or_sidecar(image_path: str, *, caption: str | None = None) -> OwnText | None:
+    """The first two sources of own text; the indexer reads the third (metadata) while decoding."""
     if caption is not None and (text := clean_text(caption)):
         return OwnText(text, "caption")
-    sidecar = read_sidecar(image_path)
-    if sidecar is not None:
-        return sidecar
-    embedded = embedded_text(image_path if data is None else io.BytesIO(data))
-    if embedded:
-        return OwnText(embedded, "metadata", None)
-    return None
+    return read_sidecar(image_path)
+
+
+def metadata_own_text(text: str | None) -> OwnText | None:
+    """Own text from embedded metadata, or None when there is none."""
+    return OwnText(text, "metadata", None) if text else None
 
 
 def read_sidecar(image_path: str) -> OwnText | None:
@@ -132,11 +132,19 @@ def embedded_text(source: str | BinaryIO) -> str | None:
     """
     try:
         with Image.open(source, formats=PILLOW_FORMATS) as image:
-            descriptions, keywords = _exif_text(image)
-            xmp_descriptions, xmp_keywords = _xmp_text(_xmp_packet(image))
-            iptc_descriptions, iptc_keywords = _iptc_text(image)
+            return text_of_open_image(image)
     except METADATA_ERRORS:
         return None  # the image pipeline reports unreadable files; no text is all we lose here
+
+
+def text_of_open_image(image: ImageFile.ImageFile) -> str | None:
+    """embedded_text of an image the caller has opened already (the decoder does, once)."""
+    try:
+        descriptions, keywords = _exif_text(image)
+        xmp_descriptions, xmp_keywords = _xmp_text(_xmp_packet(image))
+        iptc_descriptions, iptc_keywords = _iptc_text(image)
+    except METADATA_ERRORS:
+        return None
     return _join(
         descriptions + xmp_descriptions + iptc_descriptions,
         keywords + xmp_keywords + iptc_keywords,

@@ -100,19 +100,24 @@ def load_file(
     except OSError as exc:
         return Skipped(entry.path, f"unreadable: {exc.strerror or exc}", retry=True)
     try:
+        own = doc_text.caption_or_sidecar(entry.path, caption=caption)
+        metadata: list[str | None] = []
         decoded = decode_bytes(
             data,
             name=entry.path,
             max_megapixels=max_megapixels,
             target_size=encoder.preprocess_config.image_size,
             embedded_thumbnail=embedded_thumbnail,
+            # Own text from metadata is read from the file decode opens anyway: one parse, not two.
+            inspect=None if own else lambda img: metadata.append(doc_text.text_of_open_image(img)),
         )
         pixels = encoder.preprocess(decoded.image)
     except MissingExtraError as exc:
         return Skipped(entry.path, exc.reason, retry=True)
     except ImageLoadError as exc:
         return Skipped(entry.path, exc.reason)
-    own = doc_text.own_text(entry.path, caption=caption, data=data)
+    if own is None and metadata:
+        own = doc_text.metadata_own_text(metadata[0])
     return LoadedImage(
         entry, pixels, content_id(data), decoded.width, decoded.height, own, decoded.source
     )

@@ -13,7 +13,7 @@ import io
 import os
 import stat
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -172,8 +172,13 @@ def decode_bytes(
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     target_size: int | None = None,
     embedded_thumbnail: bool = True,
+    inspect: Callable[[ImageFile.ImageFile], None] | None = None,
 ) -> DecodedImage:
-    """decode_image_bytes plus the file's full size, which a reduced decode no longer shows."""
+    """decode_image_bytes plus the file's full size, which a reduced decode no longer shows.
+
+    inspect is called with the opened file before its pixels are decoded, so a metadata reader
+    need not open it again; it must not raise.
+    """
     _check_arguments(max_megapixels, target_size)
     if not data:
         raise ImageLoadError(name, "empty file")
@@ -184,6 +189,7 @@ def decode_bytes(
         max_megapixels=max_megapixels,
         target_size=target_size,
         embedded_thumbnail=embedded_thumbnail,
+        inspect=inspect,
     )
 
 
@@ -225,6 +231,7 @@ def _decode(
     max_megapixels: float,
     target_size: int | None,
     embedded_thumbnail: bool,
+    inspect: Callable[[ImageFile.ImageFile], None] | None = None,
 ) -> DecodedImage:
     """Shared body of open_image and decode_bytes: sniff, guard, decode, convert."""
     heif_expected = _looks_like_heif(fp.read(HEADER_BYTES)) or suffix.lower() in HEIF_EXTENSIONS
@@ -233,6 +240,8 @@ def _decode(
     try:
         with Image.open(fp, formats=formats) as img:
             _check_pixels(img.size, source, max_megapixels)
+            if inspect is not None:
+                inspect(img)
             width, height = img.size
             orientation = _orientation(img)
             if orientation in SIDEWAYS_ORIENTATIONS:
