@@ -18,12 +18,14 @@ from tqdm import tqdm
 
 from indexer.config import ConfigError, TrainConfig, load_named_config
 from indexer.data import CorpusError, load_corpus
+from indexer.devices import resolve_device
 from indexer.doc_text import CaptionsFileError, read_captions
 from indexer.encoders import load_encoder, model_spec
 from indexer.evaluate import evaluate_corpus
 from indexer.images import DEFAULT_MAX_MEGAPIXELS, ImageLoadError
 from indexer.index_store import IndexStoreError
 from indexer.model import ModelLoadError
+from indexer.optimize import OptimizeReport, use_flat, use_ivf
 from indexer.pipeline import (
     IndexOptions,
     IndexReport,
@@ -589,6 +591,50 @@ def calibrate_cmd(
         f"random caption/image pairs ({calibration.probes}, n={stats.n}): mean {stats.mean:.3f}, "
         f"std {stats.std:.3f}, p50 {stats.p50:.3f}, p90 {stats.p90:.3f}, p99 {stats.p99:.3f}; "
         f"sentence hits above {stats.p99:.3f} count as likely relevant"
+    )
+
+
+@command("optimize")
+def optimize_cmd(
+    ivf: Annotated[
+        bool, typer.Option("--ivf", help="Rebuild the image vectors as IVF (approximate, faster search).")
+    ] = False,
+    flat: Annotated[
+        bool, typer.Option("--flat", help="Rebuild them as the exact index (the default).")
+    ] = False,
+    lists: Annotated[
+        int | None,
+        typer.Option("--lists", min=1, help="IVF lists (default 4*sqrt(n), >= 39 vectors per list)."),
+    ] = None,
+    nprobe: Annotated[
+        int | None, typer.Option("--nprobe", min=1, help="Lists searched per query (default lists/8).")
+    ] = None,
+    db: DbOption = None,
+    device: DeviceOption = "auto",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Switch the image vectors between exact search and IVF; k-means runs on the GPU with --device cuda."""
+    if ivf == flat:
+        fail("give exactly one of --ivf or --flat", 2)
+    if flat and (lists is not None or nprobe is not None):
+        fail("--lists and --nprobe belong to --ivf", 2)
+    index_dir = _db(db)
+    if ivf:
+        use_gpu = resolve_device(device).startswith("cuda")
+        report = use_ivf(index_dir, lists=lists, nprobe=nprobe, use_gpu=use_gpu)
+    else:
+        report = use_flat(index_dir)
+    if as_json:
+        typer.echo(json.dumps({"db": str(index_dir), **asdict(report)}))
+        return
+    typer.echo(_optimize_summary(report, index_dir))
+
+
+def _optimize_summary(report: OptimizeReport, index_dir: Path) -> str:
+    recall = "" if report.recall is None else f"; recall@10 against exact search {report.recall:.3f}"
+    return (
+        f"{report.before} -> {report.after}: {report.vectors} vectors in {report.seconds:.1f} s "
+        f"on the {report.device}{recall} ({index_dir})"
     )
 
 
