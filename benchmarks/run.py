@@ -260,21 +260,10 @@ class EncoderResult:
 def measure_encoder(encoder: Encoder, photos: list[FileEntry], settings: Settings) -> EncoderResult:
     """Time encode_pixels on the pipeline's own batches of preprocessed photos, then encode_texts."""
     section = report.Section("Encoder-only throughput")
-    sample = photos[: BATCH_SIZE * ENCODER_BATCHES]
-    log(f"encoder-only: decoding {len(sample)} photos into batches of {BATCH_SIZE}")
-    loaded = load_files(sample, encoder, workers=settings.workers)
-    pixels = [img.pixels for img in loaded if isinstance(img, LoadedImage)]
-    batches = [torch.stack(pixels[i : i + BATCH_SIZE]) for i in range(0, len(pixels), BATCH_SIZE)]
+    log(f"encoder-only: decoding {BATCH_SIZE * ENCODER_BATCHES} photos into batches of {BATCH_SIZE}")
+    batches = _pixel_batches(encoder, photos, settings)
     images = sum(len(b) for b in batches)
-    for batch in batches[:2]:  # warm-up: first calls pay for allocation and kernel selection
-        encoder.encode_pixels(batch)
-    seconds = []
-    for _ in range(settings.repeats):
-        started = time.perf_counter()
-        for batch in batches:
-            encoder.encode_pixels(batch)
-        seconds.append(time.perf_counter() - started)
-    image_rate, image_low, image_high = median_rate(images, seconds)
+    image_rate, image_low, image_high = median_rate(images, _time_batches(encoder, batches, settings))
     log(f"encoder-only: {image_rate:,.0f} images/s (median of {settings.repeats})")
 
     captions = query_sentences(settings.captions, random.Random(SEED))
@@ -493,22 +482,31 @@ def measure_indexing(
 
 def _encoder_rate_at(encoder: Encoder, entries: list[FileEntry], settings: Settings, threads: int) -> float:
     """encode_pixels images/s with `threads` intra-op threads on the section-1 batches."""
-    sample = entries[: BATCH_SIZE * ENCODER_BATCHES]
-    pixels = [
-        img.pixels
-        for img in load_files(sample, encoder, workers=settings.workers)
-        if isinstance(img, LoadedImage)
-    ]
-    batches = [torch.stack(pixels[i : i + BATCH_SIZE]) for i in range(0, len(pixels), BATCH_SIZE)]
+    batches = _pixel_batches(encoder, entries, settings)
     with torch_threads(threads):
-        encoder.encode_pixels(batches[0])
-        seconds = []
-        for _ in range(settings.repeats):
-            started = time.perf_counter()
-            for batch in batches:
-                encoder.encode_pixels(batch)
-            seconds.append(time.perf_counter() - started)
-    return median_rate(len(pixels), seconds)[0]
+        seconds = _time_batches(encoder, batches, settings)
+    return median_rate(sum(len(b) for b in batches), seconds)[0]
+
+
+def _pixel_batches(encoder: Encoder, entries: list[FileEntry], settings: Settings) -> list[torch.Tensor]:
+    """The first ENCODER_BATCHES batches of photos, preprocessed exactly as the pipeline does."""
+    sample = entries[: BATCH_SIZE * ENCODER_BATCHES]
+    loaded = load_files(sample, encoder, workers=settings.workers)
+    pixels = [img.pixels for img in loaded if isinstance(img, LoadedImage)]
+    return [torch.stack(pixels[i : i + BATCH_SIZE]) for i in range(0, len(pixels), BATCH_SIZE)]
+
+
+def _time_batches(encoder: Encoder, batches: list[torch.Tensor], settings: Settings) -> list[float]:
+    """Seconds per pass over the batches, settings.repeats times, after two warm-up batches."""
+    for batch in batches[:2]:  # first calls pay for allocation and kernel selection
+        encoder.encode_pixels(batch)
+    seconds = []
+    for _ in range(settings.repeats):
+        started = time.perf_counter()
+        for batch in batches:
+            encoder.encode_pixels(batch)
+        seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 def _generation(generated: synth.GeneratedSet) -> str:

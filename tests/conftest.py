@@ -6,10 +6,8 @@ and training) are session-scoped and take a few seconds together on one CPU core
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import load_script
 
 from indexer.config import TrainConfig, load_named_config
 from indexer.data import load_corpus
@@ -72,13 +71,7 @@ def noise_jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
 
 def load_generator() -> ModuleType:
     """sample_corpus/generate.py is a script, not a package module: import it by path."""
-    name = "sample_corpus_generate_for_fixtures"
-    spec = importlib.util.spec_from_file_location(name, GENERATOR_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    return load_script(GENERATOR_PATH, "sample_corpus_generate_for_fixtures")
 
 
 @pytest.fixture(scope="session")

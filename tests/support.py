@@ -28,16 +28,20 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH_SYNTH_PATH = REPO / "benchmarks" / "synth.py"
 
 
-@functools.cache
-def bench_synth() -> ModuleType:
-    """benchmarks/synth.py (not a package): the camera-EXIF writer the benchmark photos use."""
-    name = "mmsearch_bench_synth"
-    spec = importlib.util.spec_from_file_location(name, BENCH_SYNTH_PATH)
+def load_script(path: Path, name: str) -> ModuleType:
+    """Import a script that is not a package module (sample_corpus/generate.py, benchmarks/*)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     return module
+
+
+@functools.cache
+def bench_synth() -> ModuleType:
+    """benchmarks/synth.py: the camera-EXIF writer the benchmark photos use."""
+    return load_script(BENCH_SYNTH_PATH, "mmsearch_bench_synth")
 
 
 def camera_jpeg(
