@@ -668,7 +668,11 @@ def eval_cmd(
 
 
 def _print_metrics(label: str, metrics: dict) -> None:  # type: ignore[type-arg]
+    """One line per direction the group has (a group of captions alone, e.g. new phrasings,
+    has no image -> text score)."""
     for direction in ("t2i", "i2t"):
+        if direction not in metrics:
+            continue
         m = metrics[direction]
         typer.echo(
             f"{label:28s} {direction}  R@1 {m['R@1']:.3f}  R@5 {m['R@5']:.3f}"

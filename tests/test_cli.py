@@ -185,6 +185,11 @@ def test_eval_prints_recall_both_ways(sample_corpus: Path, shapes_model: Path, r
     text = ok(run(*args, "--device", "cpu"))
     assert "split=val" in text and "t2i  R@1" in text and "i2t  R@1" in text
 
+    # The test split's breakdown has caption-only groups (new phrasings): t2i lines alone.
+    args = ["eval", "--corpus", sample_corpus, "--model", shapes_model, "--split", "test"]
+    text = ok(run(*args, "--device", "cpu"))
+    assert "split=test" in text and "new_phrasing" in text
+
 
 def test_train_through_the_cli(colors_corpus: Path, tmp_path: Path, run: Run) -> None:
     out = tmp_path / "model"
