@@ -47,7 +47,7 @@ demo: sample-corpus
 # Retrains the committed default model from the sample corpus (deterministic seed).
 default-model: sample-corpus
 	$(PY) -m mmsearch.cli train --corpus $(DEMO_CORPUS)/corpus.jsonl \
-	    --out indexer/default_model --config sample-shapes --seed 0 --epochs 16
+	    --out indexer/default_model --config sample-shapes --seed 0 --epochs 16 --caption-agreement 1.0
 	rm -rf indexer/default_model/last
 
 test: $(STAMP) $(OC_STAMP) browser-deps

@@ -49,11 +49,12 @@ FusionAlign = Literal["none", "mean", "z"]
 # ratio of their stds. "mean" measured best on the sample corpus (benchmarks/FUSION.md).
 FUSION_ALIGN: FusionAlign = "mean"
 FusionRule = Literal["linear", "lift"]
-# "linear": (1-w) * image + w * text. "lift": the same, but never below the image score, so own
-# text is supporting evidence only: a document with a weak own text does not fall behind one
-# with no text at all. "lift" measured better (benchmarks/FUSION.md): "linear" lets short or
-# loosely worded own texts drag their documents below text-less look-alikes.
-FUSION_RULE: FusionRule = "lift"
+# "linear": (1-w) * image + w * text. "lift": the same, but never below the image score (own
+# text as supporting evidence only). With the bundled model trained with caption agreement,
+# "linear" measured best for documents with and without own text alike (benchmarks/FUSION.md):
+# a document whose own text does not match the query drops, which lets the right text-less image
+# rise, while "lift" only ever raises captioned documents over text-less look-alikes.
+FUSION_RULE: FusionRule = "linear"
 NO_OWNER = -1
 
 # Generic captions for indexes that bring none of their own: everyday photos and simple scenes.

@@ -39,8 +39,8 @@ from indexer.vectors import VectorStore
 
 TermKind = Literal["text", "image"]
 TERM_KINDS: tuple[str, ...] = ("text", "image")
-# Measured on the sample corpus (benchmarks/FUSION.md): the best text->image recall of
-# canonical captions among weights that leave images without own text as well found as before.
+# Measured on the sample corpus (benchmarks/FUSION.md): the best text->image recall among the
+# weights that leave images without own text at least as well found as image-only retrieval.
 DEFAULT_TEXT_WEIGHT = 0.2
 # Each modality contributes this many candidates per wanted hit (at least MIN_CANDIDATES) to
 # the union that is scored exactly; a document outside both pools cannot be found.
