@@ -38,6 +38,7 @@ from indexer.images import DEFAULT_MAX_MEGAPIXELS, FROM_EXIF_THUMBNAIL, Preproce
 from indexer.model import ModelLoadError
 from indexer.pipeline import IndexOptions, IndexReport, index_folders
 from indexer.scan import FileEntry, scan_folder
+from indexer.vectors import VectorStore, build_ivf, default_lists, default_nprobe
 from mmsearch.engine import Engine
 
 # isort: split
@@ -56,6 +57,10 @@ REINDEX_TARGET_S = 5.0  # a run over an unchanged folder
 # Defaults from the issue, and the --quick scale (a harness check in about two minutes).
 FULL = {"photos": 2000, "megapixels": 12.0, "reindex_files": 10_000, "captions": 1024, "repeats": 5}
 QUICK = {"photos": 100, "megapixels": 2.0, "reindex_files": 1000, "captions": 256, "repeats": 3}
+# Section 6: vector search alone, exact vs IVF, on synthetic clustered unit vectors.
+ANN_VECTORS = {"full": 200_000, "quick": 20_000}
+ANN_CLUSTERS = 2000  # centres the synthetic vectors gather around (embeddings cluster)
+ANN_QUERIES = 200
 
 BATCH_SIZE = 64  # what `mmsearch index` uses (IndexOptions default)
 ENCODER_BATCHES = 8  # batches of real preprocessed photos timed by the encoder-only benchmark
@@ -617,6 +622,51 @@ def measure_queries(index_dir: Path, small: synth.GeneratedSet, settings: Settin
     return section
 
 
+# -- 6. exact vs IVF vector search -----------------------------------------------------------------
+
+
+def measure_ann(dim: int, settings: Settings) -> report.Section:
+    """Flat vs IVF (mmsearch optimize --ivf defaults) on synthetic vectors: build, recall, latency."""
+    section = report.Section("Vector search: exact vs IVF (`mmsearch optimize --ivf`)")
+    count = ANN_VECTORS["quick" if settings.quick else "full"]
+    rng = np.random.default_rng(SEED)
+    centres = rng.normal(size=(ANN_CLUSTERS, dim)).astype(np.float32)
+    vectors = centres[rng.integers(0, ANN_CLUSTERS, count)] + 0.5 * rng.normal(size=(count, dim)).astype(
+        np.float32
+    )
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    flat = VectorStore.create(dim)
+    flat.add(np.arange(count, dtype=np.int64), vectors)
+    lists = default_lists(count)
+    log(f"ann: {count} vectors of dim {dim}; building IVF{lists} on the CPU")
+    built = build_ivf(flat, lists=lists, nprobe=default_nprobe(lists), use_gpu=False)
+    queries = vectors[rng.choice(count, ANN_QUERIES, replace=False)] + 0.05 * rng.normal(
+        size=(ANN_QUERIES, dim)
+    ).astype(np.float32)
+    flat_ms = percentiles_ms(_latencies(lambda q: flat.search(q[None, :], QUERY_K), list(queries)))
+    ivf_ms = percentiles_ms(_latencies(lambda q: built.store.search(q[None, :], QUERY_K), list(queries)))
+    log(
+        f"ann: build {built.seconds:.1f} s, recall@10 {built.recall:.3f}; "
+        f"p50 {flat_ms['p50']:.2f} -> {ivf_ms['p50']:.2f} ms"
+    )
+    section.add("exact (IDMap2,FlatIP) search p50 / p99", f"{flat_ms['p50']:.2f} / {flat_ms['p99']:.2f} ms")
+    section.add(
+        f"IVF ({built.store.describe()}) search p50 / p99",
+        f"**{ivf_ms['p50']:.2f} / {ivf_ms['p99']:.2f} ms**",
+    )
+    section.add("IVF recall@10 against exact (256 stored vectors as queries)", f"{built.recall:.3f}")
+    section.add("IVF build (k-means + list assignment, CPU)", f"{built.seconds:.1f} s")
+    section.add("GPU build", "not measured: no GPU on this machine")
+    section.params = {
+        "vectors": f"{count} unit vectors of dim {dim} around {ANN_CLUSTERS} random centres "
+        "(noise 0.5 per coordinate), ids 0..n-1",
+        "queries": f"{ANN_QUERIES} stored vectors plus noise 0.05, k={QUERY_K}, one at a time, "
+        f"first {WARMUP_QUERIES} excluded; vector search only (no query encoding)",
+        "IVF": "the `mmsearch optimize --ivf` defaults: 4*sqrt(n) lists, nprobe = lists/8",
+    }
+    return section
+
+
 def _latencies(run: Callable[[Any], object], items: Sequence[Any]) -> list[float]:
     """Wall time of run(item) for each item, warm-up items left out."""
     seconds = []
@@ -733,7 +783,7 @@ def measure_http_load(index_dir: Path, settings: Settings) -> report.Section:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run all four measurements and write the report; 1 if a hard check failed."""
+    """Run every measurement and write the report; 1 if a hard check failed."""
     settings = parse_args(argv)
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
@@ -767,13 +817,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     indexing = measure_indexing(encoder, photos, photo_entries, encoded.images_per_s, settings)
     reindex = measure_reindex(encoder, small, settings)
     queries = measure_queries(reindex.index_dir, small, settings)
+    ann = measure_ann(encoder.info.dim, settings)
     http = measure_http_load(reindex.index_dir, settings)
 
     machine.append(("load average at end (1/5/15 min)", report.load_average()))
     command = shlex.join([shown(Path(sys.executable)), *sys.argv])
     text = report.render(
         machine=machine,
-        sections=[encoded.section, indexing, reindex.section, queries, http],
+        sections=[encoded.section, indexing, reindex.section, queries, http, ann],
         command=command,
         quick=settings.quick,
         elapsed_s=time.perf_counter() - STARTED,
