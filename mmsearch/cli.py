@@ -2,130 +2,49 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, NoReturn, ParamSpec
+from typing import Annotated
 
 import typer
 from tqdm import tqdm
 
-from indexer.config import ConfigError, TrainConfig, load_named_config
-from indexer.data import CorpusError, load_corpus
-from indexer.devices import resolve_device
-from indexer.doc_text import CaptionsFileError, read_captions
+from indexer.config import TrainConfig, load_named_config
+from indexer.data import load_corpus
+from indexer.doc_text import read_captions
 from indexer.encoders import load_encoder, model_spec
-from indexer.evaluate import evaluate_corpus
-from indexer.images import DEFAULT_MAX_MEGAPIXELS, ImageLoadError
-from indexer.index_store import IndexStoreError
-from indexer.model import ModelLoadError
-from indexer.optimize import OptimizeReport, use_flat, use_ivf
+from indexer.images import DEFAULT_MAX_MEGAPIXELS
 from indexer.pipeline import (
     IndexOptions,
     IndexReport,
-    PipelineError,
     add_texts,
     index_folders,
-    remove_images,
 )
 from indexer.scan import ScanOptions
-from indexer.tokenizer import TokenizerError
-from indexer.train import FINETUNE_LR, EpochResult, TrainError, train, train_openclip
-from indexer.vectors import VectorStoreError
-from mmsearch import preview
-from mmsearch.engine import Engine, EngineError, ImageHit, SearchResults, TextHit
-from mmsearch.paths import default_index_dir
+from indexer.train import FINETUNE_LR, EpochResult, train, train_openclip
+from mmsearch import cli_admin, preview
+from mmsearch.cli_common import (
+    CheckpointOption,
+    DbOption,
+    DeviceOption,
+    ModelOption,
+    PretrainedOption,
+    app,
+    command,
+    fail,
+    index_dir_of,
+)
+from mmsearch.engine import Engine, ImageHit, SearchResults, TextHit
 from mmsearch.query import DEFAULT_TEXT_WEIGHT, QuerySpecError, build_terms
 from mmsearch.texts import read_texts
 
-app = typer.Typer(
-    name="mmsearch",
-    help="Cross-modal semantic search: find images by a sentence, captions by an image.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-# Errors whose message already tells the user what to do: printed as one line, exit 1.
-USER_ERRORS = (
-    EngineError,
-    IndexStoreError,
-    ModelLoadError,
-    PipelineError,
-    CorpusError,
-    TrainError,
-    ConfigError,
-    TokenizerError,
-    ImageLoadError,
-    CaptionsFileError,
-    VectorStoreError,
-)
-SKIPPED_LINES_SHOWN = 20
-P = ParamSpec("P")
-
-DbOption = Annotated[
-    Path | None,
-    typer.Option("--db", help="Index folder (default: $MMSEARCH_HOME/index or the user data dir)."),
-]
-ModelOption = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        help="Model folder or openclip:ARCH (with --checkpoint or --pretrained); default: the "
-        "bundled sample-shapes model, or an existing index's own model.",
-    ),
-]
-DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
-CheckpointOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--checkpoint",
-        help="Weights of openclip:ARCH (--model; --init in train): a local file, safetensors or "
-        "a torch file read with weights_only. Nothing is downloaded.",
-    ),
-]
-PretrainedOption = Annotated[
-    str | None,
-    typer.Option(
-        "--pretrained",
-        help="Weights of openclip:ARCH (--model; --init in train): a published tag (e.g. "
-        "laion2b_s34b_b79k), downloaded by open_clip on first use.",
-    ),
-]
 DEFAULT_TRAIN_CONFIG = "sample-shapes"
-
-
-def command(name: str) -> Callable[[Callable[P, None]], Callable[P, None]]:
-    """Register a CLI command whose user errors become one stderr line and exit code 1."""
-
-    def register(func: Callable[P, None]) -> Callable[P, None]:
-        @functools.wraps(func)
-        def run(*args: P.args, **kwargs: P.kwargs) -> None:
-            try:
-                func(*args, **kwargs)
-            except USER_ERRORS as exc:
-                fail(str(exc))
-
-        app.command(name)(run)
-        return run
-
-    return register
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one error line to stderr and exit non-zero."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _db(db: Path | None) -> Path:
-    return (db or default_index_dir()).expanduser().resolve()
+SKIPPED_LINES_SHOWN = 20
 
 
 @command("train")
@@ -289,7 +208,7 @@ def index_cmd(
     ] = None,
 ) -> None:
     """Index photo folders: new and changed files are encoded, moved ones recognised, gone ones removed."""
-    index_dir = _db(db)
+    index_dir = index_dir_of(db)
     given = read_captions(captions) if captions is not None else None
     encoder = _encoder_for_index(
         index_dir, model_spec(model, checkpoint=checkpoint, pretrained=pretrained), device
@@ -374,7 +293,7 @@ def add_texts_cmd(
     device: DeviceOption = "auto",
 ) -> None:
     """Index a text collection for image-to-text search."""
-    index_dir = _db(db)
+    index_dir = index_dir_of(db)
     texts = read_texts(file)
     encoder = _encoder_for_index(
         index_dir, model_spec(model, checkpoint=checkpoint, pretrained=pretrained), device
@@ -503,7 +422,7 @@ def search_cmd(
     if not terms:
         fail("give either a SENTENCE or --image IMG", 2)
     spec = model_spec(model, checkpoint=checkpoint, pretrained=pretrained)
-    with Engine.open(_db(db), model=spec, device=device) as engine:
+    with Engine.open(index_dir_of(db), model=spec, device=device) as engine:
         results = engine.search_scored(
             terms,
             k=k,
@@ -574,134 +493,6 @@ def _print_hits(results: SearchResults, *, show_preview: bool, filtered: bool) -
         )
 
 
-@command("calibrate")
-def calibrate_cmd(
-    db: DbOption = None,
-    device: DeviceOption = "auto",
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Record the scores of random caption/image pairs now (index does it when the index changed by >20%)."""
-    with Engine.open(_db(db), device=device) as engine:
-        calibration = engine.calibrate()
-    if as_json:
-        typer.echo(json.dumps(asdict(calibration)))
-        return
-    stats = calibration.text_image
-    typer.echo(
-        f"random caption/image pairs ({calibration.probes}, n={stats.n}): mean {stats.mean:.3f}, "
-        f"std {stats.std:.3f}, p50 {stats.p50:.3f}, p90 {stats.p90:.3f}, p99 {stats.p99:.3f}; "
-        f"sentence hits above {stats.p99:.3f} count as likely relevant"
-    )
-
-
-@command("optimize")
-def optimize_cmd(
-    ivf: Annotated[
-        bool, typer.Option("--ivf", help="Rebuild the image vectors as IVF (approximate, faster search).")
-    ] = False,
-    flat: Annotated[
-        bool, typer.Option("--flat", help="Rebuild them as the exact index (the default).")
-    ] = False,
-    lists: Annotated[
-        int | None,
-        typer.Option("--lists", min=1, help="IVF lists (default 4*sqrt(n), >= 39 vectors per list)."),
-    ] = None,
-    nprobe: Annotated[
-        int | None, typer.Option("--nprobe", min=1, help="Lists searched per query (default lists/8).")
-    ] = None,
-    db: DbOption = None,
-    device: DeviceOption = "auto",
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Switch the image vectors between exact search and IVF; k-means runs on the GPU with --device cuda."""
-    if ivf == flat:
-        fail("give exactly one of --ivf or --flat", 2)
-    if flat and (lists is not None or nprobe is not None):
-        fail("--lists and --nprobe belong to --ivf", 2)
-    index_dir = _db(db)
-    if ivf:
-        use_gpu = resolve_device(device).startswith("cuda")
-        report = use_ivf(index_dir, lists=lists, nprobe=nprobe, use_gpu=use_gpu)
-    else:
-        report = use_flat(index_dir)
-    if as_json:
-        typer.echo(json.dumps({"db": str(index_dir), **asdict(report)}))
-        return
-    typer.echo(_optimize_summary(report, index_dir))
-
-
-def _optimize_summary(report: OptimizeReport, index_dir: Path) -> str:
-    recall = "" if report.recall is None else f"; recall@10 against exact search {report.recall:.3f}"
-    return (
-        f"{report.before} -> {report.after}: {report.vectors} vectors in {report.seconds:.1f} s "
-        f"on the {report.device}{recall} ({index_dir})"
-    )
-
-
-@command("eval")
-def eval_cmd(
-    corpus: Annotated[Path, typer.Option("--corpus", help="Caption corpus with images.")],
-    split: Annotated[
-        str | None, typer.Option("--split", help="Split to score (default: whole corpus).")
-    ] = None,
-    model: ModelOption = None,
-    checkpoint: CheckpointOption = None,
-    pretrained: PretrainedOption = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    device: DeviceOption = "auto",
-) -> None:
-    """Recall@1/5/10 and median rank for text->image and image->text."""
-    data = load_corpus(corpus, split=split)
-    encoder = load_encoder(model, device=device, checkpoint=checkpoint, pretrained=pretrained)
-    result = evaluate_corpus(encoder, data, batch_size=batch_size)
-    if as_json:
-        typer.echo(json.dumps(result))
-        return
-    typer.echo(
-        f"{corpus} split={split or 'all'}: "
-        f"{result['counts']['images']} images, {result['counts']['captions']} captions"
-    )
-    _print_metrics("all captions", result)
-    for name, group in result.get("breakdown", {}).items():
-        _print_metrics(f"{name} (n={group['n']})", group)
-
-
-def _print_metrics(label: str, metrics: dict) -> None:  # type: ignore[type-arg]
-    """One line per direction the group has (a group of captions alone, e.g. new phrasings,
-    has no image -> text score)."""
-    for direction in ("t2i", "i2t"):
-        if direction not in metrics:
-            continue
-        m = metrics[direction]
-        typer.echo(
-            f"{label:28s} {direction}  R@1 {m['R@1']:.3f}  R@5 {m['R@5']:.3f}"
-            f"  R@10 {m['R@10']:.3f}  medr {m['medr']:.1f}"
-        )
-
-
-@command("info")
-def info_cmd(db: DbOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Model, counts, dimension, index type and size on disk."""
-    with Engine.open(_db(db)) as engine:
-        stats = engine.stats()
-    if as_json:
-        typer.echo(json.dumps(asdict(stats)))
-        return
-    for key, value in asdict(stats).items():
-        typer.echo(f"{key:14s} {value}")
-
-
-@command("remove")
-def remove_cmd(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders to drop from the index.")],
-    db: DbOption = None,
-) -> None:
-    """Remove files (or everything under folders) from the index; the files themselves are untouched."""
-    removed = remove_images(_db(db), paths)
-    typer.echo(f"removed {removed} images from {_db(db)}")
-
-
 SERVER_MODULES = ("fastapi", "uvicorn")
 MULTIPART_MODULES = ("python_multipart", "multipart")  # python-multipart's new and old names
 
@@ -756,7 +547,7 @@ def serve_cmd(
     except service.ServiceConfigError as exc:
         fail(str(exc), 2)
     spec = model_spec(model, checkpoint=checkpoint, pretrained=pretrained)
-    with Engine.open(_db(db), model=spec, device=device) as engine:
+    with Engine.open(index_dir_of(db), model=spec, device=device) as engine:
         web_app = service.create_app(engine, settings)
         shown = f"[{host}]" if ":" in host else host
         typer.echo(
@@ -765,6 +556,9 @@ def serve_cmd(
             err=True,
         )
         uvicorn.run(web_app, host=host, port=port, log_level=log_level, server_header=False)
+
+
+cli_admin.register()  # calibrate, optimize, eval, info, remove: listed after the commands above
 
 
 def main() -> None:

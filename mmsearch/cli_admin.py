@@ -1,0 +1,167 @@
+"""Index upkeep and measurement commands: calibrate, optimize, eval, info, remove.
+
+mmsearch.cli registers them (`register`) after its own commands, so `--help` lists the everyday
+commands first.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from indexer.data import load_corpus
+from indexer.devices import resolve_device
+from indexer.encoders import load_encoder
+from indexer.evaluate import evaluate_corpus
+from indexer.optimize import OptimizeReport, use_flat, use_ivf
+from indexer.pipeline import remove_images
+from mmsearch.cli_common import (
+    CheckpointOption,
+    DbOption,
+    DeviceOption,
+    ModelOption,
+    PretrainedOption,
+    command,
+    fail,
+    index_dir_of,
+)
+from mmsearch.engine import Engine
+
+
+def calibrate_cmd(
+    db: DbOption = None,
+    device: DeviceOption = "auto",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Record the scores of random caption/image pairs now (index does it when the index changed by >20%)."""
+    with Engine.open(index_dir_of(db), device=device) as engine:
+        calibration = engine.calibrate()
+    if as_json:
+        typer.echo(json.dumps(asdict(calibration)))
+        return
+    stats = calibration.text_image
+    typer.echo(
+        f"random caption/image pairs ({calibration.probes}, n={stats.n}): mean {stats.mean:.3f}, "
+        f"std {stats.std:.3f}, p50 {stats.p50:.3f}, p90 {stats.p90:.3f}, p99 {stats.p99:.3f}; "
+        f"sentence hits above {stats.p99:.3f} count as likely relevant"
+    )
+
+
+def optimize_cmd(
+    ivf: Annotated[
+        bool, typer.Option("--ivf", help="Rebuild the image vectors as IVF (approximate, faster search).")
+    ] = False,
+    flat: Annotated[
+        bool, typer.Option("--flat", help="Rebuild them as the exact index (the default).")
+    ] = False,
+    lists: Annotated[
+        int | None,
+        typer.Option("--lists", min=1, help="IVF lists (default 4*sqrt(n), >= 39 vectors per list)."),
+    ] = None,
+    nprobe: Annotated[
+        int | None, typer.Option("--nprobe", min=1, help="Lists searched per query (default lists/8).")
+    ] = None,
+    db: DbOption = None,
+    device: DeviceOption = "auto",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Switch the image vectors between exact search and IVF; k-means runs on the GPU with --device cuda."""
+    if ivf == flat:
+        fail("give exactly one of --ivf or --flat", 2)
+    if flat and (lists is not None or nprobe is not None):
+        fail("--lists and --nprobe belong to --ivf", 2)
+    index_dir = index_dir_of(db)
+    if ivf:
+        use_gpu = resolve_device(device).startswith("cuda")
+        report = use_ivf(index_dir, lists=lists, nprobe=nprobe, use_gpu=use_gpu)
+    else:
+        report = use_flat(index_dir)
+    if as_json:
+        typer.echo(json.dumps({"db": str(index_dir), **asdict(report)}))
+        return
+    typer.echo(_optimize_summary(report, index_dir))
+
+
+def _optimize_summary(report: OptimizeReport, index_dir: Path) -> str:
+    recall = "" if report.recall is None else f"; recall@10 against exact search {report.recall:.3f}"
+    return (
+        f"{report.before} -> {report.after}: {report.vectors} vectors in {report.seconds:.1f} s "
+        f"on the {report.device}{recall} ({index_dir})"
+    )
+
+
+def eval_cmd(
+    corpus: Annotated[Path, typer.Option("--corpus", help="Caption corpus with images.")],
+    split: Annotated[
+        str | None, typer.Option("--split", help="Split to score (default: whole corpus).")
+    ] = None,
+    model: ModelOption = None,
+    checkpoint: CheckpointOption = None,
+    pretrained: PretrainedOption = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    device: DeviceOption = "auto",
+) -> None:
+    """Recall@1/5/10 and median rank for text->image and image->text."""
+    data = load_corpus(corpus, split=split)
+    encoder = load_encoder(model, device=device, checkpoint=checkpoint, pretrained=pretrained)
+    result = evaluate_corpus(encoder, data, batch_size=batch_size)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(
+        f"{corpus} split={split or 'all'}: "
+        f"{result['counts']['images']} images, {result['counts']['captions']} captions"
+    )
+    _print_metrics("all captions", result)
+    for name, group in result.get("breakdown", {}).items():
+        _print_metrics(f"{name} (n={group['n']})", group)
+
+
+def _print_metrics(label: str, metrics: dict) -> None:  # type: ignore[type-arg]
+    """One line per direction the group has (a group of captions alone, e.g. new phrasings,
+    has no image -> text score)."""
+    for direction in ("t2i", "i2t"):
+        if direction not in metrics:
+            continue
+        m = metrics[direction]
+        typer.echo(
+            f"{label:28s} {direction}  R@1 {m['R@1']:.3f}  R@5 {m['R@5']:.3f}"
+            f"  R@10 {m['R@10']:.3f}  medr {m['medr']:.1f}"
+        )
+
+
+def info_cmd(db: DbOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Model, counts, dimension, index type and size on disk."""
+    with Engine.open(index_dir_of(db)) as engine:
+        stats = engine.stats()
+    if as_json:
+        typer.echo(json.dumps(asdict(stats)))
+        return
+    for key, value in asdict(stats).items():
+        typer.echo(f"{key:14s} {value}")
+
+
+def remove_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to drop from the index.")],
+    db: DbOption = None,
+) -> None:
+    """Remove files (or everything under folders) from the index; the files themselves are untouched."""
+    removed = remove_images(index_dir_of(db), paths)
+    typer.echo(f"removed {removed} images from {index_dir_of(db)}")
+
+
+def register() -> None:
+    """Add these commands to the shared app."""
+    for name, func in (
+        ("calibrate", calibrate_cmd),
+        ("optimize", optimize_cmd),
+        ("eval", eval_cmd),
+        ("info", info_cmd),
+        ("remove", remove_cmd),
+    ):
+        command(name)(func)

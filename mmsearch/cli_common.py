@@ -1,0 +1,103 @@
+"""What every `mmsearch` command shares: the typer app, the error-to-exit-code rule, options."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, NoReturn, ParamSpec
+
+import typer
+
+from indexer.config import ConfigError
+from indexer.data import CorpusError
+from indexer.doc_text import CaptionsFileError
+from indexer.images import ImageLoadError
+from indexer.index_store import IndexStoreError
+from indexer.model import ModelLoadError
+from indexer.pipeline import PipelineError
+from indexer.tokenizer import TokenizerError
+from indexer.train import TrainError
+from indexer.vectors import VectorStoreError
+from mmsearch.engine import EngineError
+from mmsearch.paths import default_index_dir
+
+app = typer.Typer(
+    name="mmsearch",
+    help="Cross-modal semantic search: find images by a sentence, captions by an image.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Errors whose message already tells the user what to do: printed as one line, exit 1.
+USER_ERRORS = (
+    EngineError,
+    IndexStoreError,
+    ModelLoadError,
+    PipelineError,
+    CorpusError,
+    TrainError,
+    ConfigError,
+    TokenizerError,
+    ImageLoadError,
+    CaptionsFileError,
+    VectorStoreError,
+)
+P = ParamSpec("P")
+
+DbOption = Annotated[
+    Path | None,
+    typer.Option("--db", help="Index folder (default: $MMSEARCH_HOME/index or the user data dir)."),
+]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Model folder or openclip:ARCH (with --checkpoint or --pretrained); default: the "
+        "bundled sample-shapes model, or an existing index's own model.",
+    ),
+]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+CheckpointOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        help="Weights of openclip:ARCH (--model; --init in train): a local file, safetensors or "
+        "a torch file read with weights_only. Nothing is downloaded.",
+    ),
+]
+PretrainedOption = Annotated[
+    str | None,
+    typer.Option(
+        "--pretrained",
+        help="Weights of openclip:ARCH (--model; --init in train): a published tag (e.g. "
+        "laion2b_s34b_b79k), downloaded by open_clip on first use.",
+    ),
+]
+def command(name: str) -> Callable[[Callable[P, None]], Callable[P, None]]:
+    """Register a CLI command whose user errors become one stderr line and exit code 1."""
+
+    def register(func: Callable[P, None]) -> Callable[P, None]:
+        @functools.wraps(func)
+        def run(*args: P.args, **kwargs: P.kwargs) -> None:
+            try:
+                func(*args, **kwargs)
+            except USER_ERRORS as exc:
+                fail(str(exc))
+
+        app.command(name)(run)
+        return run
+
+    return register
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one error line to stderr and exit non-zero."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def index_dir_of(db: Path | None) -> Path:
+    """The --db folder, or the default one, as an absolute path."""
+    return (db or default_index_dir()).expanduser().resolve()
