@@ -55,6 +55,10 @@ DRAFT_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO"})
 THUMBNAIL_ASPECT_TOLERANCE = 0.02
 FROM_EXIF_THUMBNAIL = "exif thumbnail"  # DecodedImage.source when the preview stood in
 EXIF_HEADER = b"Exif\x00\x00"  # APP1 payload prefix; IFD offsets count from just after it
+# A file whose data does not end with the JPEG end-of-image marker (zero padding allowed) may be
+# truncated: it is decoded in full, so that damage is reported, never hidden behind its preview.
+JPEG_EOI = b"\xff\xd9"
+TAIL_BYTES = 64
 # EXIF orientation -> the transpose that makes the stored pixels upright (as ImageOps does).
 ORIENTATION_TRANSPOSE: dict[int, Image.Transpose] = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -235,6 +239,7 @@ def _decode(
 ) -> DecodedImage:
     """Shared body of open_image and decode_bytes: sniff, guard, decode, convert."""
     heif_expected = _looks_like_heif(fp.read(HEADER_BYTES)) or suffix.lower() in HEIF_EXTENSIONS
+    complete = embedded_thumbnail and target_size is not None and _ends_with_eoi(fp)
     fp.seek(0)
     formats = _allowed_formats(want_heif=heif_expected)
     try:
@@ -247,7 +252,7 @@ def _decode(
             if orientation in SIDEWAYS_ORIENTATIONS:
                 width, height = height, width
             preview = None
-            if embedded_thumbnail and target_size is not None and img.format in DRAFT_FORMATS:
+            if complete and target_size is not None and img.format in DRAFT_FORMATS:
                 preview = _exif_thumbnail(img, target_size)
             if preview is not None:
                 upright, kind = _transposed(preview, orientation), FROM_EXIF_THUMBNAIL
@@ -266,6 +271,24 @@ def _decode(
     except DECODE_ERRORS as exc:
         raise ImageLoadError(source, "truncated or corrupt image data") from exc
     return DecodedImage(_to_rgb(upright, source), width, height, kind)
+
+
+# Anything a broken or oversized preview can raise (UnidentifiedImageError is an OSError).
+PREVIEW_ERRORS: tuple[type[Exception], ...] = (
+    *DECODE_ERRORS,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
+
+
+def _ends_with_eoi(fp: BinaryIO) -> bool:
+    """True when the stream's last bytes, zero padding aside, are a JPEG end-of-image marker."""
+    try:
+        size = fp.seek(0, os.SEEK_END)
+        fp.seek(max(0, size - TAIL_BYTES))
+        return fp.read(TAIL_BYTES).rstrip(b"\x00").endswith(JPEG_EOI)
+    except OSError:
+        return False
 
 
 def _orientation(img: Image.Image) -> int:
@@ -306,13 +329,14 @@ def _exif_thumbnail(img: Image.Image, target_size: int) -> Image.Image | None:
                 return None
             preview.load()
             return preview.copy() if preview.mode in ("RGB", "L") else preview.convert("RGB")
-    except DECODE_ERRORS:  # UnidentifiedImageError is an OSError
-        return None
+    except PREVIEW_ERRORS:
+        return None  # the photo may still be fine: decode it instead
 
 
 def _can_stand_in(preview: tuple[int, int], photo: tuple[int, int], target_size: int) -> bool:
+    """Enough pixels for the model, no more than the photo has, and the photo's shape."""
     (pw, ph), (w, h) = preview, photo
-    if min(pw, ph) < target_size or ph <= 0 or h <= 0:
+    if min(pw, ph) < target_size or ph <= 0 or h <= 0 or pw * ph > w * h:
         return False
     photo_aspect = w / h
     return abs(pw / ph - photo_aspect) <= THUMBNAIL_ASPECT_TOLERANCE * photo_aspect

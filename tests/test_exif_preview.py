@@ -17,7 +17,7 @@ from support import bench_synth, camera_jpeg
 from indexer.catalog import CATALOG_FILE
 from indexer.content_id import CURRENT_PREFIX, file_content_id
 from indexer.encoders import Encoder, load_encoder
-from indexer.images import PreprocessConfig, decode_bytes, open_image, preprocess
+from indexer.images import ImageLoadError, PreprocessConfig, decode_bytes, open_image, preprocess
 from indexer.pipeline import IndexOptions, index_folders
 
 RED = (220, 30, 30)
@@ -164,3 +164,21 @@ def test_files_hashed_by_the_previous_algorithm_stay_recognised(
     ids = [content_id for (content_id,) in _sql(index_dir, "SELECT content_hash FROM images")]
     assert not any(i.startswith(CURRENT_PREFIX) for i in ids)  # kept, still valid
     assert file_content_id(str(touched)).startswith(CURRENT_PREFIX)
+
+
+def test_truncated_photo_is_reported_not_hidden_behind_its_preview() -> None:
+    # Noise, so that cutting the file really loses image data (a flat colour survives a cut).
+    rng = np.random.default_rng(3)
+    photo = Image.fromarray(rng.integers(0, 256, (PHOTO_SIZE[1], PHOTO_SIZE[0], 3), dtype=np.uint8))
+    data = camera_jpeg(photo)
+    with pytest.raises(ImageLoadError, match="truncated"):
+        decode_bytes(data[: len(data) * 2 // 3], target_size=MODEL_SIZE)
+    padded = decode_bytes(data + b"\x00" * 16, target_size=MODEL_SIZE)  # zero padding is fine
+    assert padded.source == "exif thumbnail"
+
+
+def test_preview_larger_than_the_photo_is_not_a_preview() -> None:
+    big = Image.new("RGB", (2000, 1500), BLUE)  # 4:3 like the photo, but more pixels than it
+    data = camera_jpeg(Image.new("RGB", (800, 600), RED), preview=big)
+    decoded = decode_bytes(data, target_size=MODEL_SIZE)
+    assert decoded.source == "draft" and _near(_centre(decoded.image), RED)
