@@ -190,14 +190,14 @@ def epoch_batches(
         if len(idx) < 2:
             continue  # a contrastive batch needs at least one negative
         captions = [rng.choice(data.captions[i]) for i in idx]
-        batch = Batch(idx, captions)
-        if partners:
-            for row, (i, first) in enumerate(zip(idx, captions, strict=True)):
-                others = [c for c in data.captions[i] if c != first]
-                if others:
-                    batch.partner_rows.append(row)
-                    batch.partner_captions.append(rng.choice(others))
-        batches.append(batch)
+        rows: list[int] = []
+        second: list[str] = []
+        for row, (i, first) in enumerate(zip(idx, captions, strict=True)):
+            others = [c for c in data.captions[i] if c != first] if partners else []
+            if others:
+                rows.append(row)
+                second.append(rng.choice(others))
+        batches.append(Batch(idx, captions, rows, second))
     return batches
 
 

@@ -294,6 +294,31 @@ def test_finetune_writes_a_folder_usable_as_model(
     assert json.loads(ok(run("info", "--db", db, "--json")))["model_source"] == str(out.resolve())
 
 
+def test_finetune_applies_caption_agreement(
+    tiny_checkpoint: Checkpoint, colors_corpus: Path, tmp_path: Path
+) -> None:
+    # Two captions per image, so the agreement term has pairs to pull together.
+    lines = [json.loads(line) for line in colors_corpus.read_text(encoding="utf-8").splitlines()]
+    second = [{**row, "caption": row["caption"].replace("a ", "the colour ", 1)} for row in lines]
+    corpus = colors_corpus.parent / "two_captions.jsonl"
+    corpus.write_text("".join(json.dumps(row) + "\n" for row in lines + second), encoding="utf-8")
+    first_losses = []
+    for weight in (0.0, 1.0):
+        output = ok(
+            run(
+                "train", "--corpus", corpus, "--out", tmp_path / f"w{weight}",
+                "--init", f"openclip:{TINY_ARCH}", "--checkpoint", tiny_checkpoint.path,
+                "--epochs", 1, "--batch-size", 8, "--lr", 1e-3, "--device", "cpu",
+                "--caption-agreement", weight,
+            )
+        )  # fmt: skip
+        first_losses.append(float(re.findall(r"loss (\d+\.\d+)", output)[0]))
+        recorded = json.loads((tmp_path / f"w{weight}" / "train_config.json").read_text())
+        assert recorded["caption_agreement"] == weight
+    # Same seed and start: the extra InfoNCE term (about log(batch) before training) is added.
+    assert first_losses[1] > first_losses[0] + 0.5, first_losses
+
+
 def test_eval_reports_recall_for_an_openclip_checkpoint(
     tiny_checkpoint: Checkpoint, colors_corpus: Path
 ) -> None:
