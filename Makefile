@@ -43,7 +43,7 @@ sample-corpus: $(STAMP)
 	$(PY) sample_corpus/generate.py --out $(DEMO_CORPUS)
 
 demo: sample-corpus
-	$(PY) -m mmsearch.demo --corpus $(DEMO_CORPUS) --db $(DEMO_INDEX)
+	$(PY) -m mmsearch.demo --corpus $(DEMO_CORPUS) --db $(DEMO_INDEX) --rebuild-if-stale
 
 # Retrains the committed default model from the sample corpus (deterministic seed).
 default-model: sample-corpus

@@ -302,6 +302,12 @@ def check_compatible(info: IndexInfo, encoder: EncoderInfo, index_dir: Path) -> 
             f"{encoder.source} makes {encoder.dim}: drop --model to use the index's own model, or "
             "pick a new --db"
         )
+    if info.model_id != encoder.model_id and info.model_source == encoder.source:
+        raise IndexMismatchError(
+            f"the model at {encoder.source} has changed since {index_dir} was built (weights "
+            f"{info.model_id}, now {encoder.model_id}; an upgrade may have replaced the bundled "
+            "model): re-index into a new --db, or give --model the weights the index was built with"
+        )
     if info.model_id != encoder.model_id:
         raise IndexMismatchError(
             f"{index_dir} was built with model {info.model_id} ({info.model_source}), not "

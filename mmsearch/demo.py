@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
-from indexer.encoders import load_encoder
-from indexer.pipeline import IndexOptions, add_texts, index_folders
+from indexer.encoders import Encoder, load_encoder
+from indexer.index_store import IndexMismatchError
+from indexer.pipeline import IndexOptions, IndexReport, add_texts, index_folders
 from mmsearch.engine import Engine, ImageHit, TextHit
 
 DEMO_QUERIES = (
@@ -37,18 +39,35 @@ def _canonical_captions(corpus_dir: Path, split: str) -> dict[str, str]:
     return captions
 
 
+def index_demo_scenes(photos: Path, db: Path, encoder: Encoder, *, rebuild_if_stale: bool) -> IndexReport:
+    """Index the scenes; a demo index left by an older bundled model is rebuilt when allowed."""
+    try:
+        return index_folders([photos], db, encoder, options=IndexOptions(batch_size=64))
+    except IndexMismatchError as exc:
+        if not rebuild_if_stale:
+            raise SystemExit(f"error: {exc}") from exc
+        print(f"the demo index was built with another model; rebuilding {db}")
+        shutil.rmtree(db)
+        return index_folders([photos], db, encoder, options=IndexOptions(batch_size=64))
+
+
 def main() -> None:
     """Index, add captions, query, print."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--corpus", type=Path, required=True, help="generated sample corpus folder")
     parser.add_argument("--db", type=Path, required=True, help="index folder to (re)build")
+    parser.add_argument(
+        "--rebuild-if-stale",
+        action="store_true",
+        help="delete and rebuild --db when it was built with another model (make demo's own index)",
+    )
     parser.add_argument("--split", default="test")
     args = parser.parse_args()
 
     photos = args.corpus / "images" / args.split
     encoder = load_encoder(None)
     print(f"model: {encoder.info.source} ({encoder.info.model_id}, {encoder.info.dim}-d)")
-    report = index_folders([photos], args.db, encoder, options=IndexOptions(batch_size=64))
+    report = index_demo_scenes(photos, args.db, encoder, rebuild_if_stale=args.rebuild_if_stale)
     print(
         f"indexed {report.new + report.changed} new/changed, {report.unchanged} unchanged, "
         f"skipped {len(report.skipped)} in {report.elapsed_s:.1f}s -> {args.db}"
