@@ -2,7 +2,8 @@
 
 Everything here is translation: query parameters and uploads become Engine calls, Engine and
 indexer errors become status codes with a JSON `{"detail": "message"}` body, and results become
-Pydantic response models (so `/openapi.json` describes every answer). The model is loaded once,
+the Pydantic response models of mmsearch.service_models (so `/openapi.json` describes every
+answer). The model is loaded once,
 by the caller that opens the Engine; one app serves one Engine.
 
 Safety: the CLI binds 127.0.0.1 unless told otherwise, and refuses any other address without a
@@ -35,7 +36,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -57,6 +57,20 @@ from mmsearch.engine import (
     QueryError,
     TextHit,
 )
+from mmsearch.service_models import (
+    DeleteResponse,
+    ErrorResponse,
+    HealthResponse,
+    ImageInfo,
+    ImageResult,
+    ImageSearchResponse,
+    IndexRequest,
+    IndexResponse,
+    QueryInfo,
+    SkippedFile,
+    TextResult,
+    TextSearchResponse,
+)
 
 TOKEN_ENV = "MMSEARCH_TOKEN"
 # A guessable token on a LAN-facing server is no protection; 16 chars of token_urlsafe is 96 bits.
@@ -75,9 +89,6 @@ THUMBNAIL_QUALITY = 85
 # ~15 KB per 256 px JPEG: a 32 MiB budget keeps a couple of thousand thumbnails warm.
 THUMBNAIL_CACHE_BYTES = 32 * 1024 * 1024
 FILE_CHUNK_BYTES = 256 * 1024
-MAX_INDEX_PATHS = 64
-MAX_PATH_CHARS = 4096
-ABSOLUTE_PATH = r"^/[^\x00]*$"  # POST /index paths: absolute, no NUL
 SKIPPED_SHOWN = 100  # skipped files listed in an index report; the count is always exact
 UPLOAD_NAME_CHARS = 200
 WARMUP_QUERY = "warm up"
@@ -166,129 +177,6 @@ def settings_for(
         if not root.is_dir():
             raise ServiceConfigError(f"--root {root}: not a folder")
     return ServiceSettings(token=token, roots=resolved, allowed_hosts=allowed, **limits)
-
-
-# -- response models ---------------------------------------------------------------------------
-
-
-class ErrorResponse(BaseModel):
-    """Every error: a message meant for a person."""
-
-    detail: str
-
-
-class HealthResponse(BaseModel):
-    """Liveness; answered without a token so load balancers and the page can ask."""
-
-    status: Literal["ok"] = "ok"
-    version: str
-    auth_required: bool
-
-
-class QueryInfo(BaseModel):
-    """What was searched for: a sentence, an indexed image id, or an uploaded file's name."""
-
-    text: str | None = None
-    image_id: int | None = None
-    upload: str | None = None
-
-
-class ImageResult(BaseModel):
-    """One image hit; fetch its pixels from image_url or thumbnail_url."""
-
-    rank: int
-    score: float
-    id: int
-    path: str
-    name: str
-    image_url: str
-    thumbnail_url: str
-
-
-class TextResult(BaseModel):
-    """One text hit (an indexed caption)."""
-
-    rank: int
-    score: float
-    id: int
-    text: str
-
-
-class ImageSearchResponse(BaseModel):
-    """Images, best first."""
-
-    kind: Literal["image"] = "image"
-    query: QueryInfo
-    k: int
-    took_ms: float
-    results: list[ImageResult]
-
-
-class TextSearchResponse(BaseModel):
-    """Texts, best first."""
-
-    kind: Literal["text"] = "text"
-    query: QueryInfo
-    k: int
-    took_ms: float
-    results: list[TextResult]
-
-
-class ImageInfo(BaseModel):
-    """An indexed image's catalogue record."""
-
-    id: int
-    path: str
-    name: str
-    width: int
-    height: int
-    size: int
-    image_url: str
-    thumbnail_url: str
-
-
-class IndexRequest(BaseModel):
-    """Folders to add or refresh; each must lie under one of the server's --root folders."""
-
-    model_config = ConfigDict(extra="forbid")
-    # The pattern is documented for clients and fuzzers; _under_roots enforces it with a
-    # clearer message than a regular expression ("paths must be absolute").
-    paths: list[
-        Annotated[
-            str,
-            Field(min_length=1, max_length=MAX_PATH_CHARS, json_schema_extra={"pattern": ABSOLUTE_PATH}),
-        ]
-    ] = Field(min_length=1, max_length=MAX_INDEX_PATHS)
-
-
-class SkippedFile(BaseModel):
-    """A file the index run could not use, and why."""
-
-    path: str
-    reason: str
-
-
-class IndexResponse(BaseModel):
-    """What POST /index did (same fields as `mmsearch index --json`)."""
-
-    new: int
-    changed: int
-    moved: int
-    removed: int
-    unchanged: int
-    indexed: int
-    repaired: int
-    skipped_count: int
-    skipped: list[SkippedFile]
-    elapsed_s: float
-    images_per_s: float
-
-
-class DeleteResponse(BaseModel):
-    """The image that was removed from the index (the file itself is untouched)."""
-
-    id: int
-    path: str
 
 
 # -- errors -------------------------------------------------------------------------------------
