@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from indexer import devices
 from indexer.index_store import IMAGES_FAISS
 from indexer.vectors import (
     MIN_POINTS_PER_LIST,
@@ -151,3 +152,17 @@ def test_optimize_refuses_unclear_requests(tmp_path: Path) -> None:
     for args in (["--ivf", "--flat"], [], ["--flat", "--lists", "4"]):
         result = CliRunner().invoke(app, ["optimize", "--db", str(tmp_path / "none"), *args])
         assert result.exit_code == 2 and "error:" in result.stderr
+
+
+@pytest.mark.skipif(gpu_available(), reason="tests the fallback on a machine without a GPU")
+def test_optimize_on_cuda_without_a_gpu_builds_on_the_cpu_with_one_warning(
+    tmp_path: Path, colors_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(devices, "_warned", set())  # warn_once is per process
+    db = tmp_path / "db"
+    _noise_photos(tmp_path / "photos", MIN_POINTS_PER_LIST + 1, seed=3)
+    _ok("index", tmp_path / "photos", "--db", db, "--model", colors_model, "--device", "cpu")
+    with pytest.warns(UserWarning) as caught:
+        out = json.loads(_ok("optimize", "--ivf", "--lists", 1, "--db", db, "--device", "cuda", "--json"))
+    assert out["device"] == "cpu" and out["after"].startswith("IVF1,")
+    assert len(caught) == 1, [str(w.message) for w in caught]
