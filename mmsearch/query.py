@@ -5,11 +5,10 @@
   late fusion of normalised embeddings. `a beach --add 2:sunset --subtract people` is
   normalise(e("a beach") + 2 e("sunset") - e("people")).
 - Hybrid documents: a sentence query scores an image that has its own text as
-  max(image similarity, (1 - w) * image similarity + w * own-text similarity): own text lifts
-  a document whose text matches better than its pixels, and never sinks it below them. The
-  own-text similarity is first shifted by the index's calibration so unrelated texts and
-  unrelated images score alike on average (the modality gap). An image without own text keeps
-  its image similarity.
+  (1 - w) * image similarity + w * own-text similarity (indexer.calibration.FUSION_RULE; the
+  "lift" rule, max(image, that), is kept for measurement). The own-text similarity is first
+  shifted by the index's calibration so unrelated texts and unrelated images score alike on
+  average (the modality gap). An image without own text keeps its image similarity.
 - Relevance: a hit's score against the random-pair distribution recorded at index time.
 
 Pure functions over vectors and VectorStores; the Engine wires them to an index.
