@@ -44,12 +44,13 @@ def autocast_for(device: str) -> torch.autocast:
 
 
 def indexing_threads() -> int:
-    """Torch intra-op threads while decode workers share the cores: half of them, at least one.
+    """Torch intra-op threads while decode workers share the cores: half of them, at least one,
+    and never more than torch is set to already (OMP_NUM_THREADS, an embedding application).
 
     Measured on 2 cores (benchmarks/RESULTS.md): with decoding in worker threads, one torch thread
     indexes as fast or faster than torch's default of one per core, which oversubscribes.
     """
-    return max(1, (os.cpu_count() or 1) // 2)
+    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // 2))
 
 
 @contextlib.contextmanager
