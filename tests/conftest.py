@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +21,7 @@ from support import load_script
 
 from indexer.config import TrainConfig, load_named_config
 from indexer.data import load_corpus
+from indexer.devices import torch_threads
 from indexer.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,6 +73,13 @@ def noise_jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
 def load_generator() -> ModuleType:
     """sample_corpus/generate.py is a script, not a package module: import it by path."""
     return load_script(GENERATOR_PATH, "sample_corpus_generate_for_fixtures")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for a module's tests, whatever an earlier test left set."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -237,13 +236,8 @@ def indexed_rows(index_dir: Path) -> dict[str, tuple[int, int]]:
         engine.dispose()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny convolutions run far faster on one thread when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny convolutions run far faster on one thread when other processes share the cores.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
