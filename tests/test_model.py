@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from pretrained_parts import write_albert_folder
 from safetensors.torch import load_file
-from transformers import AlbertConfig, AlbertModel, AlbertTokenizer
+from transformers import AlbertTokenizer
 
 from indexer.config import (
     INIT_LOGIT_SCALE,
@@ -339,28 +340,13 @@ def test_resume_without_checkpoint_is_a_train_error(colors_corpus: Path, tmp_pat
 
 
 @pytest.fixture
-def local_albert(tokenizer: AlbertTokenizer, tmp_path: Path) -> Path:
+def local_albert(captions: list[str], tmp_path: Path) -> Path:
     """A tiny 'pretrained' ALBERT folder as save_pretrained writes it: no download involved."""
-    folder = tmp_path / "albert-tiny"
-    torch.manual_seed(7)
-    albert = AlbertModel(
-        AlbertConfig(
-            vocab_size=len(tokenizer),
-            embedding_size=16,
-            hidden_size=24,  # differs from tiny-test's 32: the folder's sizes must win
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=48,
-            max_position_embeddings=64,
-        )
-    )
-    albert.save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
+    return write_albert_folder(tmp_path / "albert-tiny", captions)
 
 
 def test_text_init_loads_local_albert_weights(
-    local_albert: Path, tiny_config: ModelConfig, tokenizer: AlbertTokenizer, tmp_path: Path
+    local_albert: Path, tiny_config: ModelConfig, tmp_path: Path
 ) -> None:
     saved = load_file(str(local_albert / "model.safetensors"))
     key = next(k for k in saved if k.endswith("word_embeddings.weight"))
@@ -369,6 +355,7 @@ def test_text_init_loads_local_albert_weights(
     assert torch.equal(loaded, saved[key])
     assert model.config.albert_config is not None
     assert model.config.albert_config["hidden_size"] == 24
+    tokenizer = load_tokenizer(local_albert)  # the folder's own, matching its vocabulary
 
     # The pretrained sizes travel in config.json, so the saved model loads back identically.
     out = tmp_path / "model"
