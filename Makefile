@@ -48,8 +48,8 @@ demo: sample-corpus
 # Retrains the committed default model from the sample corpus (deterministic seed).
 default-model: sample-corpus
 	$(PY) -m mmsearch.cli train --corpus $(DEMO_CORPUS)/corpus.jsonl \
-	    --out indexer/default_model --config sample-shapes --seed 0 --epochs 16 --caption-agreement 1.0
-	rm -rf indexer/default_model/last
+	    --out indexer/models/default_model --config sample-shapes --seed 0 --epochs 16 --caption-agreement 1.0
+	rm -rf indexer/models/default_model/last
 
 test: $(STAMP) $(OC_STAMP) browser-deps
 	$(PY) -m pytest -q --ignore=tests/openclip
@@ -69,7 +69,7 @@ test-openclip: $(OC_STAMP)
 
 # The emoji corpus: npm packs of three vendors' renderings, built into .cache (never committed).
 emoji-corpus: $(STAMP)
-	$(PY) -m indexer.emoji_corpus --cache $(EMOJI_CACHE) --out $(EMOJI_CORPUS)
+	$(PY) sample_corpus/emoji_corpus.py --cache $(EMOJI_CACHE) --out $(EMOJI_CORPUS)
 
 # Trains the native model on the emoji corpus, then scores held-out concepts (test) and a
 # vendor never seen in training (test_unseen_vendor); the numbers land beside the model.

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session
 
-from indexer import catalog
-from indexer.calibration import FUSION_ALIGN, FUSION_RULE, Calibration
-from indexer.encoders import load_encoder
-from indexer.pipeline import IndexOptions, index_folders
-from indexer.vectors import VectorStore
+from indexer.indexing.calibration import FUSION_ALIGN, FUSION_RULE, Calibration
+from indexer.indexing.pipeline import IndexOptions, index_folders
+from indexer.models.encoder import load_encoder
+from indexer.store import catalog
+from indexer.store.vectors import VectorStore
 from mmsearch.engine import Engine
 from mmsearch.query import DEFAULT_TEXT_WEIGHT, score_documents
 

@@ -83,9 +83,9 @@ def percentile(values: list[float], q: float) -> float:
 
 def ensure_index(work: Path, *, images: int) -> tuple[Path, str]:
     """benchmarks/work/load/index-N over N synthetic images, built once; returns (dir, model note)."""
-    from indexer.encoders import DEFAULT_MODEL_DIR, load_encoder
-    from indexer.model import is_model_dir
-    from indexer.pipeline import index_folders
+    from indexer.indexing.pipeline import index_folders
+    from indexer.models.encoder import DEFAULT_MODEL_DIR, load_encoder
+    from indexer.models.native import is_model_dir
 
     index_dir = work / f"index-{images}"
     note_file = index_dir / "model-note.txt"
@@ -112,9 +112,9 @@ def ensure_index(work: Path, *, images: int) -> tuple[Path, str]:
 def _random_tiny_model(out: Path) -> Path:
     import torch
 
-    from indexer.config import load_named_config
-    from indexer.model import build_model, is_model_dir, save_model_dir
-    from indexer.tokenizer import tokenizer_from_sentencepiece, train_sentencepiece
+    from indexer.models.config import load_named_config
+    from indexer.models.native import build_model, is_model_dir, save_model_dir
+    from indexer.models.tokenizer import tokenizer_from_sentencepiece, train_sentencepiece
 
     if is_model_dir(out):
         return out

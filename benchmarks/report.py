@@ -14,7 +14,7 @@ import numpy as np
 import PIL
 import torch
 
-from indexer.encoders import Encoder
+from indexer.models.encoder import Encoder
 
 KIB_PER_GIB = 1024 * 1024
 

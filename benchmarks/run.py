@@ -31,14 +31,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from indexer.devices import indexing_threads, torch_threads
-from indexer.encode import LoadedImage, Skipped, load_file
-from indexer.encoders import TEXT_BATCH_SIZE, Encoder, EncoderInfo, load_encoder
-from indexer.images import DEFAULT_MAX_MEGAPIXELS, FROM_EXIF_THUMBNAIL, PreprocessConfig
-from indexer.model import ModelLoadError
-from indexer.pipeline import IndexOptions, IndexReport, index_folders
-from indexer.scan import FileEntry, scan_folder
-from indexer.vectors import VectorStore, build_ivf, default_lists, default_nprobe
+from indexer.indexing.decode_pool import LoadedImage, Skipped, load_file
+from indexer.indexing.pipeline import IndexOptions, IndexReport, index_folders
+from indexer.media.images import DEFAULT_MAX_MEGAPIXELS, FROM_EXIF_THUMBNAIL, PreprocessConfig
+from indexer.media.scan import FileEntry, scan_folder
+from indexer.models.devices import indexing_threads, torch_threads
+from indexer.models.encoder import TEXT_BATCH_SIZE, Encoder, EncoderInfo, load_encoder
+from indexer.models.native import ModelLoadError
+from indexer.store.vectors import VectorStore, build_ivf, default_lists, default_nprobe
 from mmsearch.engine import Engine
 
 # isort: split
@@ -287,7 +287,7 @@ def measure_encoder(encoder: Encoder, photos: list[FileEntry], settings: Setting
     section.add("texts: slowest / fastest repeat", f"{text_low:,.0f} / {text_high:,.0f} texts/s")
     section.params = {
         "images": f"{images} preprocessed photos from the end-to-end set (section 2), decoded "
-        "with indexer.encode.load_file exactly as the pipeline does",
+        "with indexer.indexing.decode_pool.load_file exactly as the pipeline does",
         "image batches": f"{len(batches)} x up to {BATCH_SIZE}, tensor shape "
         f"{tuple(batches[0].shape) if batches else ()} float32",
         "texts": f"{len(captions)} distinct captions per repeat, encoded in batches of {TEXT_BATCH_SIZE}",
@@ -479,7 +479,8 @@ def measure_indexing(
         "index options": f"IndexOptions(batch_size={BATCH_SIZE}, workers={settings.workers}, "
         f"torch_threads={settings.torch_threads}) -> {threads} torch thread(s) while indexing; "
         "a fresh index for each run",
-        "decode-only": f"ThreadPoolExecutor({settings.workers}) mapping indexer.encode.load_file over "
+        "decode-only": f"ThreadPoolExecutor({settings.workers}) mapping "
+        "indexer.indexing.decode_pool.load_file over "
         "the same files, after each pipeline run",
         "page cache": f"every photo was read once before the runs ({warm_s:.1f} s, untimed), so the "
         f"figures measure CPU work, not disk reads ({photos.total_bytes / 1e9:.1f} GB fits this "

@@ -14,19 +14,19 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
-from indexer.config import TrainConfig, load_named_config
-from indexer.data import load_corpus
-from indexer.doc_text import read_captions
-from indexer.encoders import load_encoder, model_spec
-from indexer.images import DEFAULT_MAX_MEGAPIXELS
-from indexer.pipeline import (
+from indexer.indexing.pipeline import (
     IndexOptions,
     IndexReport,
     add_texts,
     index_folders,
 )
-from indexer.scan import ScanOptions
-from indexer.train import FINETUNE_LR, EpochResult, train, train_openclip
+from indexer.media.images import DEFAULT_MAX_MEGAPIXELS
+from indexer.media.own_text import read_captions
+from indexer.media.scan import ScanOptions
+from indexer.models.config import TrainConfig, load_named_config
+from indexer.models.encoder import load_encoder, model_spec
+from indexer.training.corpora import load_corpus
+from indexer.training.loop import FINETUNE_LR, EpochResult, train, train_openclip
 from mmsearch import cli_admin, preview
 from mmsearch.cli_common import (
     CheckpointOption,

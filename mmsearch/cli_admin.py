@@ -13,12 +13,12 @@ from typing import Annotated
 
 import typer
 
-from indexer.data import load_corpus
-from indexer.devices import resolve_device
-from indexer.encoders import load_encoder
-from indexer.evaluate import evaluate_corpus
-from indexer.optimize import OptimizeReport, use_flat, use_ivf
-from indexer.pipeline import remove_images
+from indexer.indexing.pipeline import remove_images
+from indexer.models.devices import resolve_device
+from indexer.models.encoder import load_encoder
+from indexer.store.index_types import OptimizeReport, use_flat, use_ivf
+from indexer.training.corpora import load_corpus
+from indexer.training.evaluate import evaluate_corpus
 from mmsearch.cli_common import (
     CheckpointOption,
     DbOption,

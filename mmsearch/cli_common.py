@@ -9,17 +9,7 @@ from typing import Annotated, NoReturn, ParamSpec
 
 import typer
 
-from indexer.config import ConfigError
-from indexer.data import CorpusError
-from indexer.doc_text import CaptionsFileError
-from indexer.images import ImageLoadError
-from indexer.index_store import IndexStoreError
-from indexer.model import ModelLoadError
-from indexer.pipeline import PipelineError
-from indexer.tokenizer import TokenizerError
-from indexer.train import TrainError
-from indexer.vectors import VectorStoreError
-from mmsearch.engine import EngineError
+from indexer.errors import MMSearchError
 from mmsearch.paths import default_index_dir
 
 app = typer.Typer(
@@ -30,20 +20,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Errors whose message already tells the user what to do: printed as one line, exit 1.
-USER_ERRORS = (
-    EngineError,
-    IndexStoreError,
-    ModelLoadError,
-    PipelineError,
-    CorpusError,
-    TrainError,
-    ConfigError,
-    TokenizerError,
-    ImageLoadError,
-    CaptionsFileError,
-    VectorStoreError,
-)
 P = ParamSpec("P")
 
 DbOption = Annotated[
@@ -76,14 +52,18 @@ PretrainedOption = Annotated[
     ),
 ]
 def command(name: str) -> Callable[[Callable[P, None]], Callable[P, None]]:
-    """Register a CLI command whose user errors become one stderr line and exit code 1."""
+    """Register a CLI command whose user errors become one stderr line and exit code 1.
+
+    Every user-facing error derives from MMSearchError (indexer/errors.py), so a new one is
+    reported as one line without being listed here.
+    """
 
     def register(func: Callable[P, None]) -> Callable[P, None]:
         @functools.wraps(func)
         def run(*args: P.args, **kwargs: P.kwargs) -> None:
             try:
                 func(*args, **kwargs)
-            except USER_ERRORS as exc:
+            except MMSearchError as exc:
                 fail(str(exc))
 
         app.command(name)(run)

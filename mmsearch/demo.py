@@ -12,9 +12,9 @@ import shutil
 import time
 from pathlib import Path
 
-from indexer.encoders import Encoder, load_encoder
-from indexer.index_store import IndexMismatchError
-from indexer.pipeline import IndexOptions, IndexReport, add_texts, index_folders
+from indexer.indexing.pipeline import IndexOptions, IndexReport, add_texts, index_folders
+from indexer.models.encoder import Encoder, load_encoder
+from indexer.store.index_dir import IndexMismatchError
 from mmsearch.engine import Engine, ImageHit, TextHit
 
 DEMO_QUERIES = (

@@ -19,12 +19,23 @@ from PIL import Image
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from indexer import catalog
-from indexer.calibration import Calibration, read_calibration
-from indexer.catalog import DocTextRow, ImageRow, TextRow
-from indexer.encoders import Encoder, load_encoder
-from indexer.images import ImageLoadError, open_image
-from indexer.index_store import (
+from indexer.errors import InvalidInputError, MMSearchError, NotFoundError, UnavailableError
+from indexer.indexing.calibration import Calibration, read_calibration
+from indexer.indexing.pipeline import (
+    IndexOptions,
+    IndexReport,
+    TextsReport,
+    add_texts,
+    calibrate_index,
+    index_folders,
+    remove_images,
+)
+from indexer.media.images import ImageLoadError, open_image
+from indexer.models.encoder import Encoder, bundled_model_moved, load_encoder
+from indexer.models.native import ModelLoadError
+from indexer.store import catalog
+from indexer.store.catalog import DocTextRow, ImageRow, TextRow
+from indexer.store.index_dir import (
     DOC_TEXTS_FAISS,
     IMAGES_FAISS,
     TEXTS_FAISS,
@@ -34,17 +45,7 @@ from indexer.index_store import (
     index_files,
     read_index_info,
 )
-from indexer.model import ModelLoadError
-from indexer.pipeline import (
-    IndexOptions,
-    IndexReport,
-    TextsReport,
-    add_texts,
-    calibrate_index,
-    index_folders,
-    remove_images,
-)
-from indexer.vectors import VectorStore, VectorStoreError, to_search_device
+from indexer.store.vectors import VectorStore, VectorStoreError, to_search_device
 from mmsearch.query import (
     DEFAULT_TEXT_WEIGHT,
     QuerySpecError,
@@ -69,19 +70,19 @@ MAX_IMAGE_ID = 2**63 - 1
 Target = Literal["image", "text"]
 
 
-class EngineError(Exception):
+class EngineError(MMSearchError):
     """Base class of errors the engine raises; the message is meant for the user."""
 
 
-class IndexUnavailableError(EngineError):
+class IndexUnavailableError(EngineError, UnavailableError):
     """No index, or an index that cannot be used with the requested model."""
 
 
-class QueryError(EngineError):
+class QueryError(EngineError, InvalidInputError):
     """A query that cannot be answered as given (empty text, unreadable image, bad k)."""
 
 
-class ImageNotFoundError(EngineError):
+class ImageNotFoundError(EngineError, NotFoundError):
     """No indexed image has the given id (never indexed, or removed since)."""
 
 
@@ -595,7 +596,7 @@ class Engine:
 
 
 def _load_model(spec: str | Path, device: str) -> Encoder:
-    source = str(spec)
+    source = str(bundled_model_moved(spec))
     if not source.startswith("openclip:") and not Path(source).exists():
         raise ModelLoadError(
             f"the model {source} recorded in this index is missing; pass --model DIR pointing at "

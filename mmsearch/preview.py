@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from indexer.images import ImageLoadError, open_image
+from indexer.media.images import ImageLoadError, open_image
 
 Protocol = Literal["iterm", "kitty", "sixel"]
 # Thumbnail box in pixels: about six text rows high in common terminal fonts.

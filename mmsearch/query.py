@@ -5,7 +5,7 @@
   late fusion of normalised embeddings. `a beach --add 2:sunset --subtract people` is
   normalise(e("a beach") + 2 e("sunset") - e("people")).
 - Hybrid documents: a sentence query scores an image that has its own text as
-  (1 - w) * image similarity + w * own-text similarity (indexer.calibration.FUSION_RULE; the
+  (1 - w) * image similarity + w * own-text similarity (indexer.indexing.calibration.FUSION_RULE; the
   "lift" rule, max(image, that), is kept for measurement). The own-text similarity is first
   shifted by the index's calibration so unrelated texts and unrelated images score alike on
   average (the modality gap). An image without own text keeps its image similarity.
@@ -25,7 +25,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from indexer.calibration import (
+from indexer.errors import InvalidInputError
+from indexer.indexing.calibration import (
     FUSION_ALIGN,
     FUSION_RULE,
     Calibration,
@@ -34,7 +35,7 @@ from indexer.calibration import (
     ScoreStats,
     fuse_scores,
 )
-from indexer.vectors import VectorStore
+from indexer.store.vectors import VectorStore
 
 TermKind = Literal["text", "image"]
 TERM_KINDS: tuple[str, ...] = ("text", "image")
@@ -50,7 +51,7 @@ MIN_COMBINED_NORM = 1e-4
 WEIGHT_SEPARATOR = ":"
 
 
-class QuerySpecError(ValueError):
+class QuerySpecError(InvalidInputError):
     """A query that cannot be built as given (bad weight, nothing to add, terms cancel out)."""
 
 

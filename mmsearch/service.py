@@ -39,10 +39,16 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from indexer.images import DEFAULT_MAX_MEGAPIXELS, ImageLoadError, decode_image_bytes
-from indexer.index_store import IndexLockedError, IndexStoreError
-from indexer.pipeline import IndexOptions, IndexReport, PipelineError
-from indexer.vectors import VectorStoreError
+from indexer.errors import (
+    ConflictError,
+    InvalidInputError,
+    MMSearchError,
+    ModelError,
+    NotFoundError,
+    UnavailableError,
+)
+from indexer.indexing.pipeline import IndexOptions, IndexReport
+from indexer.media.images import DEFAULT_MAX_MEGAPIXELS, decode_image_bytes
 from mmsearch import __version__
 from mmsearch.engine import (
     MAX_IMAGE_ID,
@@ -50,11 +56,8 @@ from mmsearch.engine import (
     MAX_QUERY_CHARS,
     Engine,
     ImageHit,
-    ImageNotFoundError,
     IndexedImage,
     IndexStats,
-    IndexUnavailableError,
-    QueryError,
     TextHit,
 )
 from mmsearch.service_models import (
@@ -121,7 +124,7 @@ PAGE_CSP = (
 )
 
 
-class ServiceConfigError(ValueError):
+class ServiceConfigError(InvalidInputError):
     """Settings the server refuses to start with (e.g. a public address without a token)."""
 
 
@@ -181,17 +184,23 @@ def settings_for(
 
 # -- errors -------------------------------------------------------------------------------------
 
-# Most specific first; Starlette picks the handler of the nearest class in the exception's MRO.
-ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
-    (QueryError, 422),
-    (ImageLoadError, 422),
-    (PipelineError, 422),
-    (ImageNotFoundError, 404),
-    (IndexLockedError, 409),
-    (IndexUnavailableError, 503),
-    (IndexStoreError, 503),
-    (VectorStoreError, 503),
+# By error family (indexer/errors.py), most specific first: every user-facing error has a status,
+# so a new error class cannot fall through to a 500.
+ERROR_STATUS: tuple[tuple[type[MMSearchError], int], ...] = (
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (InvalidInputError, 422),
+    (UnavailableError, 503),
+    (ModelError, 503),
+    (MMSearchError, 400),
 )
+
+
+def status_for(exc: MMSearchError) -> int:
+    """The HTTP status of a user-facing error: that of the first family it belongs to."""
+    return next(status for family, status in ERROR_STATUS if isinstance(exc, family))
+
+
 Responses = dict[int | str, dict[str, Any]]  # FastAPI's `responses=` for the OpenAPI schema
 ERRORS: Responses = {
     401: {"model": ErrorResponse, "description": "Missing or wrong bearer token"},
@@ -228,11 +237,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return _error(422, _describe_validation(exc))
 
-    def mapped(status: int) -> Callable[[Request, Exception], Any]:
-        async def handle(_: Request, exc: Exception) -> JSONResponse:
-            return _error(status, str(exc))
-
-        return handle
+    async def user_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, MMSearchError)
+        return _error(status_for(exc), str(exc))
 
     async def crashed(_: Request, exc: Exception) -> JSONResponse:
         # Starlette re-raises after this answer, so the server still logs the traceback.
@@ -240,8 +247,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
-    for cls, status in ERROR_STATUS:
-        app.add_exception_handler(cls, mapped(status))
+    app.add_exception_handler(MMSearchError, user_error)
     app.add_exception_handler(Exception, crashed)
 
 

@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 from support import load_script
 
-from indexer.config import TrainConfig, load_named_config
-from indexer.data import load_corpus
-from indexer.devices import torch_threads
-from indexer.train import train
+from indexer.models.config import TrainConfig, load_named_config
+from indexer.models.devices import torch_threads
+from indexer.training.corpora import load_corpus
+from indexer.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATOR_PATH = REPO / "sample_corpus" / "generate.py"

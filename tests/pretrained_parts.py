@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AlbertConfig, AlbertModel, ResNetConfig, ResNetModel
 
-from indexer.tokenizer import tokenizer_from_sentencepiece, train_sentencepiece
+from indexer.models.tokenizer import tokenizer_from_sentencepiece, train_sentencepiece
 
 ALBERT_HIDDEN = 24  # differs from tiny-test's 32, so the folder's sizes visibly win
 RESNET_HIDDEN = (8, 12)  # differs from tiny-test's (8, 16) for the same reason

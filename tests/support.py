@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from indexer.config import load_named_config
-from indexer.model import build_model, save_model_dir
-from indexer.tokenizer import tokenizer_from_sentencepiece, train_sentencepiece
+from indexer.models.config import load_named_config
+from indexer.models.native import build_model, save_model_dir
+from indexer.models.tokenizer import tokenizer_from_sentencepiece, train_sentencepiece
 
 SERVER_START_TIMEOUT_S = 20
 REPO = Path(__file__).resolve().parents[1]

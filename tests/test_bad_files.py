@@ -33,11 +33,13 @@ from sqlalchemy.orm import Session
 from support import save_random_model
 from typer.testing import CliRunner
 
-from indexer import catalog, encode, images
-from indexer.catalog import ImageRow
-from indexer.encoders import Encoder, load_encoder
-from indexer.pipeline import IndexOptions, index_folders
-from indexer.scan import ScanOptions, scan_folder
+from indexer.indexing import decode_pool as encode
+from indexer.indexing.pipeline import IndexOptions, index_folders
+from indexer.media import images
+from indexer.media.scan import ScanOptions, scan_folder
+from indexer.models.encoder import Encoder, load_encoder
+from indexer.store import catalog
+from indexer.store.catalog import ImageRow
 from mmsearch.cli import app
 
 SEED = 7

@@ -11,9 +11,9 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
-from indexer.catalog import CATALOG_FILE
-from indexer.data import load_corpus
-from indexer.model import CONFIG_FILE, WEIGHTS_FILE, load_model_dir
+from indexer.models.native import CONFIG_FILE, WEIGHTS_FILE, load_model_dir
+from indexer.store.catalog import CATALOG_FILE
+from indexer.training.corpora import load_corpus
 from mmsearch.cli import app
 from mmsearch.paths import HOME_ENV
 

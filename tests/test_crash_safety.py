@@ -36,15 +36,15 @@ from sqlalchemy.orm import Session
 from support import save_random_model
 from typer.testing import CliRunner
 
-from indexer import catalog
-from indexer.catalog import ImageRow
-from indexer.content_id import file_content_id
-from indexer.encode import LoadedImage, load_file
-from indexer.encoders import Encoder, load_encoder
-from indexer.index_store import IMAGES_FAISS, LOCK_FILE, IndexLockedError, IndexWriter, WriterLock
-from indexer.pipeline import IndexOptions, IndexReport, index_folders
-from indexer.scan import FileEntry
-from indexer.vectors import VectorStore
+from indexer.indexing.decode_pool import LoadedImage, load_file
+from indexer.indexing.pipeline import IndexOptions, IndexReport, index_folders
+from indexer.media.content_id import file_content_id
+from indexer.media.scan import FileEntry
+from indexer.models.encoder import Encoder, load_encoder
+from indexer.store import catalog
+from indexer.store.catalog import ImageRow
+from indexer.store.index_dir import IMAGES_FAISS, LOCK_FILE, IndexLockedError, IndexWriter, WriterLock
+from indexer.store.vectors import VectorStore
 from mmsearch.cli import app
 from mmsearch.engine import MAX_K, Engine, IndexUnavailableError
 
@@ -78,9 +78,9 @@ ZYGOTE_SCRIPT = textwrap.dedent(
     from pathlib import Path
 
     import torch
-    import indexer.pipeline as pipeline
-    from indexer.encoders import load_encoder
-    from indexer.index_store import IndexWriter
+    import indexer.indexing.pipeline as pipeline
+    from indexer.models.encoder import load_encoder
+    from indexer.store.index_dir import IndexWriter
 
     pipeline.COMMIT_INTERVAL_S = 0.0  # commit after every batch
 

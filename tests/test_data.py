@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from support import REPO, load_script
 
-from indexer import emoji_corpus
-from indexer.data import (
+from indexer.training.corpora import (
     CaptionPair,
     Corpus,
     CorpusError,
@@ -22,6 +22,8 @@ from indexer.data import (
     load_corpus,
     retrieval_set,
 )
+
+emoji_corpus = load_script(REPO / "sample_corpus" / "emoji_corpus.py", "mmsearch_emoji_corpus")
 
 
 def _png(path: Path) -> Path:

@@ -20,14 +20,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from indexer import devices
-from indexer.config import TrainConfig, load_named_config
-from indexer.data import load_corpus
-from indexer.devices import autocast_for, resolve_device
-from indexer.encoders import load_encoder
-from indexer.model import load_model_dir
-from indexer.train import train
-from indexer.vectors import VectorStore, VectorStoreError, gpu_available, to_search_device
+from indexer import errors
+from indexer.models import devices
+from indexer.models.config import TrainConfig, load_named_config
+from indexer.models.devices import autocast_for, resolve_device
+from indexer.models.encoder import load_encoder
+from indexer.models.native import load_model_dir
+from indexer.store.vectors import VectorStore, VectorStoreError, gpu_available, to_search_device
+from indexer.training.corpora import load_corpus
+from indexer.training.loop import train
 from mmsearch.cli import app
 from mmsearch.engine import Engine
 
@@ -42,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts as a new process would: no fallback warned yet."""
-    monkeypatch.setattr(devices, "_warned", set())
+    monkeypatch.setattr(errors, "_warned", set())
 
 
 def random_store(n: int = 200, dim: int = 16, seed: int = 0) -> tuple[VectorStore, np.ndarray]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from indexer.encoders import load_encoder
-from indexer.pipeline import index_folders
+from indexer.indexing.pipeline import index_folders
+from indexer.models.encoder import load_encoder
 from mmsearch import Engine, ImageHit, TextHit
 from mmsearch.engine import IndexUnavailableError, QueryError
 

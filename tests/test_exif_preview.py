@@ -14,11 +14,11 @@ import pytest
 from PIL import Image, ImageDraw
 from support import bench_synth, camera_jpeg
 
-from indexer.catalog import CATALOG_FILE
-from indexer.content_id import CURRENT_PREFIX, file_content_id
-from indexer.encoders import Encoder, load_encoder
-from indexer.images import ImageLoadError, PreprocessConfig, decode_bytes, open_image, preprocess
-from indexer.pipeline import IndexOptions, index_folders
+from indexer.indexing.pipeline import IndexOptions, index_folders
+from indexer.media.content_id import CURRENT_PREFIX, file_content_id
+from indexer.media.images import ImageLoadError, PreprocessConfig, decode_bytes, open_image, preprocess
+from indexer.models.encoder import Encoder, load_encoder
+from indexer.store.catalog import CATALOG_FILE
 
 RED = (220, 30, 30)
 BLUE = (30, 30, 220)

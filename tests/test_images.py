@@ -1,4 +1,4 @@
-"""indexer.images: every file the scanner can meet becomes RGB or a one-line ImageLoadError."""
+"""indexer.media.images: every file the scanner can meet becomes RGB or a one-line ImageLoadError."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from indexer import images
-from indexer.images import (
+from indexer.media import images
+from indexer.media.images import (
     DEFAULT_MAX_MEGAPIXELS,
     IMAGE_EXTENSIONS,
     ImageLoadError,

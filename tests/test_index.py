@@ -15,20 +15,20 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer.catalog import CATALOG_FILE
-from indexer.config import load_named_config
-from indexer.encoders import Encoder, load_encoder
-from indexer.images import open_image
-from indexer.index_store import (
+from indexer.indexing.pipeline import IndexOptions, PipelineError, add_texts, index_folders, remove_images
+from indexer.media.images import open_image
+from indexer.models.config import load_named_config
+from indexer.models.encoder import Encoder, load_encoder
+from indexer.models.native import build_model, load_model_dir, save_model_dir
+from indexer.store.catalog import CATALOG_FILE
+from indexer.store.index_dir import (
     IMAGES_FAISS,
     TEXTS_FAISS,
     IndexLockedError,
     IndexMismatchError,
     IndexWriter,
 )
-from indexer.model import build_model, load_model_dir, save_model_dir
-from indexer.pipeline import IndexOptions, PipelineError, add_texts, index_folders, remove_images
-from indexer.vectors import VectorStore, VectorStoreError
+from indexer.store.vectors import VectorStore, VectorStoreError
 from mmsearch import Engine
 
 if TYPE_CHECKING:

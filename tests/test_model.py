@@ -16,16 +16,14 @@ from pretrained_parts import write_albert_folder
 from safetensors.torch import load_file
 from transformers import AlbertTokenizer
 
-from indexer.config import (
+from indexer.models.config import (
     INIT_LOGIT_SCALE,
     MAX_LOGIT_SCALE,
     ModelConfig,
     TrainConfig,
     load_named_config,
 )
-from indexer.data import load_corpus
-from indexer.loss import clip_loss
-from indexer.model import (
+from indexer.models.native import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     DualEncoder,
@@ -34,7 +32,7 @@ from indexer.model import (
     load_model_dir,
     save_model_dir,
 )
-from indexer.tokenizer import (
+from indexer.models.tokenizer import (
     load_tokenizer,
     save_tokenizer,
     tokenize,
@@ -42,7 +40,8 @@ from indexer.tokenizer import (
     train_sentencepiece,
     unknown_rate,
 )
-from indexer.train import (
+from indexer.training.corpora import load_corpus
+from indexer.training.loop import (
     LAST_DIR,
     STATE_FILE,
     EpochResult,
@@ -52,6 +51,7 @@ from indexer.train import (
     epoch_batches,
     train,
 )
+from indexer.training.loss import clip_loss
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 ROUND_TRIP = [

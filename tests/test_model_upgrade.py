@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from support import save_random_model
 
-from indexer.encoders import load_encoder
-from indexer.index_store import IndexMismatchError
-from indexer.pipeline import index_folders
+from indexer.indexing.pipeline import index_folders
+from indexer.models.encoder import load_encoder
+from indexer.store.index_dir import IndexMismatchError
 from mmsearch.demo import index_demo_scenes
 
 CAPTIONS = ["a red square", "a blue circle", "two green stars", "a small white hexagon"]

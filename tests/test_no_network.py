@@ -18,10 +18,10 @@ import pytest
 from pretrained_parts import NetworkGuard, write_albert_folder, write_resnet_folder
 from typer.testing import CliRunner
 
-from indexer.config import load_named_config
-from indexer.encoders import hub_offline, load_encoder
-from indexer.model import build_model, load_model_dir
-from indexer.tokenizer import load_tokenizer
+from indexer.models.config import load_named_config
+from indexer.models.encoder import hub_offline, load_encoder
+from indexer.models.native import build_model, load_model_dir
+from indexer.models.tokenizer import load_tokenizer
 from mmsearch.cli import app
 
 CAPTIONS = ("a red image", "a green image", "a blue image", "a yellow image", "a small square")

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from indexer import devices
-from indexer.index_store import IMAGES_FAISS
-from indexer.vectors import (
+from indexer import errors
+from indexer.store.index_dir import IMAGES_FAISS
+from indexer.store.vectors import (
     MIN_POINTS_PER_LIST,
     VectorStore,
     VectorStoreError,
@@ -158,7 +158,7 @@ def test_optimize_refuses_unclear_requests(tmp_path: Path) -> None:
 def test_optimize_on_cuda_without_a_gpu_builds_on_the_cpu_with_one_warning(
     tmp_path: Path, colors_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(devices, "_warned", set())  # warn_once is per process
+    monkeypatch.setattr(errors, "_warned", set())  # warn_once is per process
     db = tmp_path / "db"
     _noise_photos(tmp_path / "photos", MIN_POINTS_PER_LIST + 1, seed=3)
     _ok("index", tmp_path / "photos", "--db", db, "--model", colors_model, "--device", "cpu")

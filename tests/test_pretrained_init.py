@@ -24,11 +24,11 @@ from pretrained_parts import (
 from transformers import AlbertModel, ResNetModel
 from typer.testing import CliRunner
 
-from indexer.config import load_named_config
-from indexer.encoders import load_encoder, model_spec
-from indexer.model import ModelLoadError, build_model, load_model_dir
-from indexer.openclip import OpenClipSpec
-from indexer.tokenizer import load_tokenizer
+from indexer.models.config import load_named_config
+from indexer.models.encoder import load_encoder, model_spec
+from indexer.models.native import ModelLoadError, build_model, load_model_dir
+from indexer.models.openclip import OpenClipSpec
+from indexer.models.tokenizer import load_tokenizer
 from mmsearch.cli import app
 
 WORDS = (

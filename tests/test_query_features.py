@@ -16,13 +16,13 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from typer.testing import CliRunner
 
-from indexer import calibration as calib
-from indexer import doc_text
-from indexer.catalog import CATALOG_FILE
-from indexer.encoders import Encoder, load_encoder
-from indexer.index_store import DOC_TEXTS_FAISS, IMAGES_FAISS, IndexWriter
-from indexer.pipeline import index_folders
-from indexer.vectors import VectorStore
+from indexer.indexing import calibration as calib
+from indexer.indexing.pipeline import index_folders
+from indexer.media import own_text as doc_text
+from indexer.models.encoder import Encoder, load_encoder
+from indexer.store.catalog import CATALOG_FILE
+from indexer.store.index_dir import DOC_TEXTS_FAISS, IMAGES_FAISS, IndexWriter
+from indexer.store.vectors import VectorStore
 from mmsearch import preview
 from mmsearch.cli import app
 from mmsearch.engine import Engine, QueryError

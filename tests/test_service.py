@@ -28,8 +28,8 @@ from PIL import Image
 from support import serve
 from typer.testing import CliRunner
 
-from indexer.index_store import IndexWriter, WriterLock
-from indexer.pipeline import add_texts, index_folders
+from indexer.indexing.pipeline import add_texts, index_folders
+from indexer.store.index_dir import IndexWriter, WriterLock
 from mmsearch.cli import app as cli_app
 from mmsearch.engine import MAX_K, MAX_QUERY_CHARS, Engine
 from mmsearch.service import (
@@ -77,7 +77,7 @@ def write_gallery(root: Path) -> dict[str, list[Path]]:
 
 def build_index(root: Path, index_dir: Path, model_dir: Path) -> None:
     """Index a folder and the captions with the colors model."""
-    from indexer.encoders import load_encoder
+    from indexer.models.encoder import load_encoder
 
     encoder = load_encoder(model_dir, device="cpu")
     index_folders([root], index_dir, encoder)
@@ -686,7 +686,7 @@ def test_readers_do_not_wait_for_a_writer_and_see_its_commit(writable: Writable)
 def writer_row_insert(path: Path) -> Any:
     from sqlalchemy import insert
 
-    from indexer.catalog import ImageRow
+    from indexer.store.catalog import ImageRow
 
     return insert(ImageRow).values(
         path=str(path),

@@ -19,8 +19,8 @@ import pytest
 from conftest import COLORS, caption_for, color_image
 from support import serve
 
-from indexer.encoders import load_encoder
-from indexer.pipeline import add_texts, index_folders
+from indexer.indexing.pipeline import add_texts, index_folders
+from indexer.models.encoder import load_encoder
 from mmsearch.engine import Engine
 from mmsearch.service import ServiceSettings, create_app
 

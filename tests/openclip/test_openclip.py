@@ -30,9 +30,9 @@ from pretrained_parts import NetworkGuard  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from indexer.encoders import load_encoder  # noqa: E402
-from indexer.model import ModelLoadError  # noqa: E402
-from indexer.openclip import CONFIG_FILE, WEIGHTS_FILE, OpenClipSpec  # noqa: E402
+from indexer.models.encoder import load_encoder  # noqa: E402
+from indexer.models.native import ModelLoadError  # noqa: E402
+from indexer.models.openclip import CONFIG_FILE, WEIGHTS_FILE, OpenClipSpec  # noqa: E402
 from mmsearch.cli import app  # noqa: E402
 from mmsearch.engine import Engine  # noqa: E402
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from indexer.errors import InvalidInputError
+
 __all__ = [
     "CORPUS_FORMATS",
     "IMAGE_SUFFIXES",
@@ -46,7 +48,7 @@ ROOT_PROBE_IMAGES = 8
 _SPLIT_IN_NAME = re.compile(r"(?:^|[^a-z])(train|val|test)(?:[^a-z]|$)")
 
 
-class CorpusError(ValueError):
+class CorpusError(InvalidInputError):
     """An unreadable corpus; the message names the file, the line/entry and what to fix."""
 
 

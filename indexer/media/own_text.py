@@ -18,7 +18,8 @@ from typing import BinaryIO
 
 from PIL import Image, ImageFile, IptcImagePlugin, UnidentifiedImageError
 
-from indexer.images import DECODE_ERRORS, PILLOW_FORMATS
+from indexer.errors import InvalidInputError
+from indexer.media.images import DECODE_ERRORS, PILLOW_FORMATS
 
 SIDECAR_SUFFIX = ".txt"
 # Captions longer than this say nothing more to a text tower that reads a few dozen tokens.
@@ -63,7 +64,7 @@ CAPTION_PATH_KEYS = ("image", "path", "file")
 CAPTION_TEXT_KEYS = ("caption", "text")
 
 
-class CaptionsFileError(ValueError):
+class CaptionsFileError(InvalidInputError):
     """A --captions file that cannot be read; the message names the file and line."""
 
 

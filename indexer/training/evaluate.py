@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from indexer.data import CaptionPair, Corpus, retrieval_set
-from indexer.encode import Skipped, encode_files
-from indexer.encoders import Encoder
-from indexer.scan import FileEntry
+from indexer.indexing.decode_pool import Skipped, encode_files
+from indexer.media.scan import FileEntry
+from indexer.models.encoder import Encoder
+from indexer.training.corpora import CaptionPair, Corpus, retrieval_set
 
 RECALL_KS = (1, 5, 10)
 # Scene attributes a sample-corpus caption must name to count as fully specified.

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer import catalog
-from indexer.index_store import IMAGES_FAISS, IndexWriter
-from indexer.vectors import BuildReport, build_flat, build_ivf, default_lists, default_nprobe
+from indexer.store import catalog
+from indexer.store.index_dir import IMAGES_FAISS, IndexWriter
+from indexer.store.vectors import BuildReport, build_flat, build_ivf, default_lists, default_nprobe
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ import sentencepiece as spm
 import torch
 from transformers import AlbertTokenizer
 
+from indexer.errors import ModelError
+
 # Ids fixed so that the ALBERT embedding's padding row and special tokens line up.
 SPECIAL_PIECES = {"pad": "<pad>", "unk": "<unk>", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 SPM_MODEL_FILE = "spiece.model"
@@ -23,7 +25,7 @@ SPM_MODEL_FILE = "spiece.model"
 log = logging.getLogger(__name__)
 
 
-class TokenizerError(RuntimeError):
+class TokenizerError(ModelError):
     """A tokenizer that cannot be built or loaded."""
 
 

@@ -16,16 +16,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from indexer import doc_text
-from indexer.content_id import content_id
-from indexer.encoders import Encoder
-from indexer.images import (
+from indexer.media import own_text as doc_text
+from indexer.media.content_id import content_id
+from indexer.media.images import (
     DEFAULT_MAX_MEGAPIXELS,
     ImageLoadError,
     MissingExtraError,
     decode_bytes,
 )
-from indexer.scan import FileEntry
+from indexer.media.scan import FileEntry
+from indexer.models.encoder import Encoder
 
 # Batches decoded ahead of the encoder: enough to hide decode latency, bounded for memory.
 LOOKAHEAD_BATCHES = 2
@@ -41,7 +41,7 @@ class LoadedImage:
     width: int
     height: int
     own_text: doc_text.OwnText | None = None  # read here, in the worker, from the bytes in hand
-    decoded_from: str = "full"  # indexer.images.DecodedImage.source: full, draft or exif thumbnail
+    decoded_from: str = "full"  # indexer.media.images.DecodedImage.source: full, draft or exif thumbnail
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def load_file(
     """Read, hash, decode and preprocess one file; any failure becomes a Skipped with a reason.
 
     caption: text given for this file at index time; without it the image's own text comes from
-    a sidecar or its metadata (indexer.doc_text).
+    a sidecar or its metadata (indexer.media.own_text).
 
     The whole file is read, not memory-mapped: a file truncated by another program while mapped
     would kill the indexer with SIGBUS instead of becoming one skipped line.

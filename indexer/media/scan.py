@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.images import IMAGE_EXTENSIONS
+from indexer.media.images import IMAGE_EXTENSIONS
 
 # Files and folders that operating systems and NAS boxes scatter next to photos.
 OS_METADATA_NAMES = frozenset(

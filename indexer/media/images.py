@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from indexer.errors import InvalidInputError
+
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
 )
@@ -96,7 +98,7 @@ DECODE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-class ImageLoadError(Exception):
+class ImageLoadError(InvalidInputError):
     """Raised for any file that cannot become an RGB image; carries path and a short reason."""
 
     def __init__(self, path: Path | str, reason: str) -> None:
@@ -262,6 +264,8 @@ def _decode(
                     kind = _draft(img, target_size)
                 img.load()  # full decode here, so truncation is reported now, not at preprocess
                 upright = ImageOps.exif_transpose(img)
+    except ImageLoadError:
+        raise  # already names the file and the reason (a ValueError, as DECODE_ERRORS would catch)
     except UnidentifiedImageError as exc:
         if heif_expected and HEIF_FORMAT not in formats:
             raise MissingExtraError(source, HEIF_EXTRA_REASON) from exc

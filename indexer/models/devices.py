@@ -8,20 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from collections.abc import Iterator
 
 import torch
 
-_warned: set[str] = set()
-
-
-def warn_once(message: str) -> None:
-    """Emit a fallback warning the first time it happens in this process, then stay quiet."""
-    if message in _warned:
-        return
-    _warned.add(message)
-    warnings.warn(message, stacklevel=3)
+from indexer.errors import warn_once
 
 
 def resolve_device(requested: str = "auto") -> str:

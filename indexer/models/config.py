@@ -8,15 +8,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from indexer.images import PreprocessConfig
+from indexer.errors import InvalidInputError
+from indexer.media.images import PreprocessConfig
 
-MODEL_CONFIG_DIR = Path(__file__).with_name("model_configs")
+MODEL_CONFIG_DIR = Path(__file__).with_name("configs")
 # CLIP's initial temperature 0.07 and its cap of 100 on the logit scale.
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidInputError):
     """A configuration file or name that cannot be used; the message says which."""
 
 
@@ -139,7 +140,7 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
 
 
 def load_named_config(name_or_path: str) -> ModelConfig:
-    """A ModelConfig from indexer/model_configs/NAME.json or from a JSON file path."""
+    """A ModelConfig from indexer/models/configs/NAME.json or from a JSON file path."""
     path = Path(name_or_path)
     if not path.suffix:
         path = MODEL_CONFIG_DIR / f"{name_or_path}.json"

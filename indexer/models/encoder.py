@@ -17,13 +17,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from indexer.devices import autocast_for, resolve_device
-from indexer.images import PreprocessConfig, preprocess, preprocess_batch
-from indexer.model import LoadedModel, ModelLoadError, is_model_dir, load_model_dir
-from indexer.tokenizer import tokenize
+from indexer.media.images import PreprocessConfig, preprocess, preprocess_batch
+from indexer.models.devices import autocast_for, resolve_device
+from indexer.models.native import LoadedModel, ModelLoadError, is_model_dir, load_model_dir
+from indexer.models.tokenizer import tokenize
 
 DEFAULT_MODEL_DIR = Path(__file__).with_name("default_model")
 TEXT_BATCH_SIZE = 256
+# Where the bundled model lived before indexer/ was split into subpackages; indexes record it.
+LEGACY_DEFAULT_MODEL_SUFFIX = ("indexer", "default_model")
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def is_openclip_spec(spec: str | Path | None) -> bool:
     """True for `openclip:ARCH...` specs and for folders written by OpenCLIP fine-tuning."""
     if spec is None:
         return False
-    from indexer.openclip import OPENCLIP_PREFIX, is_openclip_dir  # no open_clip import here
+    from indexer.models.openclip import OPENCLIP_PREFIX, is_openclip_dir  # no open_clip import here
 
     return str(spec).startswith(OPENCLIP_PREFIX) or is_openclip_dir(Path(spec))
 
@@ -152,9 +154,17 @@ def model_spec(
             "--checkpoint and --pretrained choose the weights of an OpenCLIP model: add "
             "--model openclip:ARCH (e.g. --model openclip:ViT-B-32)"
         )
-    from indexer.openclip import OpenClipSpec
+    from indexer.models.openclip import OpenClipSpec
 
     return OpenClipSpec.parse(str(model), checkpoint=checkpoint, pretrained=pretrained).source()
+
+
+def bundled_model_moved(source: str | Path) -> str | Path:
+    """An index built before the move recorded the bundled model's old folder: use the new one."""
+    path = Path(source)
+    if path.parts[-2:] == LEGACY_DEFAULT_MODEL_SUFFIX and not path.exists():
+        return DEFAULT_MODEL_DIR
+    return source
 
 
 def load_encoder(
@@ -177,7 +187,7 @@ def load_encoder(
             )
         spec = DEFAULT_MODEL_DIR
     if is_openclip_spec(spec):
-        from indexer.openclip import load_openclip_encoder  # optional extra, imported lazily
+        from indexer.models.openclip import load_openclip_encoder  # optional extra, imported lazily
 
         return load_openclip_encoder(spec, device=resolved_device)
     with hub_offline():

@@ -22,15 +22,13 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from indexer.config import MAX_LOGIT_SCALE, ModelConfig, TrainConfig, write_json
-from indexer.data import Corpus
-from indexer.devices import autocast_for, resolve_device
-from indexer.encoders import hub_offline
-from indexer.evaluate import retrieval_metrics, rsum
-from indexer.images import ImageLoadError, PreprocessConfig, open_image, preprocess
-from indexer.loss import clip_loss
-from indexer.model import DualEncoder, build_model, load_model_dir, save_model_dir
-from indexer.tokenizer import (
+from indexer.errors import ModelError
+from indexer.media.images import ImageLoadError, PreprocessConfig, open_image, preprocess
+from indexer.models.config import MAX_LOGIT_SCALE, ModelConfig, TrainConfig, write_json
+from indexer.models.devices import autocast_for, resolve_device
+from indexer.models.encoder import hub_offline
+from indexer.models.native import DualEncoder, build_model, load_model_dir, save_model_dir
+from indexer.models.tokenizer import (
     SPM_MODEL_FILE,
     load_tokenizer,
     tokenize,
@@ -38,6 +36,9 @@ from indexer.tokenizer import (
     train_sentencepiece,
     unknown_rate,
 )
+from indexer.training.corpora import Corpus
+from indexer.training.evaluate import retrieval_metrics, rsum
+from indexer.training.loss import clip_loss
 
 LAST_DIR = "last"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -49,7 +50,7 @@ MAX_UNKNOWN_RATE = 0.05
 FINETUNE_LR = 1e-5
 
 
-class TrainError(RuntimeError):
+class TrainError(ModelError):
     """Training cannot start or continue; the message says what to change."""
 
 
@@ -441,7 +442,7 @@ def train_openclip(
     `init` is openclip:ARCH (weights from `checkpoint` or `pretrained`) or a folder from an
     earlier fine-tune. OUT gets open_clip's local-dir layout, usable as --model OUT.
     """
-    from indexer.openclip import load_openclip, save_openclip_dir  # optional extra
+    from indexer.models.openclip import load_openclip, save_openclip_dir  # optional extra
 
     device = resolve_device(device)
     torch.manual_seed(train_config.seed)

@@ -19,15 +19,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AlbertConfig, AlbertModel, AlbertTokenizer, ResNetConfig, ResNetModel
 
-from indexer.config import ModelConfig, write_json
-from indexer.tokenizer import load_tokenizer, save_tokenizer
+from indexer.errors import ModelError
+from indexer.models.config import ModelConfig, write_json
+from indexer.models.tokenizer import load_tokenizer, save_tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 MODEL_FORMAT = "mmsearch-dual-encoder/1"
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ModelError):
     """A model directory or init weights that cannot be loaded; the message says how to supply them."""
 
 

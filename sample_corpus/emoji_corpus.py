@@ -1,8 +1,8 @@
 """A real caption corpus nobody here wrote: emoji renderings by three vendors, captioned by name.
 
-`python -m indexer.emoji_corpus --cache .cache/emoji --out .cache/emoji/corpus.jsonl` fetches the
+`python sample_corpus/emoji_corpus.py --cache .cache/emoji --out .cache/emoji/corpus.jsonl` fetches the
 emoji-datasource npm packages, extracts them safely and writes a JSONL corpus for
-`indexer.data.load_corpus`. Concepts are split train/val/test by a stable hash of their name, and
+`indexer.training.corpora.load_corpus`. Concepts are split train/val/test by a stable hash of their name, and
 every rendering of one vendor is held out as "test_unseen_vendor" so a drawing style is never
 seen in training. Licences differ by vendor (see the packages' README): keep the cache local.
 """

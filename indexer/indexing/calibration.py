@@ -23,8 +23,8 @@ from typing import Literal
 import numpy as np
 from sqlalchemy.orm import Session
 
-from indexer import catalog
-from indexer.vectors import VectorStore
+from indexer.store import catalog
+from indexer.store.vectors import VectorStore
 
 CALIBRATION_KEY = "calibration"
 CALIBRATION_FORMAT = 1

@@ -32,11 +32,11 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from indexer.config import write_json
-from indexer.devices import autocast_for
-from indexer.encoders import TEXT_BATCH_SIZE, EncoderInfo, as_faiss_array, hub_offline
-from indexer.images import PreprocessConfig
-from indexer.model import ModelLoadError
+from indexer.media.images import PreprocessConfig
+from indexer.models.config import write_json
+from indexer.models.devices import autocast_for
+from indexer.models.encoder import TEXT_BATCH_SIZE, EncoderInfo, as_faiss_array, hub_offline
+from indexer.models.native import ModelLoadError
 
 OPENCLIP_PREFIX = "openclip:"
 EXTRA_HINT = "pip install 'mmsearch[openclip]' (or `make openclip-env` in a checkout)"

@@ -28,10 +28,11 @@ import numpy as np
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.orm import Session
 
-from indexer import catalog
-from indexer.catalog import ImageRow, TextRow
-from indexer.encoders import EncoderInfo
-from indexer.vectors import INDEX_TYPE, VectorStore, remove_temp_files
+from indexer.errors import ConflictError, ModelError, UnavailableError
+from indexer.models.encoder import EncoderInfo
+from indexer.store import catalog
+from indexer.store.catalog import ImageRow, TextRow
+from indexer.store.vectors import INDEX_TYPE, VectorStore, remove_temp_files
 
 IMAGES_FAISS = "images.faiss"
 TEXTS_FAISS = "texts.faiss"
@@ -39,19 +40,19 @@ DOC_TEXTS_FAISS = "doc_texts.faiss"
 LOCK_FILE = "write.lock"
 
 
-class IndexStoreError(RuntimeError):
-    """Base of index errors ."""
+class IndexStoreError(UnavailableError):
+    """The index folder cannot be used as it is; the message says why and what to do."""
 
 
 class IndexNotFoundError(IndexStoreError):
     """No index at the given directory."""
 
 
-class IndexLockedError(IndexStoreError):
+class IndexLockedError(IndexStoreError, ConflictError):
     """Another process is writing to this index."""
 
 
-class IndexMismatchError(IndexStoreError):
+class IndexMismatchError(IndexStoreError, ModelError):
     """The index was built with another model or dimension, or a newer schema."""
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indexer.devices import warn_once
+from indexer.errors import UnavailableError, warn_once
 
 INDEX_TYPE = "IDMap2,FlatIP"
 # k-means: FAISS wants >= 39 training points per list and warns below; 20 iterations is its
@@ -35,7 +35,7 @@ FIDELITY_K = 10
 TEMP_MARK = ".tmp-"
 
 
-class VectorStoreError(RuntimeError):
+class VectorStoreError(UnavailableError):
     """A FAISS file that cannot be read or does not match the index's dimension."""
 
 

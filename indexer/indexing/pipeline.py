@@ -17,22 +17,25 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from indexer import calibration, catalog, doc_text
-from indexer.calibration import Calibration
-from indexer.catalog import DocTextRow, ImageRecord, ImageRow, SkippedRow, TextRow
-from indexer.content_id import algorithm_key, content_id_like, file_content_id
-from indexer.devices import indexing_threads, torch_threads
-from indexer.encode import EncodedBatch, Skipped, encode_files
-from indexer.encoders import Encoder
-from indexer.images import DEFAULT_MAX_MEGAPIXELS
-from indexer.index_store import IndexWriter
-from indexer.scan import FileEntry, ScanOptions, scan_folder
+from indexer.errors import InvalidInputError
+from indexer.indexing import calibration
+from indexer.indexing.calibration import Calibration
+from indexer.indexing.decode_pool import EncodedBatch, Skipped, encode_files
+from indexer.media import own_text as doc_text
+from indexer.media.content_id import algorithm_key, content_id_like, file_content_id
+from indexer.media.images import DEFAULT_MAX_MEGAPIXELS
+from indexer.media.scan import FileEntry, ScanOptions, scan_folder
+from indexer.models.devices import indexing_threads, torch_threads
+from indexer.models.encoder import Encoder
+from indexer.store import catalog
+from indexer.store.catalog import DocTextRow, ImageRecord, ImageRow, SkippedRow, TextRow
+from indexer.store.index_dir import IndexWriter
 
 # A killed run loses at most this much encoding; each commit rewrites the FAISS file.
 COMMIT_INTERVAL_S = 5.0
 
 
-class PipelineError(ValueError):
+class PipelineError(InvalidInputError):
     """Input that cannot be indexed at all (not a folder, nothing to index)."""
 
 
@@ -86,10 +89,10 @@ class IndexOptions:
     scan: ScanOptions = field(default_factory=ScanOptions)
     workers: int | None = None
     # Encode a JPEG from its EXIF preview when that preview is big enough and matches the photo's
-    # shape (see indexer.images); False decodes every photo, for folders edited by tools that
+    # shape (see indexer.media.images); False decodes every photo, for folders edited by tools that
     # leave stale previews behind.
     exif_thumbnails: bool = True
-    # Torch intra-op threads while encoding; None: indexer.devices.indexing_threads().
+    # Torch intra-op threads while encoding; None: indexer.models.devices.indexing_threads().
     torch_threads: int | None = None
 
 
