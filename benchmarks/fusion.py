@@ -6,8 +6,9 @@ shapes (no sizes, no positions). Every test scene's canonical caption is then a 
 text->image Recall@1/5/10 is measured for image-only scoring (text weight 0) and fused scoring
 at text weights 0.1 .. 1.0, over all queries and split by whether the target has own text.
 The per-weight tables go through the public Engine (`Engine.add(captions=...)`,
-`Engine.search_vector`); the variant comparison calls the engine's `score_documents` directly
-with each fusion rule (lift / linear) and alignment of own-text similarities (mean / none / z).
+`Engine.search_vector`); the variant comparison calls the fusion policy's `score_documents`
+(indexer/indexing/fusion.py) directly with each fusion rule (lift / linear) and alignment of
+own-text similarities (mean / none / z).
 
     .venv/bin/python benchmarks/fusion.py --corpus sample_corpus/build --out benchmarks/FUSION.md
 """
@@ -27,13 +28,13 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session
 
-from indexer.indexing.calibration import FUSION_ALIGN, FUSION_RULE, Calibration
+from indexer.indexing.calibration import Calibration
+from indexer.indexing.fusion import DEFAULT_TEXT_WEIGHT, FUSION_ALIGN, FUSION_RULE, Fusion, score_documents
 from indexer.indexing.pipeline import IndexOptions, index_folders
 from indexer.models.encoder import load_encoder
 from indexer.store import catalog
 from indexer.store.vectors import VectorStore
 from mmsearch.engine import Engine
-from mmsearch.query import DEFAULT_TEXT_WEIGHT, score_documents
 
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 KS = (1, 5, 10)
@@ -119,10 +120,8 @@ def direct_ranks(
             vector,
             *stores,
             max(KS),
-            text_weight=weight,
-            calibration=calibration,
-            align=align,  # type: ignore[arg-type]
-            rule=rule,  # type: ignore[arg-type]
+            fusion=Fusion(weight, rule=rule, align=align),  # type: ignore[arg-type]
+            channels=calibration.channels("text"),
         )
         ids = scored.ids.tolist()
         ranks.append(ids.index(target) + 1 if target in ids else None)

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
+from indexer.indexing.fusion import Fusion
 from indexer.indexing.pipeline import (
     IndexOptions,
     IndexReport,
@@ -40,7 +41,7 @@ from mmsearch.cli_common import (
     index_dir_of,
 )
 from mmsearch.engine import Engine, ImageHit, SearchResults, TextHit
-from mmsearch.query import DEFAULT_TEXT_WEIGHT, QuerySpecError, build_terms
+from mmsearch.query import DEFAULT_TEXT_WEIGHT, Query, QuerySpecError, build_terms
 from mmsearch.texts import read_texts
 
 DEFAULT_TRAIN_CONFIG = "sample-shapes"
@@ -310,10 +311,11 @@ SEARCH_EPILOG = (
     "--add-image/--subtract-image add or subtract further terms, each optionally weighted as "
     "W:VALUE (e.g. --add 2:sunset). The terms' normalised embeddings are summed with their "
     "weights and renormalised.\n\n"
-    "Scores are cosine similarities. For a sentence query an image with its own text (a "
-    "sidecar PHOTO.txt, its EXIF/XMP/IPTC description, or index --captions) scores "
-    "(1-W)*image + W*own-text similarity, W = --text-weight (the text similarity shifted onto "
-    "the image scale first); images without own text keep their image score.\n\n"
+    "Scores are cosine similarities. An image with its own text (a sidecar PHOTO.txt, its "
+    "EXIF/XMP/IPTC description, or index --captions) scores (1-W)*image + W*own-text "
+    "similarity, W = --text-weight (the text similarity shifted onto the image scale first), "
+    "for a SENTENCE and an --image query alike; images without own text keep their image "
+    "score.\n\n"
     "Relevance: at index time mmsearch records the scores of random caption/image pairs of the "
     "index (see `mmsearch calibrate`); a hit above their 99th percentile is 'likely relevant' "
     "(marked * after its score; --relevant keeps only those). --min-score X instead keeps hits "
@@ -368,7 +370,7 @@ def search_cmd(
             "--text-weight",
             min=0.0,
             max=1.0,
-            help=f"Weight W of an image's own text against its pixels for sentence queries "
+            help=f"Weight W of an image's own text against its pixels "
             f"(0 = pixels only; default {DEFAULT_TEXT_WEIGHT}, measured on the sample corpus).",
         ),
     ] = None,
@@ -421,17 +423,18 @@ def search_cmd(
         fail(str(exc), 2)
     if not terms:
         fail("give either a SENTENCE or --image IMG", 2)
+    request = Query(
+        tuple(terms),
+        to=to,  # type: ignore[arg-type]
+        k=k,
+        under=under,
+        fusion=Fusion.weighted(text_weight),
+        min_score=threshold,
+        relevant=relevant,
+    )
     spec = model_spec(model, checkpoint=checkpoint, pretrained=pretrained)
     with Engine.open(index_dir_of(db), model=spec, device=device) as engine:
-        results = engine.search_scored(
-            terms,
-            k=k,
-            to=to,  # type: ignore[arg-type]
-            under=under,
-            text_weight=text_weight,
-            min_score=threshold,
-            relevant=relevant,
-        )
+        results = engine.search(request)
     if as_json:
         data = results.to_json() if relevant else {"results": [asdict(h) for h in results.hits]}
         typer.echo(json.dumps(data))

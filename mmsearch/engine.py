@@ -6,13 +6,11 @@ do, and the CLI and HTTP layers turn them into exit codes and status codes.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -21,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from indexer.errors import InvalidInputError, MMSearchError, NotFoundError, UnavailableError
 from indexer.indexing.calibration import Calibration, read_calibration
+from indexer.indexing.fusion import Fusion, Scored, plain, score_documents
 from indexer.indexing.pipeline import (
     IndexOptions,
     IndexReport,
@@ -46,28 +45,26 @@ from indexer.store.index_dir import (
     read_index_info,
 )
 from indexer.store.vectors import VectorStore, VectorStoreError, to_search_device
+from mmsearch.query import MAX_K as MAX_K  # importable from here, as before
 from mmsearch.query import (
-    DEFAULT_TEXT_WEIGHT,
+    TERM_KINDS,
+    Query,
     QuerySpecError,
     QueryTerm,
     Relevance,
-    Scored,
+    Target,
     TermKind,
     combine,
     cut,
-    judge,
-    main_kind,
-    plain,
-    score_documents,
+    relevance_of,
 )
 
-# Guards against accidental huge requests; FAISS itself would happily return millions.
-MAX_K = 1000
 MAX_QUERY_CHARS = 1000
 # SQLite INTEGER keys (and FAISS int64 ids) are signed 64-bit; a larger id cannot name a row.
 MAX_IMAGE_ID = 2**63 - 1
-
-Target = Literal["image", "text"]
+# A caller's query vector (search_vector) whose length is off 1 by more than this is
+# renormalised; unit vectors (from encode_query_*, or POST /embed) are used bit for bit.
+UNIT_TOLERANCE = 1e-3
 
 
 class EngineError(MMSearchError):
@@ -236,6 +233,16 @@ class Engine:
 
     # -- queries ---------------------------------------------------------------------------
 
+    def search(self, query: Query) -> SearchResults:
+        """The one search: encode the terms into a query vector, score the documents (fusing
+        their own text), judge each hit's relevance and apply the cut-offs. Every search_*
+        method is a thin wrapper over this."""
+        try:
+            modality = query.modality
+        except QuerySpecError as exc:
+            raise QueryError(str(exc)) from exc
+        return self._answer(self.encode_terms(query.terms), modality, query)
+
     def search_text(
         self,
         query: str,
@@ -247,16 +254,67 @@ class Engine:
         relevant: bool = False,
     ) -> list[ImageHit]:
         """Images best matching a sentence (only files below `under` when given); images with
-        own text are scored on image and text together (see search_scored)."""
-        results = self.search_scored(
+        own text are scored on image and text together (indexer.indexing.fusion)."""
+        spec = _query(
             [QueryTerm("text", query)],
-            k,
+            k=k,
             under=under,
             text_weight=text_weight,
             min_score=min_score,
             relevant=relevant,
         )
-        return results.hits  # type: ignore[return-value]
+        return self.search(spec).hits  # type: ignore[return-value]
+
+    def search_image(
+        self,
+        image: str | Path | Image.Image,
+        k: int = 10,
+        to: Target = "image",
+        *,
+        under: str | Path | None = None,
+        text_weight: float | None = None,
+        min_score: float | None = None,
+        relevant: bool = False,
+    ) -> list[ImageHit] | list[TextHit]:
+        """Images similar to an image (to="image"; own texts fused as for a sentence), or texts
+        describing it (to="text")."""
+        spec = _query(
+            [QueryTerm("image", image)],
+            k=k,
+            to=to,
+            under=under,
+            text_weight=text_weight,
+            min_score=min_score,
+            relevant=relevant,
+        )
+        return self.search(spec).hits
+
+    def search_by_id(
+        self,
+        image_id: int,
+        k: int = 10,
+        to: Target = "image",
+        *,
+        under: str | Path | None = None,
+        text_weight: float | None = None,
+        min_score: float | None = None,
+        relevant: bool = False,
+    ) -> list[ImageHit] | list[TextHit]:
+        """Like search_image for an already indexed image, from its stored vector (no decoding)."""
+        spec = _query(
+            [QueryTerm("image", int(image_id))],
+            k=k,
+            to=to,
+            under=under,
+            text_weight=text_weight,
+            min_score=min_score,
+            relevant=relevant,
+        )
+        return self.search(spec).hits
+
+    def search_texts(self, query: str, k: int = 10) -> list[TextHit]:
+        """Indexed texts closest to a sentence (text -> text, both sides through the text tower)."""
+        return self.search(_query([QueryTerm("text", query)], k=k, to="text")).hits  # type: ignore[return-value]
 
     def search_mixed(
         self,
@@ -291,48 +349,17 @@ class Engine:
         min_score: float | None = None,
         relevant: bool = False,
     ) -> SearchResults:
-        """Search with weighted terms and report each hit's relevance.
-
-        text_weight (0..1, default DEFAULT_TEXT_WEIGHT): for a sentence query, an image with own
-        text scores max(image, (1 - w) * image + w * own-text similarity) (mmsearch.query);
-        images without own text keep their image similarity. min_score drops hits below a raw
-        score; relevant keeps only hits above the 99th percentile of random pairs recorded for
-        this index.
-        """
-        try:
-            modality = main_kind(terms)
-        except QuerySpecError as exc:
-            raise QueryError(str(exc)) from exc
-        return self.search_vector(
-            self.encode_terms(terms),
-            k,
-            to,
-            modality=modality,
+        """search() with its fields as arguments: weighted terms, hits and their relevance."""
+        spec = _query(
+            terms,
+            k=k,
+            to=to,
             under=under,
             text_weight=text_weight,
             min_score=min_score,
             relevant=relevant,
         )
-
-    def encode_terms(self, terms: Sequence[QueryTerm]) -> np.ndarray:
-        """Weighted query terms -> (dim,) normalised query vector."""
-        weights = [t.weight for t in terms]
-        if not any(w > 0 for w in weights):  # refuse before encoding anything
-            return self._combine(np.zeros((len(terms), self.info.dim), np.float32), weights)
-        vectors = [
-            self.encode_query_text(str(t.value))
-            if t.kind == "text"
-            else self.encode_query_image(t.value)  # type: ignore[arg-type]
-            for t in terms
-        ]
-        return self._combine(np.stack(vectors), weights)
-
-    @staticmethod
-    def _combine(vectors: np.ndarray, weights: list[float]) -> np.ndarray:
-        try:
-            return combine(vectors, weights)
-        except QuerySpecError as exc:
-            raise QueryError(str(exc)) from exc
+        return self.search(spec)
 
     def search_vector(
         self,
@@ -346,63 +373,104 @@ class Engine:
         min_score: float | None = None,
         relevant: bool = False,
     ) -> SearchResults:
-        """Search with a ready query vector (dim,) float32; `modality` (what the query mainly
-        is) decides whether own texts are fused and which random-pair distribution judges it."""
-        k, weight = _check_k(k), _check_weight(text_weight)
-        if min_score is not None and not math.isfinite(min_score):
-            raise QueryError(f"min_score must be a number, not {min_score}")
+        """Search with a ready query vector (dim,) (renormalised if it is not of unit length);
+        `modality` (what the query is) picks the fusion channels and the random-pair
+        distribution that judges it."""
+        if modality not in TERM_KINDS:
+            raise QueryError(f"modality must be 'text' or 'image', not {modality!r}")
+        spec = _query(
+            (),
+            k=k,
+            to=to,
+            under=under,
+            text_weight=text_weight,
+            min_score=min_score,
+            relevant=relevant,
+        )
+        return self._answer(self.query_vector(vector), modality, spec)
+
+    def query_vector(self, vector: np.ndarray | Sequence[float]) -> np.ndarray:
+        """A caller's vector checked and made a query vector: (dim,) finite, L2-normalised float32."""
+        array = np.asarray(vector, dtype=np.float64)
+        if array.shape != (self.info.dim,):
+            raise QueryError(
+                f"the query vector has shape {array.shape}; this index's model "
+                f"({self.info.model_id}) makes vectors of {self.info.dim} numbers"
+            )
+        if not np.all(np.isfinite(array)):
+            raise QueryError("the query vector holds values that are not finite numbers (NaN or infinity)")
+        peak = float(np.max(np.abs(array)))
+        if peak == 0.0:
+            raise QueryError("the query vector is all zeros: it has no direction to search in")
+        scaled = array / peak  # (dim,) largest entry 1: its norm cannot overflow or underflow
+        norm = float(np.linalg.norm(scaled))
+        if abs(peak * norm - 1.0) > UNIT_TOLERANCE:
+            array = scaled / norm
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+    def encode_terms(self, terms: Sequence[QueryTerm]) -> np.ndarray:
+        """Weighted query terms -> (dim,) normalised query vector."""
+        weights = [t.weight for t in terms]
+        if not any(w > 0 for w in weights):  # refuse before encoding anything
+            return self._combine(np.zeros((len(terms), self.info.dim), np.float32), weights)
+        return self._combine(np.stack([self._encode_term(t) for t in terms]), weights)
+
+    def _encode_term(self, term: QueryTerm) -> np.ndarray:
+        if term.kind == "text":
+            return self.encode_query_text(str(term.value))
+        if isinstance(term.value, int):
+            return self._indexed_vector(term.value)
+        return self.encode_query_image(term.value)
+
+    def _indexed_vector(self, image_id: int) -> np.ndarray:
+        """An indexed image's stored vector (dim,) float32, or ImageNotFoundError."""
+        self.get_image(image_id)  # a removed image keeps no row: ImageNotFoundError
+        try:
+            return self._images.refresh().reconstruct(image_id)
+        except KeyError:
+            raise ImageNotFoundError(f"no indexed image has id {image_id}") from None
+
+    @staticmethod
+    def _combine(vectors: np.ndarray, weights: list[float]) -> np.ndarray:
+        try:
+            return combine(vectors, weights)
+        except QuerySpecError as exc:
+            raise QueryError(str(exc)) from exc
+
+    def _answer(self, vector: np.ndarray, modality: TermKind, query: Query) -> SearchResults:
+        """Score, judge and cut for a query vector (dim,) float32 of the given modality."""
         calibration = self.calibration()
-        if relevant and calibration is None:
+        if query.relevant and calibration is None:
             raise QueryError(
                 f"{self.index_dir} has no score calibration yet, so relevance is unknown: run "
                 f"`mmsearch calibrate --db {self.index_dir}` (or `mmsearch index` again)"
             )
-        scored, relevance = self._score(vector, k, to, modality, weight, calibration, under)
-        if relevant and relevance is None:
+        scored = self._score(vector, modality, query, calibration)
+        relevance = relevance_of(scored, calibration, modality=modality, to=query.to, fusion=query.fusion)
+        if query.relevant and relevance is None:
             raise QueryError("this index's calibration does not cover this kind of query")
-        scored, relevance = cut(scored, relevance, min_score=min_score, relevant_only=relevant)
-        hits = self._hits(scored, to)
+        scored, relevance = cut(scored, relevance, min_score=query.min_score, relevant_only=query.relevant)
+        hits = self._hits(scored, query.to)
         if relevance is not None:
             by_id = dict(zip(scored.ids.tolist(), relevance, strict=True))
             relevance = [by_id[h.id] for h in hits]
         return SearchResults(hits, relevance)
 
     def _score(
-        self,
-        vector: np.ndarray,
-        k: int,
-        to: Target,
-        modality: TermKind,
-        text_weight: float,
-        calibration: Calibration | None,
-        under: str | Path | None,
-    ) -> tuple[Scored, list[Relevance] | None]:
-        if to == "text":
-            result = self._texts.refresh().search(vector[None, :], k)[0]
-            scored = plain(result.ids, result.scores)
-            text_null = None
-            if calibration is not None:
-                text_null = calibration.text_image if modality == "image" else calibration.text_doc
-            return scored, judge(scored, text_null, None) if text_null else None
-        if to != "image":
-            raise QueryError(f"to must be 'image' or 'text', not {to!r}")
-        weight = text_weight if modality == "text" else 0.0
-        scored = score_documents(
+        self, vector: np.ndarray, modality: TermKind, query: Query, calibration: Calibration | None
+    ) -> Scored:
+        if query.to == "text":
+            result = self._texts.refresh().search(vector[None, :], query.k)[0]
+            return plain(result.ids, result.scores)
+        return score_documents(
             vector,
             self._images.refresh(),
             self._doc_texts.refresh(),
-            k,
-            text_weight=weight,
-            calibration=calibration,
-            allowed_ids=None if under is None else self._ids_under(under),
+            query.k,
+            fusion=query.fusion,
+            channels=None if calibration is None else calibration.channels(modality),
+            allowed_ids=None if query.under is None else self._ids_under(query.under),
         )
-        if calibration is None:
-            return scored, None
-        if modality == "image":
-            image_null = calibration.image_image
-            return scored, judge(scored, image_null, None) if image_null else None
-        fused_null = calibration.for_fusion(weight) if calibration.fused else None
-        return scored, judge(scored, calibration.text_image, fused_null)
 
     def _hits(self, scored: Scored, to: Target) -> list[ImageHit] | list[TextHit]:
         ids = [int(i) for i in scored.ids]
@@ -416,6 +484,11 @@ class Engine:
         return _ranked(
             scored.ids, scored.scores, images, lambda r, s, i, row: ImageHit(r, s, i, row.path)
         )
+
+    def _ids_under(self, folder: Path) -> np.ndarray:
+        with Session(self._sql) as session:
+            rows = catalog.images_under(session, str(folder))
+        return np.array([row.id for row in rows], dtype=np.int64)
 
     def calibration(self) -> Calibration | None:
         """The index's random-pair score calibration, or None (not computed, or an old index)."""
@@ -435,56 +508,21 @@ class Engine:
             return None  # an index from before own texts: no doc_texts table
         return None if row is None else row.text
 
-    def search_image(
-        self,
-        image: str | Path | Image.Image,
-        k: int = 10,
-        to: Target = "image",
-        *,
-        under: str | Path | None = None,
-    ) -> list[ImageHit] | list[TextHit]:
-        """Images similar to an image (to="image"), or texts describing it (to="text")."""
-        vector = self.encode_query_image(image)
-        if to == "image":
-            return self._image_hits(vector, _check_k(k), under=under)
-        if to == "text":
-            return self._text_hits(vector, _check_k(k))
-        raise QueryError(f"to must be 'image' or 'text', not {to!r}")
-
-    def search_by_id(
-        self,
-        image_id: int,
-        k: int = 10,
-        to: Target = "image",
-        *,
-        under: str | Path | None = None,
-    ) -> list[ImageHit] | list[TextHit]:
-        """Like search_image for an already indexed image, from its stored vector (no decoding)."""
-        k = _check_k(k)
-        if to not in ("image", "text"):
-            raise QueryError(f"to must be 'image' or 'text', not {to!r}")
-        self.get_image(image_id)  # a removed image keeps no row: ImageNotFoundError
-        try:
-            vector = self._images.refresh().reconstruct(image_id)  # (dim,) float32
-        except KeyError:
-            raise ImageNotFoundError(f"no indexed image has id {image_id}") from None
-        if to == "image":
-            return self._image_hits(vector, k, under=under)
-        return self._text_hits(vector, k)
-
-    def search_texts(self, query: str, k: int = 10) -> list[TextHit]:
-        """Indexed texts closest to a sentence (text -> text, both sides through the text tower)."""
-        vector = self.encode_query_text(query)
-        return self._text_hits(vector, _check_k(k))
-
     def encode_query_text(self, query: str) -> np.ndarray:
         """A sentence -> (dim,) normalised query vector."""
-        text = (query or "").strip()
-        if not text:
-            raise QueryError('empty query: give a sentence, e.g. mmsearch search "a red star"')
-        if len(text) > MAX_QUERY_CHARS:
-            raise QueryError(f"query longer than {MAX_QUERY_CHARS} characters")
-        return self.encoder.encode_texts([text])[0]
+        return self.encode_query_texts([query])[0]
+
+    def encode_query_texts(self, queries: Sequence[str]) -> np.ndarray:
+        """Sentences -> (n, dim) normalised query vectors, encoded as one batch."""
+        texts = [(query or "").strip() for query in queries]
+        for text in texts:
+            if not text:
+                raise QueryError('empty query: give a sentence, e.g. mmsearch search "a red star"')
+            if len(text) > MAX_QUERY_CHARS:
+                raise QueryError(f"query longer than {MAX_QUERY_CHARS} characters")
+        if not texts:
+            return np.zeros((0, self.info.dim), np.float32)
+        return self.encoder.encode_texts(texts)
 
     def encode_query_image(self, image: str | Path | Image.Image) -> np.ndarray:
         """An image file or PIL image -> (dim,) normalised query vector."""
@@ -495,28 +533,6 @@ class Engine:
                 raise QueryError(f"cannot use query image {exc}") from exc
         pixels = self.encoder.preprocess(image.convert("RGB")).unsqueeze(0)
         return self.encoder.encode_pixels(pixels)[0]
-
-    def _image_hits(self, vector: np.ndarray, k: int, *, under: str | Path | None = None) -> list[ImageHit]:
-        allowed = None if under is None else self._ids_under(under)
-        result = self._images.refresh().search(vector[None, :], k, allowed_ids=allowed)[0]
-        with Session(self._sql) as session:
-            rows = catalog.image_rows(session, [int(i) for i in result.ids])
-        return _ranked(
-            result.ids, result.scores, rows, lambda r, s, i, row: ImageHit(r, s, i, row.path)
-        )
-
-    def _ids_under(self, folder: str | Path) -> np.ndarray:
-        with Session(self._sql) as session:
-            rows = catalog.images_under(session, os.path.abspath(folder))
-        return np.array([row.id for row in rows], dtype=np.int64)
-
-    def _text_hits(self, vector: np.ndarray, k: int) -> list[TextHit]:
-        result = self._texts.refresh().search(vector[None, :], k)[0]
-        with Session(self._sql) as session:
-            rows = catalog.text_rows(session, [int(i) for i in result.ids])
-        return _ranked(
-            result.ids, result.scores, rows, lambda r, s, i, row: TextHit(r, s, i, row.text)
-        )
 
     # -- editing (takes the writer lock) ----------------------------------------------------
 
@@ -605,17 +621,29 @@ def _load_model(spec: str | Path, device: str) -> Encoder:
     return load_encoder(source, device=device)
 
 
-def _check_weight(text_weight: float | None) -> float:
-    weight = DEFAULT_TEXT_WEIGHT if text_weight is None else text_weight
-    if not (math.isfinite(weight) and 0.0 <= weight <= 1.0):
-        raise QueryError(f"text weight must be between 0 and 1, got {text_weight}")
-    return float(weight)
-
-
-def _check_k(k: int) -> int:
-    if not 1 <= k <= MAX_K:
-        raise QueryError(f"k must be between 1 and {MAX_K}, got {k}")
-    return k
+def _query(
+    terms: Sequence[QueryTerm],
+    *,
+    k: int,
+    to: Target = "image",
+    under: str | Path | None = None,
+    text_weight: float | None = None,
+    min_score: float | None = None,
+    relevant: bool = False,
+) -> Query:
+    """The wrappers' arguments as a Query; what it refuses is a QueryError like the engine's."""
+    try:
+        return Query(
+            tuple(terms),
+            to=to,
+            k=k,
+            under=None if under is None else Path(under),
+            fusion=Fusion.weighted(text_weight),
+            min_score=min_score,
+            relevant=relevant,
+        )
+    except InvalidInputError as exc:
+        raise QueryError(str(exc)) from exc
 
 
 def _ranked(ids, scores, rows, make):  # type: ignore[no-untyped-def]

@@ -1,51 +1,45 @@
-"""What a query is and how documents are scored against it.
+"""What a query is, as a value, and how its hits are judged and cut.
 
+- `Query`: one search as a frozen value: the terms, the target (images or texts), k, a folder
+  filter, the fusion (indexer.indexing.fusion) and the cut-offs. `Engine.search` answers it.
 - Query arithmetic: terms (text or image, each with a weight; subtractions have negative
   weights) are encoded, L2-normalised, summed with their weights and renormalised: the weighted
   late fusion of normalised embeddings. `a beach --add 2:sunset --subtract people` is
   normalise(e("a beach") + 2 e("sunset") - e("people")).
-- Hybrid documents: a sentence query scores an image that has its own text as
-  (1 - w) * image similarity + w * own-text similarity (indexer.indexing.calibration.FUSION_RULE; the
-  "lift" rule, max(image, that), is kept for measurement). The own-text similarity is first
-  shifted by the index's calibration so unrelated texts and unrelated images score alike on
-  average (the modality gap). An image without own text keeps its image similarity.
+- Hybrid documents: how an image's own text joins its pixels is the fusion policy, in
+  indexer.indexing.fusion (used for sentence and image queries alike).
 - Relevance: a hit's score against the random-pair distribution recorded at index time.
 
-Pure functions over vectors and VectorStores; the Engine wires them to an index.
+Pure functions over vectors; the Engine wires them to an index.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from PIL import Image
 
 from indexer.errors import InvalidInputError
-from indexer.indexing.calibration import (
-    FUSION_ALIGN,
-    FUSION_RULE,
-    Calibration,
-    FusionAlign,
-    FusionRule,
-    ScoreStats,
-    fuse_scores,
-)
-from indexer.store.vectors import VectorStore
+from indexer.indexing.fusion import DEFAULT_TEXT_WEIGHT as DEFAULT_TEXT_WEIGHT  # kept importable here
+from indexer.indexing.fusion import Fusion, QueryModality, Scored
 
-TermKind = Literal["text", "image"]
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from indexer.indexing.calibration import Calibration, ScoreStats
+
+TermKind = QueryModality
 TERM_KINDS: tuple[str, ...] = ("text", "image")
-# Measured on the sample corpus (benchmarks/FUSION.md): the best text->image recall among the
-# weights that leave images without own text at least as well found as image-only retrieval.
-DEFAULT_TEXT_WEIGHT = 0.2
-# Each modality contributes this many candidates per wanted hit (at least MIN_CANDIDATES) to
-# the union that is scored exactly; a document outside both pools cannot be found.
-CANDIDATE_FACTOR = 4
-MIN_CANDIDATES = 256
+Target = Literal["image", "text"]
+TARGETS: tuple[str, ...] = ("image", "text")
+DEFAULT_K = 10
+# Guards against accidental huge requests; FAISS itself would happily return millions.
+MAX_K = 1000
 # A combined query vector shorter than this is the terms cancelling out, not a direction.
 MIN_COMBINED_NORM = 1e-4
 WEIGHT_SEPARATOR = ":"
@@ -57,10 +51,11 @@ class QuerySpecError(InvalidInputError):
 
 @dataclass(frozen=True)
 class QueryTerm:
-    """One part of a query: a sentence or an image (path or PIL image) with a non-zero weight."""
+    """One part of a query with a non-zero weight: a sentence, or an image given as a path, a
+    PIL image or the id (int) of an indexed image (its stored vector: nothing is decoded)."""
 
     kind: TermKind
-    value: str | Path | Image.Image
+    value: str | Path | Image.Image | int
     weight: float = 1.0
 
     def __post_init__(self) -> None:
@@ -68,6 +63,44 @@ class QueryTerm:
             raise QuerySpecError(f"a query term is text or image, not {self.kind!r}")
         if not math.isfinite(self.weight) or self.weight == 0:
             raise QuerySpecError(f"a term's weight must be a non-zero number, not {self.weight}")
+        if isinstance(self.value, int) and (self.kind != "image" or isinstance(self.value, bool)):
+            raise QuerySpecError("only an image term can be an indexed image's id")
+
+
+@dataclass(frozen=True)
+class Query:
+    """One search, as a value: what to look for, what to return, how to score, what to drop.
+
+    terms: combined into one query vector (query arithmetic); empty only when the caller brings
+    the vector itself (Engine.search_vector). to: "image" (indexed images, fused with their own
+    text) or "text" (indexed captions). under: only images below this folder (made absolute
+    here, once). min_score drops hits below a raw score; relevant keeps only hits above the 99th
+    percentile of random pairs recorded for the index.
+    """
+
+    terms: tuple[QueryTerm, ...]
+    to: Target = "image"
+    k: int = DEFAULT_K
+    under: Path | None = None
+    fusion: Fusion = field(default_factory=Fusion)
+    min_score: float | None = None
+    relevant: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "terms", tuple(self.terms))
+        if self.to not in TARGETS:
+            raise QuerySpecError(f"to must be 'image' or 'text', not {self.to!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= MAX_K:
+            raise QuerySpecError(f"k must be between 1 and {MAX_K}, got {self.k}")
+        if self.min_score is not None and not math.isfinite(self.min_score):
+            raise QuerySpecError(f"min_score must be a number, not {self.min_score}")
+        if self.under is not None:
+            object.__setattr__(self, "under", Path(os.path.abspath(self.under)))
+
+    @property
+    def modality(self) -> QueryModality:
+        """What the query mainly is (its first term): decides the fusion channels and nulls."""
+        return main_kind(self.terms)
 
 
 def parse_weighted(spec: str, *, flag: str = "--add") -> tuple[float, str]:
@@ -149,81 +182,28 @@ def combine(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Scored:
-    """Candidates best first: ids (n,) int64, final scores (n,) float32, and the parts.
-
-    text_scores is NaN where the document has no own text (or fusion was off).
-    """
-
-    ids: np.ndarray
-    scores: np.ndarray
-    image_scores: np.ndarray
-    text_scores: np.ndarray
-
-    def keep(self, mask: np.ndarray) -> Scored:
-        """The candidates where mask (n,) bool is true, order kept."""
-        return Scored(self.ids[mask], self.scores[mask], self.image_scores[mask], self.text_scores[mask])
-
-
-def plain(ids: np.ndarray, scores: np.ndarray) -> Scored:
-    """One-modality results as Scored (no own-text part)."""
-    return Scored(ids, scores, scores, np.full(len(ids), np.nan, np.float32))
-
-
-def score_documents(
-    vector: np.ndarray,
-    images: VectorStore,
-    doc_texts: VectorStore,
-    k: int,
-    *,
-    text_weight: float,
-    calibration: Calibration | None,
-    allowed_ids: np.ndarray | None = None,
-    align: FusionAlign = FUSION_ALIGN,
-    rule: FusionRule = FUSION_RULE,
-) -> Scored:
-    """Top-k images for a query vector (dim,), fusing own-text similarity when there is any.
-
-    Both indexes give a candidate pool; the union is scored exactly from reconstructed vectors.
-    """
-    pool = max(k * CANDIDATE_FACTOR, MIN_CANDIDATES)
-    query = vector[None, :]
-    by_image = images.search(query, pool if len(doc_texts) else k, allowed_ids=allowed_ids)[0]
-    if text_weight <= 0 or len(doc_texts) == 0:
-        return plain(by_image.ids[:k], by_image.scores[:k])
-    by_text = doc_texts.search(query, pool, allowed_ids=allowed_ids)[0]
-    ids = np.union1d(by_image.ids, by_text.ids)
-    ids = ids[np.isin(ids, images.ids())]  # own text of an image a writer is still committing
-    image_scores = _exact_scores(vector, images, ids, by_image.ids, by_image.scores)
-    has_text = np.isin(ids, doc_texts.ids())
-    text_scores = np.full(len(ids), np.nan, np.float32)
-    text_scores[has_text] = _exact_scores(vector, doc_texts, ids[has_text], by_text.ids, by_text.scores)
-    fused = fuse_scores(image_scores, text_scores, text_weight, calibration, align, rule)
-    order = np.argsort(-fused, kind="stable")[:k]
-    return Scored(ids[order], fused[order], image_scores[order], text_scores[order])
-
-
-def _exact_scores(
-    vector: np.ndarray,
-    store: VectorStore,
-    ids: np.ndarray,
-    known_ids: np.ndarray,
-    known_scores: np.ndarray,
-) -> np.ndarray:
-    """Inner products for ids (n,): from the search results when there, else reconstructed."""
-    known = dict(zip(known_ids.tolist(), known_scores.tolist(), strict=True))
-    scores = [
-        known[i] if i in known else float(store.reconstruct(i) @ vector) for i in ids.tolist()
-    ]
-    return np.asarray(scores, dtype=np.float32)
-
-
-@dataclass(frozen=True)
 class Relevance:
     """How a hit compares with random pairs: z-score and whether it beats their 99th percentile."""
 
     z: float
     likely_relevant: bool
+
+
+def relevance_of(
+    scored: Scored, calibration: Calibration | None, *, modality: QueryModality, to: Target, fusion: Fusion
+) -> list[Relevance] | None:
+    """Each candidate's relevance against the random pairs of its kind; None when the index has
+    no calibration for this kind of query. Fused documents are judged against fused scores."""
+    if calibration is None:
+        return None
+    if to == "text":  # a caption is judged against random (query, caption) pairs
+        null = calibration.text_image if modality == "image" else calibration.text_doc
+        return None if null is None else judge(scored, null, None)
+    null = calibration.text_image if modality == "text" else calibration.image_image
+    if null is None:
+        return None
+    fused_null = calibration.fused_null(modality, fusion.text_weight) if fusion.calibrated else None
+    return judge(scored, null, fused_null)
 
 
 def judge(scored: Scored, null: ScoreStats, fused_null: ScoreStats | None) -> list[Relevance]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -17,6 +18,7 @@ from PIL.PngImagePlugin import PngInfo
 from typer.testing import CliRunner
 
 from indexer.indexing import calibration as calib
+from indexer.indexing.fusion import Fusion, FusionError
 from indexer.indexing.pipeline import index_folders
 from indexer.media import own_text as doc_text
 from indexer.models.encoder import Encoder, load_encoder
@@ -25,8 +27,8 @@ from indexer.store.index_dir import DOC_TEXTS_FAISS, IMAGES_FAISS, IndexWriter
 from indexer.store.vectors import VectorStore
 from mmsearch import preview
 from mmsearch.cli import app
-from mmsearch.engine import Engine, QueryError
-from mmsearch.query import QuerySpecError, QueryTerm, build_terms, combine, parse_weighted
+from mmsearch.engine import MAX_K, Engine, ImageHit, QueryError, TextHit
+from mmsearch.query import Query, QuerySpecError, QueryTerm, build_terms, combine, parse_weighted
 
 QUERY = "a red image"
 XMP = (
@@ -388,25 +390,186 @@ def test_own_text_lifts_a_document_whose_image_is_equally_similar(
     assert engine.doc_text(hits["twin_a.png"].id) == QUERY
 
 
-def test_fused_score_follows_the_fusion_rule(
+def test_fused_score_is_linear_in_the_mean_aligned_text_score(
     engine: Engine, encoder: Encoder, gallery: dict[str, Path]
 ) -> None:
+    """(1-w) * image + w * (text - mean of random text/text pairs + mean of random text/image
+    pairs), computed here from the vectors and the recorded means."""
     cal = engine.calibration()
     assert cal is not None and cal.text_doc is not None
     query = encoder.encode_texts([QUERY])[0]
     s_img = float(engine.encode_query_image(gallery["twin_a"]) @ query)
     s_txt = float(encoder.encode_texts([QUERY])[0] @ query)
-    aligned = {
-        "none": s_txt,
-        "mean": s_txt - cal.text_doc.mean + cal.text_image.mean,
-        "z": cal.text_image.mean + cal.text_image.std * (s_txt - cal.text_doc.mean) / cal.text_doc.std,
-    }[calib.FUSION_ALIGN]
+    aligned = s_txt - cal.text_doc.mean + cal.text_image.mean
     for weight in (0.2, 0.7, 1.0):
         hits = engine.search_text(QUERY, k=10, text_weight=weight)
         twin_a = next(h for h in hits if h.path.endswith("twin_a.png"))
-        mixed = (1 - weight) * s_img + weight * aligned
-        expected = max(s_img, mixed) if calib.FUSION_RULE == "lift" else mixed
-        assert twin_a.score == pytest.approx(expected, abs=1e-3)
+        assert twin_a.score == pytest.approx((1 - weight) * s_img + weight * aligned, abs=1e-3)
+
+
+# -- one search entry ---------------------------------------------------------------------------
+
+
+def fused_reference(
+    index_dir: Path, vector: np.ndarray, *, weight: float, image_mean: float, text_mean: float
+) -> dict[int, float]:
+    """Every image's score for a query vector, from all stored vectors with NumPy: the image
+    similarity, fused linearly with the own-text similarity shifted by the random-pair means."""
+    dim = len(vector)
+    image_ids, image_vectors = VectorStore.load(index_dir / IMAGES_FAISS, dim=dim).all_vectors()
+    doc_ids, doc_vectors = VectorStore.load(index_dir / DOC_TEXTS_FAISS, dim=dim).all_vectors()
+    scores = {int(i): float(v @ vector) for i, v in zip(image_ids, image_vectors, strict=True)}
+    for i, v in zip(doc_ids.tolist(), doc_vectors, strict=True):
+        text = float(v @ vector) - text_mean + image_mean
+        scores[i] = (1 - weight) * scores[i] + weight * text
+    return scores
+
+
+def scores_of(hits: list[ImageHit] | list[TextHit]) -> dict[int, float]:
+    assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    return {h.id: h.score for h in hits}
+
+
+def test_one_frozen_query_value_answers_text_and_image_searches(
+    engine: Engine, index_dir: Path, gallery: dict[str, Path]
+) -> None:
+    cal = engine.calibration()
+    assert cal is not None and cal.text_doc is not None and cal.image_image is not None
+    everything = 10  # every image: no tie can fall on the cut
+    by_text = Query((QueryTerm("text", QUERY),), k=everything)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        by_text.k = 3  # type: ignore[misc]
+    text_vector = engine.encode_query_text(QUERY)
+    expected = fused_reference(
+        index_dir, text_vector, weight=0.2, image_mean=cal.text_image.mean, text_mean=cal.text_doc.mean
+    )
+    assert scores_of(engine.search(by_text).hits) == pytest.approx(expected, abs=1e-4)
+
+    image = gallery["green0"]
+    image_vector = engine.encode_query_image(image)
+    by_image = Query((QueryTerm("image", image),), k=everything)
+    expected = fused_reference(
+        index_dir, image_vector, weight=0.2, image_mean=cal.image_image.mean, text_mean=cal.text_image.mean
+    )
+    assert scores_of(engine.search(by_image).hits) == pytest.approx(expected, abs=1e-4)
+    pixels_only = dataclasses.replace(by_image, fusion=Fusion(0.0))
+    expected = fused_reference(index_dir, image_vector, weight=0.0, image_mean=0, text_mean=0)
+    assert scores_of(engine.search(pixels_only).hits) == pytest.approx(expected, abs=1e-4)
+
+    # The wrappers are these queries.
+    green_id = next(h.id for h in engine.search(by_image).hits if h.path == str(image.resolve()))
+    same = [
+        (
+            engine.search_text(QUERY, k=4, text_weight=0.5),
+            Query((QueryTerm("text", QUERY),), k=4, fusion=Fusion(0.5)),
+        ),
+        (engine.search_image(image, k=everything), by_image),
+        (engine.search_image(image, k=5, text_weight=0), dataclasses.replace(pixels_only, k=5)),
+        (engine.search_by_id(green_id, k=3), Query((QueryTerm("image", green_id),), k=3)),
+        (engine.search_texts(QUERY, k=2), Query((QueryTerm("text", QUERY),), to="text", k=2)),
+        (
+            engine.search_text(QUERY, k=5, under=image.parent, min_score=0.1, relevant=True),
+            Query((QueryTerm("text", QUERY),), k=5, under=image.parent, min_score=0.1, relevant=True),
+        ),
+    ]
+    for hits, query in same:
+        assert hits == engine.search(query).hits, query
+    # An indexed image by id scores like the same file decoded again.
+    by_id = engine.search(Query((QueryTerm("image", green_id),), k=everything))
+    assert scores_of(by_id.hits) == pytest.approx(scores_of(engine.search(by_image).hits), abs=2e-3)
+    assert engine.search(dataclasses.replace(by_text, under=image.parent / "elsewhere")).hits == []
+
+
+def test_image_queries_fuse_own_text_and_carry_relevance(
+    engine: Engine, encoder: Encoder, gallery: dict[str, Path], index_dir: Path
+) -> None:
+    """twin_a, a blue picture whose own text says "a red image", rises above the yellow images
+    for a red query image once its own text counts; twin_b (the same picture, no text) stays."""
+    cal = engine.calibration()
+    assert cal is not None and cal.image_image is not None
+    query = Query((QueryTerm("image", gallery["red0"]),), k=10)
+    pixels = engine.search(dataclasses.replace(query, fusion=Fusion(0.0)))
+    fused = engine.search(query)
+    names = [Path(h.path).name for h in pixels.hits]
+    assert names.index("twin_a.png") > names.index("yellow0.png")
+    assert names.index("twin_a.png") > names.index("yellow1.png")
+    names = [Path(h.path).name for h in fused.hits]
+    assert names.index("twin_a.png") < min(names.index("yellow0.png"), names.index("yellow1.png"))
+
+    before = {Path(h.path).name: h for h in pixels.hits}
+    after = {Path(h.path).name: h for h in fused.hits}
+    assert after["twin_b.png"].score == before["twin_b.png"].score  # no own text: untouched
+    vector = engine.encode_query_image(gallery["red0"])
+    s_img = float(engine.encode_query_image(gallery["twin_a"]) @ vector)
+    s_txt = float(encoder.encode_texts([QUERY])[0] @ vector)
+    expected = 0.8 * s_img + 0.2 * (s_txt - cal.text_image.mean + cal.image_image.mean)
+    assert after["twin_a.png"].score == pytest.approx(expected, abs=1e-3)
+
+    # Relevance: the fused document against fused scores of random image queries, the others
+    # against random image pairs.
+    assert len(cal.image_fused) == len(calib.FUSION_GRID) and fused.relevance is not None
+    fused_null = cal.fused_null("image", 0.2)
+    assert fused_null is not None
+    for hit, relevance in zip(fused.hits, fused.relevance, strict=True):
+        null = fused_null if hit.path.endswith("twin_a.png") else cal.image_image
+        assert relevance.z == pytest.approx(null.z(hit.score), abs=0.01)
+        assert relevance.likely_relevant == (hit.score >= null.p99)
+
+    # The CLI's --image search is the same query.
+    code, out, err = run_cli(
+        "search", "--image", gallery["red0"], "-k", 10, "--json", "--db", index_dir, "--device", "cpu"
+    )
+    assert code == 0, err
+    assert [h["id"] for h in json.loads(out)["results"]] == [h.id for h in fused.hits]
+
+
+def test_queries_and_vectors_are_checked(engine: Engine) -> None:
+    for bad in (
+        lambda: Query((QueryTerm("text", QUERY),), k=0),
+        lambda: Query((QueryTerm("text", QUERY),), k=MAX_K + 1),
+        lambda: Query((QueryTerm("text", QUERY),), to="audio"),  # type: ignore[arg-type]
+        lambda: Query((QueryTerm("text", QUERY),), min_score=float("nan")),
+        lambda: QueryTerm("text", 3),
+    ):
+        with pytest.raises(QuerySpecError):
+            bad()
+    for weight in (-0.1, 1.5, float("nan")):
+        with pytest.raises(FusionError, match="between 0 and 1"):
+            Fusion(weight)
+    with pytest.raises(QueryError, match="empty query"):
+        engine.search(Query(()))
+
+    vector = engine.encode_query_text(QUERY)
+    expected = engine.search_text(QUERY, k=5)
+    longer = engine.search_vector(vector * 3.0, k=5).hits  # renormalised
+    assert [h.id for h in longer] == [h.id for h in expected]
+    assert [h.score for h in longer] == pytest.approx([h.score for h in expected], abs=1e-4)
+    assert engine.search_vector(vector, k=5).hits == expected  # a unit vector is used as it is
+    broken = vector.copy()
+    broken[3] = np.nan
+    for wrong, words in (
+        (vector[:-1], "shape"),
+        (np.append(vector, 0.0), "shape"),
+        (vector[None, :], "shape"),
+        (broken, "not finite"),
+        (np.zeros_like(vector), "all zeros"),
+    ):
+        with pytest.raises(QueryError, match=words):
+            engine.search_vector(wrong)
+    with pytest.raises(QueryError, match="modality"):
+        engine.search_vector(vector, modality="audio")  # type: ignore[arg-type]
+
+
+def test_calibrations_without_image_fusion_are_read_and_recomputed(engine: Engine) -> None:
+    cal = engine.calibration()
+    assert cal is not None and cal.image_fused
+    data = json.loads(cal.to_json())
+    del data["image_fused"]  # as written before image queries were fused
+    old = calib.Calibration.from_json(json.dumps(data))
+    assert old is not None and old.image_fused == () and old.fused_null("image", 0.2) is None
+    assert calib.needs_calibration(old, images=cal.images, doc_texts=cal.doc_texts)
+    assert not calib.needs_calibration(cal, images=cal.images, doc_texts=cal.doc_texts)
 
 
 # -- indexing own texts: refresh, removal, crash safety ----------------------------------------------

@@ -9,7 +9,9 @@ built-in set of generic probe sentences. Indexes without the row simply have no 
 
 Own-text similarities (text vs text) run higher than text vs image in a contrastive space (the
 "modality gap"), so hybrid scores shift them by the difference of the two random-pair means
-first (`fuse_scores`): an unrelated own text then scores like an unrelated image.
+first (indexer.indexing.fusion): an unrelated own text then scores like an unrelated image. The
+fused scores of random (query, document with own text) pairs are recorded too, for sentence and
+image queries, so a fused hit is judged against fused scores.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import numpy as np
 from sqlalchemy.orm import Session
 
+from indexer.indexing.fusion import FUSION_ALIGN, FUSION_RULE, Channels, QueryModality, align_text_scores, mix
 from indexer.store import catalog
 from indexer.store.vectors import VectorStore
 
@@ -43,18 +45,6 @@ MIN_FUSION_DOCS = 20
 # Text weights at which the fused-score distribution is recorded (interpolated in between).
 FUSION_GRID: tuple[float, ...] = tuple(i / 10 for i in range(11))
 CALIBRATION_SEED = 0
-FusionAlign = Literal["none", "mean", "z"]
-# How own-text similarities are aligned with image similarities before the weighted sum:
-# "none" raw, "mean" shifted by the difference of random-pair means, "z" also rescaled by the
-# ratio of their stds. "mean" measured best on the sample corpus (benchmarks/FUSION.md).
-FUSION_ALIGN: FusionAlign = "mean"
-FusionRule = Literal["linear", "lift"]
-# "linear": (1-w) * image + w * text. "lift": the same, but never below the image score (own
-# text as supporting evidence only). With the bundled model trained with caption agreement,
-# "linear" measured best for documents with and without own text alike (benchmarks/FUSION.md):
-# a document whose own text does not match the query drops, which lets the right text-less image
-# rise, while "lift" only ever raises captioned documents over text-less look-alikes.
-FUSION_RULE: FusionRule = "linear"
 NO_OWNER = -1
 
 # Generic captions for indexes that bring none of their own: everyday photos and simple scenes.
@@ -149,21 +139,27 @@ class Calibration:
     created_at: float
     fusion_align: str = FUSION_ALIGN  # the alignment the fused distributions were computed with
     fusion_rule: str = FUSION_RULE  # and the rule
+    # Fused scores of (image, another document with own text), FUSION_GRID; empty in
+    # calibrations from before image queries were fused (recomputed on the next index run).
+    image_fused: tuple[ScoreStats, ...] = ()
 
-    def for_fusion(self, text_weight: float) -> ScoreStats:
-        """The null distribution of fused scores at a text weight (interpolated on FUSION_GRID)."""
-        if not self.fused:
-            return self.text_image
+    def channels(self, modality: QueryModality) -> Channels | None:
+        """What fusion aligns with for a kind of query: random (query, image) and (query, own
+        text) pairs; None when this index has no such pairs recorded."""
+        if modality == "text":
+            return None if self.text_doc is None else Channels(image=self.text_image, text=self.text_doc)
+        return None if self.image_image is None else Channels(image=self.image_image, text=self.text_image)
+
+    def fused_null(self, modality: QueryModality, text_weight: float) -> ScoreStats | None:
+        """The null distribution of fused scores at a text weight (interpolated on FUSION_GRID),
+        or None when not recorded for this kind of query."""
+        grid = self.fused if modality == "text" else self.image_fused
+        if not grid:
+            return None
         position = min(max(text_weight, 0.0), 1.0) * (len(FUSION_GRID) - 1)
         low = int(np.floor(position))
         high = min(low + 1, len(FUSION_GRID) - 1)
-        return ScoreStats.blend(self.fused[low], self.fused[high], position - low)
-
-    def align_text(self, text_scores: np.ndarray, align: FusionAlign = FUSION_ALIGN) -> np.ndarray:
-        """Own-text similarities made comparable with image similarities (see FUSION_ALIGN)."""
-        if self.text_doc is None or align == "none":
-            return text_scores
-        return align_text_scores(text_scores, self.text_image, self.text_doc, align)
+        return ScoreStats.blend(grid[low], grid[high], position - low)
 
     def to_json(self) -> str:
         """Serialised form stored in index_info."""
@@ -181,6 +177,7 @@ class Calibration:
         return cls(
             text_image=ScoreStats(**data["text_image"]),
             fused=tuple(ScoreStats(**f) for f in data["fused"]),
+            image_fused=tuple(ScoreStats(**f) for f in data.get("image_fused", ())),
             images=int(data["images"]),
             doc_texts=int(data["doc_texts"]),
             probes=str(data["probes"]),
@@ -189,45 +186,6 @@ class Calibration:
             fusion_rule=str(data["fusion_rule"]),
             **stats,
         )
-
-
-def fuse_scores(
-    image_scores: np.ndarray,
-    text_scores: np.ndarray,
-    text_weight: float,
-    calibration: Calibration | None,
-    align: FusionAlign = FUSION_ALIGN,
-    rule: FusionRule = FUSION_RULE,
-) -> np.ndarray:
-    """(1-w) * image similarity + w * own-text similarity (aligned when calibrated; with the
-    "lift" rule never below the image similarity).
-
-    image_scores, text_scores (n,) float32; text_scores is NaN for documents without own text,
-    which keep their image score unchanged: a missing modality is never a penalty.
-    """
-    aligned = calibration.align_text(text_scores, align) if calibration else text_scores
-    fused = _mix(image_scores, aligned, text_weight, rule)
-    return np.where(np.isnan(text_scores), image_scores, fused).astype(np.float32)
-
-
-def align_text_scores(
-    text_scores: np.ndarray, text_image: ScoreStats, text_doc: ScoreStats, align: FusionAlign
-) -> np.ndarray:
-    """Map own-text scores so random text/text pairs match random text/image pairs: in mean
-    ("mean"), or in mean and std ("z")."""
-    if align == "none":
-        return text_scores
-    if align == "mean":
-        return text_scores - text_doc.mean + text_image.mean
-    z = (text_scores - text_doc.mean) / max(text_doc.std, 1e-6)
-    return text_image.mean + text_image.std * z
-
-
-def _mix(
-    image_scores: np.ndarray, text_scores: np.ndarray, text_weight: float, rule: FusionRule
-) -> np.ndarray:
-    mixed = (1.0 - text_weight) * image_scores + text_weight * text_scores
-    return np.maximum(image_scores, mixed) if rule == "lift" else mixed
 
 
 @dataclass(frozen=True)
@@ -252,6 +210,8 @@ def needs_calibration(current: Calibration | None, *, images: int, doc_texts: in
         return False
     if current is None:
         return True
+    if current.fused and not current.image_fused:
+        return True  # recorded before image queries were fused: no null for their fused scores
     return _moved(current.images, images) or _moved(current.doc_texts, doc_texts)
 
 
@@ -271,12 +231,16 @@ def compute_calibration(sample: CalibrationSample) -> Calibration:
     doc_ids, doc_images, doc_texts = _documents(rng, sample)
     t, d = _pairs(rng, sample.text_owners, doc_ids)
     if len(t):
-        image_scores = _rowdot(sample.texts[t], doc_images[d])
         text_scores = _rowdot(sample.texts[t], doc_texts[d])
         text_doc = ScoreStats.of(text_scores)
-        aligned = align_text_scores(text_scores, text_image, text_doc, FUSION_ALIGN)
-        fused = tuple(
-            ScoreStats.of(_mix(image_scores, aligned, w, FUSION_RULE)) for w in FUSION_GRID
+        channels = Channels(image=text_image, text=text_doc)
+        fused = _fused_grid(_rowdot(sample.texts[t], doc_images[d]), text_scores, channels)
+    image_fused: tuple[ScoreStats, ...] = ()
+    a, d = _pairs(rng, sample.image_ids, doc_ids)
+    if len(a) and image_image is not None:
+        channels = Channels(image=image_image, text=text_image)
+        image_fused = _fused_grid(
+            _rowdot(sample.images[a], doc_images[d]), _rowdot(sample.images[a], doc_texts[d]), channels
         )
     return Calibration(
         text_image,
@@ -287,7 +251,16 @@ def compute_calibration(sample: CalibrationSample) -> Calibration:
         doc_texts=sample.total_doc_texts,
         probes=sample.probes,
         created_at=time.time(),
+        image_fused=image_fused,
     )
+
+
+def _fused_grid(
+    image_scores: np.ndarray, text_scores: np.ndarray, channels: Channels
+) -> tuple[ScoreStats, ...]:
+    """Summaries of fused scores (n,) of random pairs at each weight of FUSION_GRID."""
+    aligned = align_text_scores(text_scores, channels, FUSION_ALIGN)
+    return tuple(ScoreStats.of(mix(image_scores, aligned, w, FUSION_RULE)) for w in FUSION_GRID)
 
 
 def _documents(

@@ -1,0 +1,199 @@
+"""The fusion policy: how an image's own text (caption, sidecar, metadata) joins its pixels.
+
+One module, because both sides need the same rule: indexing records the null distribution of
+fused scores (calibration.py), the query side ranks with it (mmsearch.engine).
+
+A document with own text scores (1 - w) * image similarity + w * own-text similarity, with
+w = `Fusion.text_weight` (DEFAULT_TEXT_WEIGHT) and the own-text similarity first shifted onto the
+image scale by the difference of random-pair means (the modality gap). A document without own
+text keeps its image similarity: a missing modality is never a penalty. Which similarities those
+are depends on the query: for a sentence, text/image and text/text; for an image, image/image
+and image/text (`Channels`). Measured in benchmarks/FUSION.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, get_args
+
+import numpy as np
+
+from indexer.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from indexer.indexing.calibration import ScoreStats
+    from indexer.store.vectors import SearchResult, VectorStore
+
+QueryModality = Literal["text", "image"]
+# Measured on the sample corpus (benchmarks/FUSION.md): the best text->image recall among the
+# weights that leave images without own text at least as well found as image-only retrieval.
+DEFAULT_TEXT_WEIGHT = 0.2
+FusionAlign = Literal["none", "mean", "z"]
+# How own-text similarities are aligned with image similarities before the weighted sum:
+# "none" raw, "mean" shifted by the difference of random-pair means, "z" also rescaled by the
+# ratio of their stds. "mean" measured best on the sample corpus (benchmarks/FUSION.md).
+FUSION_ALIGN: FusionAlign = "mean"
+FusionRule = Literal["linear", "lift"]
+# "linear": (1-w) * image + w * text. "lift": the same, but never below the image score (own
+# text as supporting evidence only). With the bundled model trained with caption agreement,
+# "linear" measured best for documents with and without own text alike (benchmarks/FUSION.md):
+# a document whose own text does not match the query drops, which lets the right text-less image
+# rise, while "lift" only ever raises captioned documents over text-less look-alikes.
+FUSION_RULE: FusionRule = "linear"
+# Each modality contributes this many candidates per wanted hit (at least MIN_CANDIDATES) to
+# the union that is scored exactly; a document outside both pools cannot be found.
+CANDIDATE_FACTOR = 4
+MIN_CANDIDATES = 256
+
+
+class FusionError(InvalidInputError):
+    """A fusion setting out of range (text weight outside 0..1, unknown rule or alignment)."""
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How documents with own text are scored: the text weight, the rule and the alignment.
+
+    The calibration records fused null distributions for FUSION_RULE / FUSION_ALIGN only; other
+    rules and alignments are for measurement (benchmarks/fusion.py).
+    """
+
+    text_weight: float = DEFAULT_TEXT_WEIGHT
+    rule: FusionRule = FUSION_RULE
+    align: FusionAlign = FUSION_ALIGN
+
+    def __post_init__(self) -> None:
+        try:
+            weight = float(self.text_weight)
+        except (TypeError, ValueError):
+            weight = math.nan
+        if not (math.isfinite(weight) and 0.0 <= weight <= 1.0):
+            raise FusionError(f"text weight must be between 0 and 1, got {self.text_weight}")
+        object.__setattr__(self, "text_weight", weight)  # numpy scalars and ints become a float
+        if self.rule not in get_args(FusionRule):
+            raise FusionError(f"fusion rule must be one of {get_args(FusionRule)}, not {self.rule!r}")
+        if self.align not in get_args(FusionAlign):
+            raise FusionError(f"fusion alignment must be one of {get_args(FusionAlign)}, not {self.align!r}")
+
+    @classmethod
+    def weighted(cls, text_weight: float | None) -> Fusion:
+        """The default policy at a text weight (None: DEFAULT_TEXT_WEIGHT), as the CLI's
+        --text-weight and the Python wrappers' text_weight= give it."""
+        return cls(DEFAULT_TEXT_WEIGHT if text_weight is None else float(text_weight))
+
+    @property
+    def calibrated(self) -> bool:
+        """True when the index's fused null distributions describe these scores."""
+        return (self.rule, self.align) == (FUSION_RULE, FUSION_ALIGN)
+
+
+@dataclass(frozen=True)
+class Channels:
+    """Random-pair score statistics of the two things a document is compared on, for one kind
+    of query: its image (image) and its own text (text). Fusion aligns text onto image."""
+
+    image: ScoreStats
+    text: ScoreStats
+
+
+def align_text_scores(text_scores: np.ndarray, channels: Channels | None, align: FusionAlign) -> np.ndarray:
+    """Own-text scores (n,) mapped so random pairs score like random image pairs: in mean
+    ("mean"), or in mean and std ("z"); unchanged without channels or with "none"."""
+    if channels is None or align == "none":
+        return text_scores
+    image, text = channels.image, channels.text
+    if align == "mean":
+        return text_scores - text.mean + image.mean
+    z = (text_scores - text.mean) / max(text.std, 1e-6)
+    return image.mean + image.std * z
+
+
+def mix(
+    image_scores: np.ndarray, text_scores: np.ndarray, text_weight: float, rule: FusionRule
+) -> np.ndarray:
+    """The rule itself on aligned scores (n,): (1-w) * image + w * text ("lift": never below image)."""
+    mixed = (1.0 - text_weight) * image_scores + text_weight * text_scores
+    return np.maximum(image_scores, mixed) if rule == "lift" else mixed
+
+
+def fuse_scores(
+    image_scores: np.ndarray, text_scores: np.ndarray, fusion: Fusion, channels: Channels | None
+) -> np.ndarray:
+    """Fused scores (n,) float32 of documents; text_scores is NaN for documents without own
+    text, which keep their image score unchanged."""
+    aligned = align_text_scores(text_scores, channels, fusion.align)
+    fused = mix(image_scores, aligned, fusion.text_weight, fusion.rule)
+    return np.where(np.isnan(text_scores), image_scores, fused).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Candidates best first: ids (n,) int64, final scores (n,) float32, and the parts.
+
+    text_scores is NaN where the document has no own text (or fusion was off).
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    image_scores: np.ndarray
+    text_scores: np.ndarray
+
+    def keep(self, mask: np.ndarray) -> Scored:
+        """The candidates where mask (n,) bool is true, order kept."""
+        return Scored(self.ids[mask], self.scores[mask], self.image_scores[mask], self.text_scores[mask])
+
+
+def plain(ids: np.ndarray, scores: np.ndarray) -> Scored:
+    """One-modality results as Scored (no own-text part)."""
+    return Scored(ids, scores, scores, np.full(len(ids), np.nan, np.float32))
+
+
+def score_documents(
+    vector: np.ndarray,
+    images: VectorStore,
+    doc_texts: VectorStore,
+    k: int,
+    *,
+    fusion: Fusion,
+    channels: Channels | None,
+    allowed_ids: np.ndarray | None = None,
+) -> Scored:
+    """Top-k documents for a query vector (dim,), fusing own-text similarity when there is any.
+
+    Both stores give a candidate pool; the union is scored exactly. The work is bounded by the
+    pool size, never by the size of the collection: membership is looked up per candidate.
+    """
+    pool = max(k * CANDIDATE_FACTOR, MIN_CANDIDATES)
+    query = vector[None, :]  # (1, dim)
+    fuse = fusion.text_weight > 0 and len(doc_texts) > 0
+    by_image = images.search(query, pool if fuse else k, allowed_ids=allowed_ids)[0]
+    if not fuse:
+        return plain(by_image.ids[:k], by_image.scores[:k])
+    by_text = doc_texts.search(query, pool, allowed_ids=allowed_ids)[0]
+    ids = np.union1d(by_image.ids, by_text.ids)
+    image_scores = _candidate_scores(vector, images, ids, by_image)
+    has_image = ~np.isnan(image_scores)  # own text of an image a writer is still committing
+    ids, image_scores = ids[has_image], image_scores[has_image]
+    text_scores = _candidate_scores(vector, doc_texts, ids, by_text)
+    fused = fuse_scores(image_scores, text_scores, fusion, channels)
+    order = np.argsort(-fused, kind="stable")[:k]
+    return Scored(ids[order], fused[order], image_scores[order], text_scores[order])
+
+
+def _candidate_scores(
+    vector: np.ndarray, store: VectorStore, ids: np.ndarray, found: SearchResult
+) -> np.ndarray:
+    """Inner products (n,) float32 of the query with each id's vector in store: from the search
+    results when there, else reconstructed; NaN where the store holds no vector for the id."""
+    known = dict(zip(found.ids.tolist(), found.scores.tolist(), strict=True))
+    scores = np.full(len(ids), np.nan, np.float32)
+    for position, id_ in enumerate(ids.tolist()):
+        score = known.get(id_)
+        if score is None:
+            try:
+                score = float(store.reconstruct(id_) @ vector)
+            except KeyError:
+                continue
+        scores[position] = score
+    return scores
