@@ -1,131 +1,37 @@
-"""The HTTP service's request and response bodies: what `/openapi.json` describes."""
+"""Kept importable: the HTTP service's request and response bodies live in mmsearch.service.models."""
 
-from __future__ import annotations
+from mmsearch.service.models import (
+    DeleteResponse,
+    EmbedResponse,
+    EmbedTextsRequest,
+    ErrorResponse,
+    HealthResponse,
+    ImageInfo,
+    ImageResult,
+    ImageSearchResponse,
+    IndexRequest,
+    IndexResponse,
+    QueryInfo,
+    SkippedFile,
+    TextResult,
+    TextSearchResponse,
+    VectorSearchRequest,
+)
 
-from typing import Annotated, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
-
-MAX_INDEX_PATHS = 64
-MAX_PATH_CHARS = 4096
-ABSOLUTE_PATH = r"^/[^\x00]*$"  # POST /index paths: absolute, no NUL
-
-
-class ErrorResponse(BaseModel):
-    """Every error: a message meant for a person."""
-
-    detail: str
-
-
-class HealthResponse(BaseModel):
-    """Liveness; answered without a token so load balancers and the page can ask."""
-
-    status: Literal["ok"] = "ok"
-    version: str
-    auth_required: bool
-
-
-class QueryInfo(BaseModel):
-    """What was searched for: a sentence, an indexed image id, or an uploaded file's name."""
-
-    text: str | None = None
-    image_id: int | None = None
-    upload: str | None = None
-
-
-class ImageResult(BaseModel):
-    """One image hit; fetch its pixels from image_url or thumbnail_url."""
-
-    rank: int
-    score: float
-    id: int
-    path: str
-    name: str
-    image_url: str
-    thumbnail_url: str
-
-
-class TextResult(BaseModel):
-    """One text hit (an indexed caption)."""
-
-    rank: int
-    score: float
-    id: int
-    text: str
-
-
-class ImageSearchResponse(BaseModel):
-    """Images, best first."""
-
-    kind: Literal["image"] = "image"
-    query: QueryInfo
-    k: int
-    took_ms: float
-    results: list[ImageResult]
-
-
-class TextSearchResponse(BaseModel):
-    """Texts, best first."""
-
-    kind: Literal["text"] = "text"
-    query: QueryInfo
-    k: int
-    took_ms: float
-    results: list[TextResult]
-
-
-class ImageInfo(BaseModel):
-    """An indexed image's catalogue record."""
-
-    id: int
-    path: str
-    name: str
-    width: int
-    height: int
-    size: int
-    image_url: str
-    thumbnail_url: str
-
-
-class IndexRequest(BaseModel):
-    """Folders to add or refresh; each must lie under one of the server's --root folders."""
-
-    model_config = ConfigDict(extra="forbid")
-    # The pattern is documented for clients and fuzzers; _under_roots enforces it with a
-    # clearer message than a regular expression ("paths must be absolute").
-    paths: list[
-        Annotated[
-            str,
-            Field(min_length=1, max_length=MAX_PATH_CHARS, json_schema_extra={"pattern": ABSOLUTE_PATH}),
-        ]
-    ] = Field(min_length=1, max_length=MAX_INDEX_PATHS)
-
-
-class SkippedFile(BaseModel):
-    """A file the index run could not use, and why."""
-
-    path: str
-    reason: str
-
-
-class IndexResponse(BaseModel):
-    """What POST /index did (same fields as `mmsearch index --json`)."""
-
-    new: int
-    changed: int
-    moved: int
-    removed: int
-    unchanged: int
-    indexed: int
-    repaired: int
-    skipped_count: int
-    skipped: list[SkippedFile]
-    elapsed_s: float
-    images_per_s: float
-
-
-class DeleteResponse(BaseModel):
-    """The image that was removed from the index (the file itself is untouched)."""
-
-    id: int
-    path: str
+__all__ = [
+    "DeleteResponse",
+    "EmbedResponse",
+    "EmbedTextsRequest",
+    "ErrorResponse",
+    "HealthResponse",
+    "ImageInfo",
+    "ImageResult",
+    "ImageSearchResponse",
+    "IndexRequest",
+    "IndexResponse",
+    "QueryInfo",
+    "SkippedFile",
+    "TextResult",
+    "TextSearchResponse",
+    "VectorSearchRequest",
+]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 from conftest import COLORS, caption_for, color_image
@@ -29,7 +30,8 @@ from support import serve
 from typer.testing import CliRunner
 
 from indexer.indexing.pipeline import add_texts, index_folders
-from indexer.store.index_dir import IndexWriter, WriterLock
+from indexer.store.index_dir import IMAGES_FAISS, IndexWriter, WriterLock
+from indexer.store.vectors import VectorStore
 from mmsearch.cli import app as cli_app
 from mmsearch.engine import MAX_K, MAX_QUERY_CHARS, Engine
 from mmsearch.service import (
@@ -41,6 +43,7 @@ from mmsearch.service import (
     is_loopback,
     settings_for,
 )
+from mmsearch.service.models import MAX_EMBED_TEXTS
 
 TOKEN = "test-token-0123456789abcdef"
 CAPTIONS = [caption_for(c) for c in COLORS] + ["a photo of a cat", "a crowded beach at noon"]
@@ -166,6 +169,8 @@ def test_health_stats_and_openapi(client: TestClient, engine: Engine) -> None:
     expected = {
         ("/search", "get"),
         ("/search/image", "post"),
+        ("/search/vector", "post"),
+        ("/embed", "post"),
         ("/texts/search", "get"),
         ("/images/{image_id}", "get"),
         ("/images/{image_id}/thumbnail", "get"),
@@ -176,6 +181,10 @@ def test_health_stats_and_openapi(client: TestClient, engine: Engine) -> None:
         ("/stats", "get"),
     }
     assert {(p, m) for p, ops in paths.items() for m in ops} == expected
+    vector = schema["components"]["schemas"]["VectorSearchRequest"]["properties"]["vector"]
+    assert vector["minItems"] == vector["maxItems"] == engine.info.dim  # the served index's own
+    bodies = paths["/embed"]["post"]["requestBody"]["content"]
+    assert set(bodies) == {"application/json", "multipart/form-data"}
     for path, ops in paths.items():
         for method, op in ops.items():
             ok = op["responses"]["200"]["content"]
@@ -256,6 +265,94 @@ def test_search_by_indexed_id_and_image_to_text(client: TestClient, engine: Engi
     assert captions["results"] == [asdict(h) for h in engine.search_by_id(image_id, k=2, to="text")]
 
 
+# -- vectors: POST /embed and POST /search/vector ------------------------------------------------
+
+
+def test_embed_gives_the_engines_query_vectors(client: TestClient, engine: Engine, gallery: Gallery) -> None:
+    texts = [caption_for(c) for c in COLORS] + ["  a red or blue picture "]
+    response = client.post("/embed", json={"texts": texts})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == engine.info.model_id
+    vectors = np.asarray(body["vectors"], np.float32)
+    assert vectors.shape == (len(texts), engine.info.dim)
+    for text, vector in zip(texts, vectors, strict=True):
+        np.testing.assert_allclose(vector, engine.encode_query_text(text), atol=1e-5)
+    path = gallery.by_color["green"][2]  # the JPEG with a unicode name
+    upload = client.post("/embed", files={"file": (path.name, path.read_bytes(), "image/jpeg")})
+    assert upload.status_code == 200, upload.text
+    [vector] = upload.json()["vectors"]
+    np.testing.assert_allclose(vector, engine.encode_query_image(path), atol=1e-4)
+
+
+def test_search_by_vector_finds_the_indexed_image_first(
+    client: TestClient, engine: Engine, gallery: Gallery
+) -> None:
+    path = str(gallery.by_color["blue"][1].resolve())
+    image_id = next(h.id for h in engine.search_text("a blue image", k=MAX_K) if h.path == path)
+    stored = VectorStore.load(gallery.index_dir / IMAGES_FAISS, dim=engine.info.dim).reconstruct(image_id)
+    response = client.post("/search/vector", json={"vector": stored.tolist(), "k": 4, "modality": "image"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["kind"] == "image" and body["k"] == 4
+    assert body["results"][0]["id"] == image_id and body["results"][0]["path"] == path
+    assert body["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert strip_urls(body["results"]) == [asdict(h) for h in engine.search_by_id(image_id, k=4)]
+
+    # A sentence's vector from /embed finds what /search finds, and the captions /texts/search finds.
+    [vector] = client.post("/embed", json={"texts": ["a yellow image"]}).json()["vectors"]
+    by_vector = client.post("/search/vector", json={"vector": vector, "k": 5}).json()
+    by_text = client.get("/search", params={"q": "a yellow image", "k": 5}).json()
+    assert by_vector["results"] == by_text["results"]
+    texts = client.post("/search/vector", json={"vector": vector, "k": 2, "to": "text"}).json()
+    assert texts["kind"] == "text"
+    by_text = client.get("/texts/search", params={"q": "a yellow image", "k": 2}).json()
+    assert texts["results"] == by_text["results"]
+
+
+def test_bad_vectors_and_embeds_are_refused_with_a_message(client: TestClient, engine: Engine) -> None:
+    dim = engine.info.dim
+    good = [1.0] + [0.0] * (dim - 1)
+    assert client.post("/search/vector", json={"vector": good}).status_code == 200
+    for body, words in [
+        ({"vector": good[:-1]}, [f"{dim} numbers"]),
+        ({"vector": [*good, 0.0]}, [f"{dim} numbers"]),
+        ({"vector": []}, ["vector", "at least 1"]),
+        ({"vector": [0.0] * dim}, ["all zeros"]),
+        ({"vector": good, "k": 0}, ["k", "greater than or equal to 1"]),
+        ({"vector": good, "to": "audio"}, ["to"]),
+        ({"vector": good, "modality": "audio"}, ["modality"]),
+        ({"vector": good, "extra": 1}, ["extra"]),
+        ({"vector": ["a"] * dim}, ["vector", "number"]),
+        ({}, ["vector", "required"]),
+    ]:
+        assert_error(client.post("/search/vector", json=body), 422, *words)
+    for literal in ("NaN", "Infinity", "-Infinity", "1e999"):
+        raw = '{"vector": [' + ", ".join([literal] + ["0.0"] * (dim - 1)) + "]}"
+        response = client.post("/search/vector", content=raw, headers={"content-type": "application/json"})
+        assert_error(response, 422, "finite")
+
+    for body, words in [
+        ({"texts": []}, ["texts", "at least 1"]),
+        ({"texts": ["   "]}, ["empty query"]),
+        ({"texts": [""]}, ["texts", "at least 1 character"]),
+        ({"texts": ["x" * (MAX_QUERY_CHARS + 1)]}, ["texts", f"at most {MAX_QUERY_CHARS}"]),
+        ({"texts": ["a red image"] * (MAX_EMBED_TEXTS + 1)}, ["texts", f"at most {MAX_EMBED_TEXTS}"]),
+        ({"texts": "a red image"}, ["texts", "array"]),
+        ({"texts": ["a"], "extra": 1}, ["extra"]),
+    ]:
+        assert_error(client.post("/embed", json=body), 422, *words)
+    json_type = {"content-type": "application/json"}
+    assert_error(client.post("/embed", content=b"{not json", headers=json_type), 422, "json")
+    not_image = client.post("/embed", files={"file": ("notes.png", b"hello, not pixels")})
+    assert_error(not_image, 422, "notes.png", "not an image")
+    wrong_field = client.post("/embed", files={"image": ("red.png", png_bytes("red", seed=2))})
+    assert_error(wrong_field, 422, '"file"')
+    plain = client.post("/embed", content=b"a red image", headers={"content-type": "text/plain"})
+    assert_error(plain, 415, "JSON", "multipart")
+    assert_error(client.post("/embed"), 415)
+
+
 @pytest.mark.parametrize(
     ("params", "words"),
     [
@@ -293,6 +390,7 @@ def test_upload_limits_are_413_and_422(engine: Engine) -> None:
     small = TestClient(create_app(engine, ServiceSettings(max_upload_bytes=2000, max_megapixels=0.01)))
     big = png_bytes("red", seed=3, size=(200, 200))  # incompressible noise: well over 2000 bytes
     assert_error(small.post("/search/image", files={"file": ("big.png", big)}), 413, "larger than")
+    assert_error(small.post("/embed", files={"file": ("big.png", big)}), 413, "larger than")
 
     def chunked() -> Iterator[bytes]:  # no Content-Length: counted while it streams in
         yield b"x" * 1500
@@ -441,6 +539,8 @@ def test_a_token_is_required_everywhere_but_health_and_the_page(engine: Engine) 
         ("GET", "/search", {"params": {"q": "a red image"}}),
         ("GET", "/texts/search", {"params": {"q": "a red image"}}),
         ("POST", "/search/image", {"data": {"id": "1"}}),
+        ("POST", "/search/vector", {"json": {"vector": [1.0]}}),
+        ("POST", "/embed", {"json": {"texts": ["a red image"]}}),
         ("GET", "/images/1", {}),
         ("GET", "/images/1/thumbnail", {}),
         ("GET", "/images/1/info", {}),
@@ -712,6 +812,8 @@ OPERATIONS = [
     ("GET", "/stats"),
     ("GET", "/search"),
     ("POST", "/search/image"),
+    ("POST", "/search/vector"),
+    ("POST", "/embed"),
     ("GET", "/texts/search"),
     ("GET", "/images/{image_id}"),
     ("GET", "/images/{image_id}/thumbnail"),
@@ -749,9 +851,11 @@ def test_generated_requests_never_cause_a_server_error(fuzz_app: Any, method: st
         suppress_health_check=list(HealthCheck),
     )
     def run(case: Any) -> None:
-        # A schema cannot say "bytes of a decodable image", so a schema-valid upload of random
-        # bytes is rightly refused with 422; every other check still runs for this operation.
-        skip = [positive_data_acceptance] if path == "/search/image" else []
+        # A schema cannot say "bytes of a decodable image" or "not all zeros", so a schema-valid
+        # upload of random bytes or a zero vector is rightly refused with 422; every other check
+        # still runs for these operations.
+        refused_though_valid = ("/search/image", "/embed", "/search/vector")
+        skip = [positive_data_acceptance] if path in refused_though_valid else []
         case.call_and_validate(excluded_checks=skip)
 
     run()
