@@ -1,13 +1,17 @@
 """Generate the sample corpus: rendered shape scenes with captions, deterministic per seed.
 
-Run as `python sample_corpus/generate.py --out DIR [--seed 0] [--scale 1.0]`.
+Run as `python sample_corpus/generate.py --out DIR [--seed 0] [--scale 1.0] [--style main]`.
 
 The corpus exists so that `make demo` and the default model need no download: every image is a
 96x96 scene of coloured shapes, and every caption is derived from the scene's attributes, so
 captions are always true. The test split is built to measure generalisation rather than
 memorisation: it holds (colour, shape) pairs never seen in training, a background kind and
 rotations training never shows, more JPEG, and paraphrases from templates that training never
-uses. Drawing lives in `drawing.py`; what scenes show and say lives in `scenes.py`.
+uses. The shift split asks the same kind of questions as test about scenes drawn by a second,
+independent renderer (`shifted.py`), to measure whether a model learnt the words or one way of
+drawing them; it is never for training or model selection.
+
+`--style` says which renderer draws train, val and test; the other one draws the shift split.
 
 Writes `DIR/images/{split}/{split}_{index:05d}.{png|jpg}`, `DIR/corpus.jsonl` (one line per
 (image, caption)) and `DIR/manifest.json`. Uses only the standard library, Pillow and NumPy.
@@ -28,7 +32,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from PIL import Image
@@ -39,7 +43,7 @@ REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if __package__ in (None, "") and sys.path[:1] != [REPO_ROOT]:
     sys.path.insert(0, REPO_ROOT)
 
-from sample_corpus import drawing  # noqa: E402
+from sample_corpus import drawing, shifted  # noqa: E402
 from sample_corpus.scenes import (  # noqa: E402
     CANONICAL_COUNT,
     CANONICAL_RELATION,
@@ -69,15 +73,16 @@ from sample_corpus.scenes import (  # noqa: E402
 # Bump whenever output bytes change, so `--out` dirs from an older generator are rebuilt.
 GENERATOR_VERSION = "2"
 GENERATOR_NAME = "mmsearch-sample-corpus"
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "shift")
 # Splits that show held-out pairs and test-only phrasings; train and val never do.
-EVALUATION_SPLITS = frozenset({"test"})
+EVALUATION_SPLITS = frozenset({"test", "shift"})
 
 # Scenes per split and kind at --scale 1.0.
 BASE_COUNTS = {
     "train": {"single": 2600, "multi": 1000},
     "val": {"single": 250, "multi": 100},
     "test": {"single": 400, "multi": 150},
+    "shift": {"single": 400, "multi": 150},
 }
 
 
@@ -89,9 +94,31 @@ class FileFormat(NamedTuple):
 
 
 TRAIN_FORMAT = FileFormat(jpeg_fraction=0.25, jpeg_quality=90)
-# Test gets more and harsher JPEG.
+# Test gets more and harsher JPEG; shift encodes like test, so only the renderer differs.
 TEST_FORMAT = FileFormat(jpeg_fraction=0.5, jpeg_quality=85)
-SPLIT_FORMAT = {"train": TRAIN_FORMAT, "val": TRAIN_FORMAT, "test": TEST_FORMAT}
+SPLIT_FORMAT = {"train": TRAIN_FORMAT, "val": TRAIN_FORMAT, "test": TEST_FORMAT, "shift": TEST_FORMAT}
+
+
+class Renderer(Protocol):
+    """What generate.py needs of a renderer module; each keeps its own look record."""
+
+    def plan_look(self, rng: random.Random, objects: Sequence[SceneObject], *, evaluation: bool) -> Any:
+        """Fix every drawing choice of one scene; evaluation splits may get looks of their own."""
+
+    def render(self, objects: Sequence[SceneObject], look: Any) -> Image.Image:
+        """The scene's RGB image, a pure function of objects and look."""
+
+    def object_coverages(self, objects: Sequence[SceneObject], look: Any) -> list[np.ndarray]:
+        """Per object, how much of each pixel it covers (float32, (side, side), 0..1)."""
+
+
+RENDERERS: dict[str, Renderer] = {"main": drawing, "shifted": shifted}
+# A style names the renderer of train, val and test; the other one draws the shift split.
+STYLES = {
+    "main": {"train": "main", "val": "main", "test": "main", "shift": "shifted"},
+    "shifted": {"train": "shifted", "val": "shifted", "test": "shifted", "shift": "main"},
+}
+DEFAULT_STYLE = "main"
 
 # Noisy 96 px images barely compress: level 6 costs 2.5x the time for files ~15% smaller.
 PNG_COMPRESS_LEVEL = 1
@@ -117,7 +144,8 @@ class Scene:
     index: int
     kind: str
     objects: tuple[SceneObject, ...]
-    look: drawing.Look
+    renderer: str
+    look: Any  # the renderer's own record of every drawing choice
     suffix: str
     captions: tuple[Caption, ...]
 
@@ -159,19 +187,19 @@ def scaled_counts(scale: float) -> dict[str, dict[str, int]]:
 
 
 def build_scene(
-    rng: random.Random, split: str, *, index: int, kind: str, objects: tuple[SceneObject, ...]
+    rng: random.Random, split: str, *, index: int, kind: str, objects: tuple[SceneObject, ...], renderer: str
 ) -> Scene:
     """Fix captions, format and look of one scene.
 
-    The look comes from its own stream seeded here, so a change in how scenes are drawn never
+    The look comes from its own stream seeded here, so a change in how a renderer draws never
     shifts the objects or captions of later scenes.
     """
     evaluation = split in EVALUATION_SPLITS
     captions = scene_captions(rng, kind, objects, template_set="test" if evaluation else "train")
     suffix = "jpg" if rng.random() < SPLIT_FORMAT[split].jpeg_fraction else "png"
     look_rng = random.Random(rng.getrandbits(64))
-    look = drawing.plan_look(look_rng, objects, evaluation=evaluation)
-    return Scene(split, index, kind, objects, look, suffix, captions)
+    look = RENDERERS[renderer].plan_look(look_rng, objects, evaluation=evaluation)
+    return Scene(split, index, kind, objects, renderer, look, suffix, captions)
 
 
 def split_rng(seed: int, split: str) -> random.Random:
@@ -179,12 +207,13 @@ def split_rng(seed: int, split: str) -> random.Random:
     return random.Random(f"{GENERATOR_NAME}:{seed}:{split}")
 
 
-def plan_split(seed: int, split: str, *, counts: dict[str, int]) -> list[Scene]:
-    """All scenes of one split, deterministic in (seed, split, counts)."""
+def plan_split(seed: int, split: str, *, counts: dict[str, int], style: str = DEFAULT_STYLE) -> list[Scene]:
+    """All scenes of one split, deterministic in (seed, split, counts, style)."""
     rng = split_rng(seed, split)
+    renderer = STYLES[style][split]
     kinds_and_objects = split_objects(rng, counts=counts, evaluation=split in EVALUATION_SPLITS)
     return [
-        build_scene(rng, split, index=index, kind=kind, objects=objects)
+        build_scene(rng, split, index=index, kind=kind, objects=objects, renderer=renderer)
         for index, (kind, objects) in enumerate(kinds_and_objects)
     ]
 
@@ -193,13 +222,13 @@ def plan_split(seed: int, split: str, *, counts: dict[str, int]) -> list[Scene]:
 # Rendering
 # ---------------------------------------------------------------------------------------------
 def render(scene: Scene) -> Image.Image:
-    """The scene's RGB image; a pure function of the scene."""
-    return drawing.render(scene.objects, scene.look)
+    """The scene's RGB image, drawn by its renderer; a pure function of the scene."""
+    return RENDERERS[scene.renderer].render(scene.objects, scene.look)
 
 
 def object_coverages(scene: Scene) -> list[np.ndarray]:
     """Per object, how much of each pixel it covers (float32, (IMAGE_SIDE, IMAGE_SIDE), 0..1)."""
-    return drawing.object_coverages(scene.objects, scene.look)
+    return RENDERERS[scene.renderer].object_coverages(scene.objects, scene.look)
 
 
 def save(scene: Scene, root: Path) -> None:
@@ -232,7 +261,7 @@ def jsonl_lines(scene: Scene) -> Iterator[str]:
         yield json.dumps(record) + "\n"
 
 
-def manifest(seed: int, scale: float, scenes: dict[str, list[Scene]]) -> dict[str, Any]:
+def manifest(seed: int, scale: float, style: str, scenes: dict[str, list[Scene]]) -> dict[str, Any]:
     """The manifest: what was generated and how, so a rerun can tell whether it is up to date."""
     counts = {
         split: {
@@ -249,7 +278,9 @@ def manifest(seed: int, scale: float, scenes: dict[str, list[Scene]]) -> dict[st
         "version": GENERATOR_VERSION,
         "seed": seed,
         "scale": scale,
+        "style": style,
         "splits": list(SPLITS),
+        "renderers": STYLES[style],
         "counts": counts,
         "held_out_pairs": [list(pair) for pair in HELD_OUT_PAIRS],
         "vocabulary": {
@@ -283,10 +314,10 @@ def save_all(scenes: Sequence[Scene], root: Path, workers: int) -> None:
         pool.map(save_to, scenes, chunksize=RENDER_CHUNK)
 
 
-def write_corpus(root: Path, *, seed: int, scale: float, workers: int) -> tuple[int, int]:
+def write_corpus(root: Path, *, seed: int, scale: float, style: str, workers: int) -> tuple[int, int]:
     """Plan, render and write every split into `root`; returns (images, captions)."""
     counts = scaled_counts(scale)
-    scenes = {split: plan_split(seed, split, counts=counts[split]) for split in SPLITS}
+    scenes = {split: plan_split(seed, split, counts=counts[split], style=style) for split in SPLITS}
     everything = [scene for split in SPLITS for scene in scenes[split]]
     for split in SPLITS:
         (root / "images" / split).mkdir(parents=True)
@@ -294,7 +325,7 @@ def write_corpus(root: Path, *, seed: int, scale: float, workers: int) -> tuple[
     with (root / "corpus.jsonl").open("w", encoding="utf-8", newline="\n") as handle:
         for scene in everything:
             handle.writelines(jsonl_lines(scene))
-    text = json.dumps(manifest(seed, scale, scenes), indent=2) + "\n"
+    text = json.dumps(manifest(seed, scale, style, scenes), indent=2) + "\n"
     (root / "manifest.json").write_text(text, encoding="utf-8")
     return len(everything), sum(len(scene.captions) for scene in everything)
 
@@ -308,13 +339,13 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("generator") == GENERATOR_NAME else None
 
 
-def is_up_to_date(out: Path, seed: int, scale: float) -> bool:
-    """True when `out` holds a complete corpus from this version with the same seed and scale."""
+def is_up_to_date(out: Path, seed: int, scale: float, style: str) -> bool:
+    """True when `out` holds a complete corpus from this version with the same seed, scale, style."""
     data = read_manifest(out)
     if data is None:
         return False
-    made_by = (data.get("version"), data.get("seed"), data.get("scale"))
-    if made_by != (GENERATOR_VERSION, seed, scale):
+    made_by = (data.get("version"), data.get("seed"), data.get("scale"), data.get("style"))
+    if made_by != (GENERATOR_VERSION, seed, scale, style):
         return False
     try:
         with (out / "corpus.jsonl").open(encoding="utf-8") as handle:
@@ -354,17 +385,19 @@ def current_umask() -> int:
     return mask
 
 
-def generate(out: Path, *, seed: int = 0, scale: float = 1.0, workers: int = 1) -> Report:
+def generate(
+    out: Path, *, seed: int = 0, scale: float = 1.0, style: str = DEFAULT_STYLE, workers: int = 1
+) -> Report:
     """Build the corpus in a temp folder beside `out` and swap it in; no-op when up to date."""
     started = time.perf_counter()
-    if is_up_to_date(out, seed, scale):
+    if is_up_to_date(out, seed, scale, style):
         return Report(out, 0, 0, time.perf_counter() - started, up_to_date=True)
     check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     tmp.chmod(DIR_MODE & ~current_umask())
     try:
-        images, captions = write_corpus(tmp, seed=seed, scale=scale, workers=workers)
+        images, captions = write_corpus(tmp, seed=seed, scale=scale, style=style, workers=workers)
         replace_dir(tmp, out)
     finally:
         if tmp.exists():
@@ -381,6 +414,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="corpus folder to (re)build")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply scene counts (tests)")
+    parser.add_argument(
+        "--style",
+        choices=sorted(STYLES),
+        default=DEFAULT_STYLE,
+        help="renderer of train/val/test; the other renderer draws the shift split",
+    )
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="render processes (same bytes)")
     args = parser.parse_args(argv)
     if args.scale <= 0:
@@ -394,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: generate, print one summary line, return an exit code."""
     args = parse_args(argv)
     try:
-        report = generate(args.out, seed=args.seed, scale=args.scale, workers=args.workers)
+        report = generate(args.out, seed=args.seed, scale=args.scale, style=args.style, workers=args.workers)
     except GeneratorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

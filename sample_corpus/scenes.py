@@ -2,9 +2,9 @@
 
 This module is the vocabulary both renderers share: which objects a scene holds (shape, colour,
 size word, grid position), which pixels a position word names (`cell_box`), how big a size word
-allows an object to be (`SIZE_SPAN_PX`), and the captions. Drawing lives in `drawing.py`, so
-another renderer could share these definitions without sharing drawing code. Nothing here
-imports Pillow or NumPy.
+allows an object to be (`SIZE_SPAN_PX`), and the captions. Drawing lives in `drawing.py` (the
+main renderer) and `shifted.py` (an independent renderer for the shift split); neither shares
+code with the other, only these definitions. Nothing here imports Pillow or NumPy.
 
 Captions stay true by construction: every object lies wholly inside its own grid cell and
 multi-object scenes use distinct cells, so "above"/"left of", read from grid rows and columns,
@@ -69,7 +69,7 @@ SIZE_SPAN_PX = {"small": (10.0, 16.0), "large": (21.0, 29.0)}
 
 # ---------------------------------------------------------------------------------------------
 # Caption templates. Canonical captions have one fixed form in every split; paraphrases come
-# from TRAIN_* templates in train/val and from the disjoint TEST_* templates in test.
+# from TRAIN_* templates in train/val and from the disjoint TEST_* templates in test and shift.
 # Fields: size, color, shape, position, and `a`, the article that fits before `color`.
 # ---------------------------------------------------------------------------------------------
 CANONICAL_SINGLE = "a {size} {color} {shape} in the {position}"
@@ -245,7 +245,7 @@ def split_objects(
 ) -> list[tuple[str, tuple[SceneObject, ...]]]:
     """(kind, objects) for every scene of a split, singles and multis shuffled together.
 
-    Evaluation splits (test) give TEST_UNSEEN_FRACTION of their scenes a held-out pair;
+    Evaluation splits (test, shift) give TEST_UNSEEN_FRACTION of their scenes a held-out pair;
     training splits never show one.
     """
     seen = seen_pairs()

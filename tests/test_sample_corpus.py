@@ -1,5 +1,5 @@
 """The sample-corpus generator: counts, true captions, held-out pairs, determinism, reruns,
-diverse drawing.
+diverse drawing, and a shift split from an independent renderer.
 
 The generator is a script, not a package module, so it is loaded from its file path. One tiny
 corpus (--scale 0.05, about 250 images) is built per module and shared by the read-only tests;
@@ -8,6 +8,7 @@ pixel checks re-plan the same scenes to learn where each object was drawn, then 
 
 from __future__ import annotations
 
+import ast
 import colorsys
 import contextlib
 import importlib.util
@@ -27,14 +28,16 @@ from PIL import Image
 SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "sample_corpus"
 GENERATOR_PATH = SAMPLE_CORPUS / "generate.py"
 SCALE = 0.05
-# max(1, round(base * 0.05)) of (2600, 1000), (250, 100), (400, 150); Python rounds halves to even.
+# max(1, round(base * 0.05)) of (2600, 1000), (250, 100), (400, 150) and shift like test; Python
+# rounds halves to even.
 EXPECTED_COUNTS = {
     "train": {"single": 130, "multi": 50},
     "val": {"single": 12, "multi": 5},
     "test": {"single": 20, "multi": 8},
+    "shift": {"single": 20, "multi": 8},
 }
 SPLITS = tuple(EXPECTED_COUNTS)
-EVALUATION_SPLITS = ("test",)
+EVALUATION_SPLITS = ("test", "shift")
 MIN_SIDE = 96
 # Written out here rather than imported, so a bug in the generator's vocabulary shows up.
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "black", "white")
@@ -95,6 +98,15 @@ MIN_TEXTURED_SHARE = 0.3
 # A clutter mark visibly changes at most this many pixels; the smallest small object covers ~35.
 MAX_MARK_PIXELS = 16
 VISIBLE_CHANGE = 16
+# Modules the shift renderer may import, and what it may take from the shared vocabulary.
+SHIFTED_MAY_IMPORT = {"__future__", "colorsys", "math", "random", "collections.abc", "typing", "numpy"}
+SHIFTED_MAY_TAKE = {
+    "PIL": {"Image"},
+    "sample_corpus.scenes": {
+        "IMAGE_SIDE", "CELL_SIDE", "GRID_CELLS", "SIZE_SPAN_PX", "SHAPES", "COLORS", "SIZES",
+        "POSITIONS", "SceneObject", "Box", "cell_box", "grid_cell",
+    },
+}  # fmt: skip
 
 _COLOR = "|".join(COLORS)
 _SHAPE = "|".join(SHAPES)
@@ -224,8 +236,10 @@ def test_counts_per_split_and_kind(corpus: Path, images: dict[str, list[Record]]
         counted[recs[0]["split"]][recs[0]["kind"]] += 1
     assert counted == EXPECTED_COUNTS
     manifest = json.loads((corpus / "manifest.json").read_text(encoding="utf-8"))
-    assert manifest["splits"] == ["train", "val", "test"]
+    assert manifest["splits"] == ["train", "val", "test", "shift"]
     assert manifest["seed"] == 0 and manifest["scale"] == SCALE
+    assert manifest["style"] == "main"
+    assert manifest["renderers"] == {"train": "main", "val": "main", "test": "main", "shift": "shifted"}
     for split, kinds in EXPECTED_COUNTS.items():
         assert {k: manifest["counts"][split][k] for k in kinds} == kinds
         on_disk = list((corpus / "images" / split).iterdir())
@@ -276,7 +290,7 @@ def test_held_out_pairs_only_in_evaluation_splits(images: dict[str, list[Record]
             unseen_counts[recs[0]["split"]][recs[0]["kind"]] += unseen
         else:
             assert not unseen, recs[0]
-    # About half the test scenes of each kind show a held-out pair.
+    # About half the test and shift scenes of each kind show a held-out pair.
     for split, kinds in unseen_counts.items():
         for kind, n in kinds.items():
             assert 0 < n < EXPECTED_COUNTS[split][kind], (split, kind)
@@ -420,7 +434,7 @@ def test_objects_lie_inside_their_own_cell(drawn: dict[str, list[list[Drawn]]]) 
                 assert cell_left < left and right < cell_right, (split, obj)
 
 
-@pytest.mark.parametrize("split", ["train"])
+@pytest.mark.parametrize("split", ["train", "shift"])
 def test_small_objects_roam_their_whole_cell(drawn: dict[str, list[list[Drawn]]], split: str) -> None:
     offsets = []
     for scene in drawn[split]:
@@ -437,7 +451,7 @@ def test_small_objects_roam_their_whole_cell(drawn: dict[str, list[list[Drawn]]]
     assert (spread.std(axis=0) >= MIN_CENTRE_STD_PX).all(), spread.std(axis=0)
 
 
-@pytest.mark.parametrize("split", ["train"])
+@pytest.mark.parametrize("split", ["train", "shift"])
 def test_sizes_span_what_each_size_word_allows(drawn: dict[str, list[list[Drawn]]], split: str) -> None:
     spans: dict[str, list[int]] = {size: [] for size in SIZE_SPAN}
     for scene in drawn[split]:
@@ -458,7 +472,7 @@ def test_objects_show_their_colour_word(drawn: dict[str, list[list[Drawn]]]) -> 
                 assert nearest_color(solid.mean(axis=0)) == obj["color"], (split, obj, solid.mean(axis=0))
 
 
-@pytest.mark.parametrize("split", ["train"])
+@pytest.mark.parametrize("split", ["train", "shift"])
 def test_backgrounds_keep_clear_of_the_colours_drawn_on_them(gen: ModuleType, split: str) -> None:
     """Rendered in memory: a close background is rare, so this needs more scenes than the corpus."""
     for scene in gen.plan_split(0, split, counts=CLEAR_BACKGROUND_COUNTS):
@@ -471,7 +485,7 @@ def test_backgrounds_keep_clear_of_the_colours_drawn_on_them(gen: ModuleType, sp
             assert np.percentile(distance, BACKGROUND_PERCENTILE) >= MIN_BACKGROUND_DISTANCE, (split, obj)
 
 
-@pytest.mark.parametrize("split", ["train"])
+@pytest.mark.parametrize("split", ["train", "shift"])
 def test_backgrounds_take_any_hue_including_saturated(
     drawn: dict[str, list[list[Drawn]]], split: str
 ) -> None:
@@ -485,7 +499,7 @@ def test_backgrounds_take_any_hue_including_saturated(
     assert len({int(hue * HUE_SECTORS) % HUE_SECTORS for hue in saturated_hues}) >= MIN_HUE_SECTORS
 
 
-@pytest.mark.parametrize("split", ["train"])
+@pytest.mark.parametrize("split", ["train", "shift"])
 def test_backgrounds_include_gradients_and_textures(drawn: dict[str, list[list[Drawn]]], split: str) -> None:
     textured = 0
     for scene in drawn[split]:
@@ -495,19 +509,23 @@ def test_backgrounds_include_gradients_and_textures(drawn: dict[str, list[list[D
     assert textured >= MIN_TEXTURED_SHARE * len(drawn[split])
 
 
-def quiet_looks(look: Any) -> tuple[Any, list[Any]]:
-    """(the look without clutter or noise; that look plus each clutter mark alone)."""
-    quiet = look._replace(clutter=(), background=look.background._replace(noise_sigma=0.0))
-    return quiet, [quiet._replace(clutter=(mark,)) for mark in look.clutter]
+def quiet_looks(gen: ModuleType, renderer: str, look: Any) -> tuple[Any, list[Any]]:
+    """(the look without clutter, noise or blur; that look plus each clutter mark alone)."""
+    if renderer == "main":
+        quiet = look._replace(clutter=(), background=look.background._replace(noise_sigma=0.0))
+        return quiet, [quiet._replace(clutter=(mark,)) for mark in look.clutter]
+    quiet = look._replace(marks=(), blur_sigma=0.0, grain_sigma=0.0)
+    return quiet, [quiet._replace(marks=(mark,)) for mark in look.marks]
 
 
+@pytest.mark.parametrize(("split", "renderer"), [("train", "main"), ("shift", "shifted")])
 def test_clutter_marks_are_far_smaller_than_small_objects(
-    gen: ModuleType, drawn: dict[str, list[list[Drawn]]]
+    gen: ModuleType, drawn: dict[str, list[list[Drawn]]], split: str, renderer: str
 ) -> None:
-    split, marks = "train", 0
+    marks = 0
     for scene in gen.plan_split(0, split, counts=gen.scaled_counts(SCALE)[split]):
-        draw = gen.drawing.render
-        quiet, with_one_mark = quiet_looks(scene.look)
+        draw = gen.RENDERERS[renderer].render
+        quiet, with_one_mark = quiet_looks(gen, renderer, scene.look)
         plain = np.asarray(draw(scene.objects, quiet), dtype=np.int16)
         for look in with_one_mark:
             change = np.abs(np.asarray(draw(scene.objects, look), dtype=np.int16) - plain).max(axis=-1)
@@ -517,3 +535,43 @@ def test_clutter_marks_are_far_smaller_than_small_objects(
     assert marks > len(drawn[split]), "clutter is missing"
     smallest = min(c.sum() for scene in drawn[split] for o, c, _ in scene if o["size"] == "small")
     assert smallest >= 2 * MAX_MARK_PIXELS
+
+
+def imported(tree: ast.Module) -> dict[str, set[str]]:
+    """Module -> names taken from it ('*' for a plain `import module`)."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                found[alias.name].add("*")
+        elif isinstance(node, ast.ImportFrom):
+            found["." * node.level + (node.module or "")].update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Call):
+            name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            assert name not in {"__import__", "import_module", "spec_from_file_location"}, "dynamic import"
+    return found
+
+
+def test_shifted_renderer_shares_no_drawing_code() -> None:
+    shifted = imported(ast.parse((SAMPLE_CORPUS / "shifted.py").read_text(encoding="utf-8")))
+    for module, names in shifted.items():
+        if module not in SHIFTED_MAY_IMPORT:
+            assert module in SHIFTED_MAY_TAKE, f"shifted.py imports {module}"
+            assert names <= SHIFTED_MAY_TAKE[module], f"shifted.py takes {names - SHIFTED_MAY_TAKE[module]}"
+    # What it may take from scenes.py cannot carry drawing code either: scenes.py draws nothing.
+    scenes = imported(ast.parse((SAMPLE_CORPUS / "scenes.py").read_text(encoding="utf-8")))
+    assert set(scenes) <= {"__future__", "random", "collections.abc", "typing"}, set(scenes)
+
+
+def test_style_shifted_draws_the_same_scenes_with_the_other_renderer(
+    gen: ModuleType, corpus: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "swapped"
+    code, _ = run(gen, out, "--style", "shifted", "--workers", "1")
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["renderers"] == {"train": "shifted", "val": "shifted", "test": "shifted", "shift": "main"}
+    assert (out / "corpus.jsonl").read_bytes() == (corpus / "corpus.jsonl").read_bytes()
+    first = sorted((corpus / "images" / "train").iterdir())[0]
+    assert (out / "images" / "train" / first.name).read_bytes() != first.read_bytes()
+    assert not gen.is_up_to_date(out, 0, SCALE, "main")
