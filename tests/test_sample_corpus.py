@@ -1,11 +1,15 @@
-"""The sample-corpus generator: counts, true captions, held-out pairs, determinism, reruns.
+"""The sample-corpus generator: counts, true captions, held-out pairs, determinism, reruns,
+diverse drawing, and a shift split from an independent renderer.
 
 The generator is a script, not a package module, so it is loaded from its file path. One tiny
-corpus (--scale 0.05, about 225 images) is built per module and shared by the read-only tests.
+corpus (--scale 0.05, about 250 images) is built per module and shared by the read-only tests;
+pixel checks re-plan the same scenes to learn where each object was drawn, then read the files.
 """
 
 from __future__ import annotations
 
+import ast
+import colorsys
 import contextlib
 import importlib.util
 import io
@@ -17,17 +21,23 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
-GENERATOR_PATH = Path(__file__).resolve().parents[1] / "sample_corpus" / "generate.py"
+SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "sample_corpus"
+GENERATOR_PATH = SAMPLE_CORPUS / "generate.py"
 SCALE = 0.05
-# max(1, round(base * 0.05)) of (2600, 1000), (250, 100), (400, 150); Python rounds halves to even.
+# max(1, round(base * 0.05)) of (2600, 1000), (250, 100), (400, 150) and shift like test; Python
+# rounds halves to even.
 EXPECTED_COUNTS = {
     "train": {"single": 130, "multi": 50},
     "val": {"single": 12, "multi": 5},
     "test": {"single": 20, "multi": 8},
+    "shift": {"single": 20, "multi": 8},
 }
+SPLITS = tuple(EXPECTED_COUNTS)
+EVALUATION_SPLITS = ("test", "shift")
 MIN_SIDE = 96
 # Written out here rather than imported, so a bug in the generator's vocabulary shows up.
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "black", "white")
@@ -46,6 +56,58 @@ HELD_OUT = {
 }
 NUMBERS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3}
 
+IMAGE_SIDE = 96
+CELL = IMAGE_SIDE // 3
+# Longest side of an object's bounding box that each size word allows, in px, give or take the
+# pixel an edge may straddle. The old renderer drew small circles 14-17 px and large 31-36 px.
+SIZE_SPAN = {"small": (10, 16), "large": (21, 29)}
+PIXEL_SLACK = 1
+# Reference shades of the colour words: every object's pixels must be nearest its own word.
+REFERENCE_RGB = {
+    "red": (220, 30, 35),
+    "orange": (250, 130, 10),
+    "yellow": (250, 220, 10),
+    "green": (30, 160, 50),
+    "blue": (30, 80, 225),
+    "purple": (135, 50, 195),
+    "black": (20, 20, 20),
+    "white": (240, 240, 240),
+}
+# A pixel this fully covered by an object shows the object's colour, not its edge.
+SOLID_COVERAGE = 0.99
+# A pixel at least half covered counts toward an object's bounding box.
+DRAWN_COVERAGE = 0.5
+# Anything drawn this faintly lies outside the object: the cell edge may be crossed only below it.
+FAINT_COVERAGE = 0.25
+# Background pixels next to an object stay at least this far (RGB) from its colour word, bar a
+# few clutter marks; without the renderers' rejection of close backgrounds it drops to ~22.
+MIN_BACKGROUND_DISTANCE = 35.0
+BACKGROUND_PERCENTILE = 5
+CLEAR_BACKGROUND_COUNTS = {"single": 150, "multi": 100}
+# Small objects used to sit within 3 px of the cell centre; now they roam the cell (~+-10 px).
+MIN_CENTRE_REACH_PX = 7.0
+MIN_CENTRE_STD_PX = 3.5
+SATURATED = 0.5
+MIN_SATURATED_SHARE = 0.2
+HUE_SECTORS = 6
+MIN_HUE_SECTORS = 5
+# Interquartile range of background luminance above which a background is a gradient or
+# texture: sensor noise alone (sigma <= 4) stays near 5.
+TEXTURED_IQR = 12.0
+MIN_TEXTURED_SHARE = 0.3
+# A clutter mark visibly changes at most this many pixels; the smallest small object covers ~35.
+MAX_MARK_PIXELS = 16
+VISIBLE_CHANGE = 16
+# Modules the shift renderer may import, and what it may take from the shared vocabulary.
+SHIFTED_MAY_IMPORT = {"__future__", "colorsys", "math", "random", "collections.abc", "typing", "numpy"}
+SHIFTED_MAY_TAKE = {
+    "PIL": {"Image"},
+    "sample_corpus.scenes": {
+        "IMAGE_SIDE", "CELL_SIDE", "GRID_CELLS", "SIZE_SPAN_PX", "SHAPES", "COLORS", "SIZES",
+        "POSITIONS", "SceneObject", "Box", "cell_box", "grid_cell",
+    },
+}  # fmt: skip
+
 _COLOR = "|".join(COLORS)
 _SHAPE = "|".join(SHAPES)
 # Longest alternatives first so "top left" is not read as "top".
@@ -63,6 +125,8 @@ COUNTED = re.compile(rf"\b(a|an|one|two|three) (?:(?:small|large) )?(?:(?:{_COLO
 Record = dict[str, Any]
 # (size or None, colour, shape) of an object as a caption names it.
 Named = tuple[str | None, str, str]
+# One drawn object: its attributes, its coverage (float32, (96, 96), 0..1) and the image (96, 96, 3).
+Drawn = tuple[Record, np.ndarray, np.ndarray]
 
 
 def load_generator() -> ModuleType:
@@ -121,14 +185,61 @@ def images(records: list[Record]) -> dict[str, list[Record]]:
     return by_image(records)
 
 
+@pytest.fixture(scope="module")
+def drawn(gen: ModuleType, corpus: Path) -> dict[str, list[list[Drawn]]]:
+    """Per split, per scene on disk: each object with its coverage and the decoded image."""
+    counts = gen.scaled_counts(SCALE)
+    out: dict[str, list[list[Drawn]]] = {}
+    for split in SPLITS:
+        out[split] = []
+        for scene in gen.plan_split(0, split, counts=counts[split]):
+            with Image.open(corpus / scene.relpath) as image:
+                pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+            coverages = gen.object_coverages(scene)
+            objects = [o._asdict() for o in scene.objects]
+            out[split].append([(o, c, pixels) for o, c in zip(objects, coverages, strict=True)])
+    return out
+
+
+def cell_of(position: str) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) pixel bounds of a position's grid cell, bottom/right exclusive."""
+    row, col = GRID[position]
+    return row * CELL, col * CELL, (row + 1) * CELL, (col + 1) * CELL
+
+
+def bounds(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of the True pixels, bottom/right exclusive."""
+    rows, cols = np.nonzero(mask)
+    return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
+
+
+def span(coverage: np.ndarray) -> int:
+    """Longest side, in px, of the bounding box of the pixels an object mostly covers."""
+    top, left, bottom, right = bounds(coverage >= DRAWN_COVERAGE)
+    return max(bottom - top, right - left)
+
+
+def nearest_color(rgb: np.ndarray) -> str:
+    """The colour word whose reference shade is nearest."""
+    return min(REFERENCE_RGB, key=lambda name: float(np.linalg.norm(rgb - REFERENCE_RGB[name])))
+
+
+def background_pixels(scene: list[Drawn]) -> np.ndarray:
+    """(n, 3) pixels of a scene that no object touches."""
+    touched = np.max([coverage for _, coverage, _ in scene], axis=0) > 0
+    return scene[0][2][~touched]
+
+
 def test_counts_per_split_and_kind(corpus: Path, images: dict[str, list[Record]]) -> None:
     counted: dict[str, dict[str, int]] = {s: {"single": 0, "multi": 0} for s in EXPECTED_COUNTS}
     for recs in images.values():
         counted[recs[0]["split"]][recs[0]["kind"]] += 1
     assert counted == EXPECTED_COUNTS
     manifest = json.loads((corpus / "manifest.json").read_text(encoding="utf-8"))
-    assert manifest["splits"] == ["train", "val", "test"]
+    assert manifest["splits"] == ["train", "val", "test", "shift"]
     assert manifest["seed"] == 0 and manifest["scale"] == SCALE
+    assert manifest["style"] == "main"
+    assert manifest["renderers"] == {"train": "main", "val": "main", "test": "main", "shift": "shifted"}
     for split, kinds in EXPECTED_COUNTS.items():
         assert {k: manifest["counts"][split][k] for k in kinds} == kinds
         on_disk = list((corpus / "images" / split).iterdir())
@@ -169,19 +280,20 @@ def test_single_images_have_one_true_canonical_caption(images: dict[str, list[Re
         assert match.groups() == (obj["size"], obj["color"], obj["shape"], obj["position"])
 
 
-def test_held_out_pairs_only_in_test(images: dict[str, list[Record]]) -> None:
-    test_unseen = {"single": 0, "multi": 0}
+def test_held_out_pairs_only_in_evaluation_splits(images: dict[str, list[Record]]) -> None:
+    unseen_counts = {split: {"single": 0, "multi": 0} for split in EVALUATION_SPLITS}
     for recs in images.values():
         pairs = {(o["color"], o["shape"]) for o in recs[0]["objects"]}
         unseen = bool(pairs & HELD_OUT)
         assert recs[0]["unseen"] == unseen
-        if recs[0]["split"] == "test":
-            test_unseen[recs[0]["kind"]] += unseen
+        if recs[0]["split"] in EVALUATION_SPLITS:
+            unseen_counts[recs[0]["split"]][recs[0]["kind"]] += unseen
         else:
             assert not unseen, recs[0]
-    # About half the test scenes of each kind show a held-out pair.
-    for kind, n in test_unseen.items():
-        assert 0 < n < EXPECTED_COUNTS["test"][kind], kind
+    # About half the test and shift scenes of each kind show a held-out pair.
+    for split, kinds in unseen_counts.items():
+        for kind, n in kinds.items():
+            assert 0 < n < EXPECTED_COUNTS[split][kind], (split, kind)
 
 
 def test_every_colour_and_shape_is_trained(images: dict[str, list[Record]]) -> None:
@@ -255,7 +367,7 @@ def test_multi_captions_are_true(images: dict[str, list[Record]]) -> None:
 def test_test_paraphrases_use_unseen_templates(records: list[Record]) -> None:
     train_captions = {r["caption"] for r in records if r["split"] == "train"}
     for record in records:
-        expected = "test" if record["split"] == "test" and not record["canonical"] else "train"
+        expected = "test" if record["split"] in EVALUATION_SPLITS and not record["canonical"] else "train"
         assert record["template"] == expected
         if record["template"] == "test":
             assert record["caption"] not in train_captions
@@ -266,7 +378,7 @@ def test_same_seed_gives_identical_bytes(gen: ModuleType, corpus: Path, tmp_path
     code, _ = run(gen, again, "--workers", "1")
     assert code == 0
     assert (again / "corpus.jsonl").read_bytes() == (corpus / "corpus.jsonl").read_bytes()
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         for path in sorted((corpus / "images" / split).iterdir())[:4]:
             assert (again / "images" / split / path.name).read_bytes() == path.read_bytes()
 
@@ -305,3 +417,161 @@ def test_refuses_to_replace_a_foreign_folder(gen: ModuleType, tmp_path: Path) ->
         code, _ = run(gen, out)
     assert code != 0
     assert (out / "notes.txt").read_text(encoding="utf-8") == "keep me"
+
+
+def test_objects_lie_inside_their_own_cell(drawn: dict[str, list[list[Drawn]]]) -> None:
+    """All of an object stays in the cell its position names, so relations hold of the pixels.
+
+    The cell's outermost pixels stay clear too: an object reaching them could meet its neighbour
+    or be cut off by a renderer that draws each object only within its cell.
+    """
+    for split, scenes in drawn.items():
+        for scene in scenes:
+            for obj, coverage, _ in scene:
+                top, left, bottom, right = bounds(coverage >= FAINT_COVERAGE)
+                cell_top, cell_left, cell_bottom, cell_right = cell_of(obj["position"])
+                assert cell_top < top and bottom < cell_bottom, (split, obj)
+                assert cell_left < left and right < cell_right, (split, obj)
+
+
+@pytest.mark.parametrize("split", ["train", "shift"])
+def test_small_objects_roam_their_whole_cell(drawn: dict[str, list[list[Drawn]]], split: str) -> None:
+    offsets = []
+    for scene in drawn[split]:
+        for obj, coverage, _ in scene:
+            if obj["size"] == "small":
+                top, left, bottom, right = bounds(coverage >= DRAWN_COVERAGE)
+                cell_top, cell_left, cell_bottom, cell_right = cell_of(obj["position"])
+                dx = (left + right - cell_left - cell_right) / 2
+                dy = (top + bottom - cell_top - cell_bottom) / 2
+                offsets.append((dx, dy))
+    spread = np.asarray(offsets)  # (objects, 2): x and y of box centre minus cell centre
+    assert (spread.min(axis=0) <= -MIN_CENTRE_REACH_PX).all(), spread.min(axis=0)
+    assert (spread.max(axis=0) >= MIN_CENTRE_REACH_PX).all(), spread.max(axis=0)
+    assert (spread.std(axis=0) >= MIN_CENTRE_STD_PX).all(), spread.std(axis=0)
+
+
+@pytest.mark.parametrize("split", ["train", "shift"])
+def test_sizes_span_what_each_size_word_allows(drawn: dict[str, list[list[Drawn]]], split: str) -> None:
+    spans: dict[str, list[int]] = {size: [] for size in SIZE_SPAN}
+    for scene in drawn[split]:
+        for obj, coverage, _ in scene:
+            spans[obj["size"]].append(span(coverage))
+    for size, (low, high) in SIZE_SPAN.items():
+        assert low - PIXEL_SLACK <= min(spans[size]) and max(spans[size]) <= high + PIXEL_SLACK, size
+        # Both ends of the range are drawn, not one typical size.
+        assert min(spans[size]) <= low + 2 and max(spans[size]) >= high - 2, (size, sorted(spans[size]))
+
+
+def test_objects_show_their_colour_word(drawn: dict[str, list[list[Drawn]]]) -> None:
+    for split, scenes in drawn.items():
+        for scene in scenes:
+            for obj, coverage, pixels in scene:
+                solid = pixels[coverage >= SOLID_COVERAGE]  # (n, 3)
+                assert len(solid) > 0, (split, obj)
+                assert nearest_color(solid.mean(axis=0)) == obj["color"], (split, obj, solid.mean(axis=0))
+
+
+@pytest.mark.parametrize("split", ["train", "shift"])
+def test_backgrounds_keep_clear_of_the_colours_drawn_on_them(gen: ModuleType, split: str) -> None:
+    """Rendered in memory: a close background is rare, so this needs more scenes than the corpus."""
+    for scene in gen.plan_split(0, split, counts=CLEAR_BACKGROUND_COUNTS):
+        pixels = np.asarray(gen.render(scene), dtype=np.float64)  # (h, w, 3)
+        untouched = np.max(gen.object_coverages(scene), axis=0) == 0
+        for obj in scene.objects:
+            top, left, bottom, right = cell_of(obj.position)
+            around = pixels[top:bottom, left:right][untouched[top:bottom, left:right]]  # (n, 3)
+            distance = np.linalg.norm(around - REFERENCE_RGB[obj.color], axis=1)
+            assert np.percentile(distance, BACKGROUND_PERCENTILE) >= MIN_BACKGROUND_DISTANCE, (split, obj)
+
+
+@pytest.mark.parametrize("split", ["train", "shift"])
+def test_backgrounds_take_any_hue_including_saturated(
+    drawn: dict[str, list[list[Drawn]]], split: str
+) -> None:
+    saturated_hues = []
+    for scene in drawn[split]:
+        red, green, blue = np.median(background_pixels(scene), axis=0) / 255
+        hue, saturation, _ = colorsys.rgb_to_hsv(red, green, blue)
+        if saturation >= SATURATED:
+            saturated_hues.append(hue)
+    assert len(saturated_hues) >= MIN_SATURATED_SHARE * len(drawn[split])
+    assert len({int(hue * HUE_SECTORS) % HUE_SECTORS for hue in saturated_hues}) >= MIN_HUE_SECTORS
+
+
+@pytest.mark.parametrize("split", ["train", "shift"])
+def test_backgrounds_include_gradients_and_textures(drawn: dict[str, list[list[Drawn]]], split: str) -> None:
+    textured = 0
+    for scene in drawn[split]:
+        luminance = background_pixels(scene) @ np.array([0.299, 0.587, 0.114])
+        low, high = np.percentile(luminance, [25, 75])
+        textured += high - low > TEXTURED_IQR
+    assert textured >= MIN_TEXTURED_SHARE * len(drawn[split])
+
+
+def quiet_looks(gen: ModuleType, renderer: str, look: Any) -> tuple[Any, list[Any]]:
+    """(the look without clutter, noise or blur; that look plus each clutter mark alone)."""
+    if renderer == "main":
+        quiet = look._replace(clutter=(), background=look.background._replace(noise_sigma=0.0))
+        return quiet, [quiet._replace(clutter=(mark,)) for mark in look.clutter]
+    quiet = look._replace(marks=(), blur_sigma=0.0, grain_sigma=0.0)
+    return quiet, [quiet._replace(marks=(mark,)) for mark in look.marks]
+
+
+@pytest.mark.parametrize(("split", "renderer"), [("train", "main"), ("shift", "shifted")])
+def test_clutter_marks_are_far_smaller_than_small_objects(
+    gen: ModuleType, drawn: dict[str, list[list[Drawn]]], split: str, renderer: str
+) -> None:
+    marks = 0
+    for scene in gen.plan_split(0, split, counts=gen.scaled_counts(SCALE)[split]):
+        draw = gen.RENDERERS[renderer].render
+        quiet, with_one_mark = quiet_looks(gen, renderer, scene.look)
+        plain = np.asarray(draw(scene.objects, quiet), dtype=np.int16)
+        for look in with_one_mark:
+            change = np.abs(np.asarray(draw(scene.objects, look), dtype=np.int16) - plain).max(axis=-1)
+            changed = change >= VISIBLE_CHANGE
+            assert changed.sum() <= MAX_MARK_PIXELS, scene.index
+            marks += 1
+    assert marks > len(drawn[split]), "clutter is missing"
+    smallest = min(c.sum() for scene in drawn[split] for o, c, _ in scene if o["size"] == "small")
+    assert smallest >= 2 * MAX_MARK_PIXELS
+
+
+def imported(tree: ast.Module) -> dict[str, set[str]]:
+    """Module -> names taken from it ('*' for a plain `import module`)."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                found[alias.name].add("*")
+        elif isinstance(node, ast.ImportFrom):
+            found["." * node.level + (node.module or "")].update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Call):
+            name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            assert name not in {"__import__", "import_module", "spec_from_file_location"}, "dynamic import"
+    return found
+
+
+def test_shifted_renderer_shares_no_drawing_code() -> None:
+    shifted = imported(ast.parse((SAMPLE_CORPUS / "shifted.py").read_text(encoding="utf-8")))
+    for module, names in shifted.items():
+        if module not in SHIFTED_MAY_IMPORT:
+            assert module in SHIFTED_MAY_TAKE, f"shifted.py imports {module}"
+            assert names <= SHIFTED_MAY_TAKE[module], f"shifted.py takes {names - SHIFTED_MAY_TAKE[module]}"
+    # What it may take from scenes.py cannot carry drawing code either: scenes.py draws nothing.
+    scenes = imported(ast.parse((SAMPLE_CORPUS / "scenes.py").read_text(encoding="utf-8")))
+    assert set(scenes) <= {"__future__", "random", "collections.abc", "typing"}, set(scenes)
+
+
+def test_style_shifted_draws_the_same_scenes_with_the_other_renderer(
+    gen: ModuleType, corpus: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "swapped"
+    code, _ = run(gen, out, "--style", "shifted", "--workers", "1")
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["renderers"] == {"train": "shifted", "val": "shifted", "test": "shifted", "shift": "main"}
+    assert (out / "corpus.jsonl").read_bytes() == (corpus / "corpus.jsonl").read_bytes()
+    first = sorted((corpus / "images" / "train").iterdir())[0]
+    assert (out / "images" / "train" / first.name).read_bytes() != first.read_bytes()
+    assert not gen.is_up_to_date(out, 0, SCALE, "main")
