@@ -9,6 +9,8 @@ CONSTRAINTS := constraints.txt
 #   make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# The optional image extras are installed too, so the HEIC, JPEG XL and RAW tests run for real.
+DEV_EXTRAS := dev,server,browser,heif,raw,jxl
 DEMO_CORPUS := sample_corpus/build
 DEMO_INDEX := .cache/demo-index
 export MMSEARCH_HOME ?= $(CURDIR)/.cache/home
@@ -36,7 +38,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_SPEC)
-	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[dev,server,browser]'
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e '.[$(DEV_EXTRAS)]'
 	touch $(STAMP)
 
 sample-corpus: $(STAMP)

@@ -21,7 +21,7 @@ from indexer.indexing.pipeline import (
     add_texts,
     index_folders,
 )
-from indexer.media.images import DEFAULT_MAX_MEGAPIXELS
+from indexer.media.images import DECODE_TIMEOUT_FLAG, DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_MEGAPIXELS
 from indexer.media.own_text import read_captions
 from indexer.media.scan import ScanOptions
 from indexer.models.config import TrainConfig, load_named_config
@@ -195,6 +195,15 @@ def index_cmd(
             "(default: half the cores, measured fastest on 2 cores).",
         ),
     ] = None,
+    decode_timeout: Annotated[
+        float,
+        typer.Option(
+            DECODE_TIMEOUT_FLAG,
+            min=0.1,
+            help="Seconds one file may take to read and decode; a slower one (broken or crafted) "
+            "is skipped and named, and tried again on the next run.",
+        ),
+    ] = DEFAULT_DECODE_TIMEOUT_S,
     device: DeviceOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", help="Only errors.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -220,6 +229,7 @@ def index_cmd(
         scan=ScanOptions(exclude=tuple(exclude or ()), include_hidden=include_hidden),
         exif_thumbnails=exif_thumbnails,
         torch_threads=torch_threads,
+        decode_timeout_s=decode_timeout,
     )
     bar: tqdm | None = None
 
