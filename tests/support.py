@@ -16,9 +16,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
+from indexer.media.images import open_image
 from indexer.models.config import load_named_config
 from indexer.models.native import build_model, save_model_dir
 from indexer.models.tokenizer import tokenizer_from_sentencepiece, train_sentencepiece
@@ -26,6 +28,7 @@ from indexer.models.tokenizer import tokenizer_from_sentencepiece, train_sentenc
 SERVER_START_TIMEOUT_S = 20
 REPO = Path(__file__).resolve().parents[1]
 BENCH_SYNTH_PATH = REPO / "benchmarks" / "synth.py"
+RECALL_KS = (1, 5, 10)  # the cut-offs `mmsearch eval` reports
 
 
 def load_script(path: Path, name: str) -> ModuleType:
@@ -102,3 +105,40 @@ def serve(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def reference_recall(encoder: Any, pairs: Sequence[tuple[Path, str]]) -> dict[str, dict[str, float]]:
+    """What `mmsearch eval` should print for (image, caption) pairs, rebuilt with NumPy alone from
+    the encoder's own embeddings: a reference that shares no code with indexer.training.evaluate.
+
+    Images are decoded as index and query time decode them (indexer.media.images.open_image).
+    The protocol: a caption's correct images are all images carrying that caption (case and
+    spacing folded); an image is found when any of its captions ranks within K; ties count for
+    the query.
+    """
+    gallery = {path: n for n, path in enumerate(dict.fromkeys(path for path, _ in pairs))}
+    size = encoder.preprocess_config.image_size
+    pixels = [encoder.preprocess(open_image(path, target_size=size)) for path in gallery]
+    images = encoder.encode_pixels(torch.stack(pixels))  # (I, dim)
+    texts = encoder.encode_texts([caption for _, caption in pairs])  # (T, dim)
+    scores = texts @ images.T  # (T, I)
+    owner = np.array([gallery[path] for path, _ in pairs])
+    owns = owner[:, None] == np.arange(len(gallery))[None, :]  # (T, I): caption t describes image i
+    folded = np.array([" ".join(caption.lower().split()) for _, caption in pairs])
+    same_text = folded[:, None] == folded[None, :]  # (T, T)
+    t2i_correct = same_text.astype(np.int64) @ owns.astype(np.int64) > 0  # (T, I)
+    return {
+        "t2i": _recall_summary(_best_correct_ranks(scores, t2i_correct)),
+        "i2t": _recall_summary(_best_correct_ranks(scores.T, owns.T)),
+    }
+
+
+def _best_correct_ranks(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """1-based rank of each row's best-scoring correct column: 1 + how many columns beat it."""
+    best = np.where(correct, scores, -np.inf).max(axis=1)  # (rows,)
+    return 1 + (scores > best[:, None]).sum(axis=1)
+
+
+def _recall_summary(ranks: np.ndarray) -> dict[str, float]:
+    recall = {f"R@{k}": float(np.mean(ranks <= k)) for k in RECALL_KS}
+    return {**recall, "medr": float(np.median(ranks))}
