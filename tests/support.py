@@ -108,23 +108,29 @@ def serve(app: Any) -> Iterator[str]:
 
 
 def reference_recall(encoder: Any, pairs: Sequence[tuple[Path, str]]) -> dict[str, dict[str, float]]:
-    """What `mmsearch eval` should print for (image, caption) pairs, rebuilt with NumPy alone from
-    the encoder's own embeddings: a reference that shares no code with indexer.training.evaluate.
-
-    Images are decoded as index and query time decode them (indexer.media.images.open_image).
-    The protocol: a caption's correct images are all images carrying that caption (case and
-    spacing folded); an image is found when any of its captions ranks within K; ties count for
-    the query.
-    """
-    gallery = {path: n for n, path in enumerate(dict.fromkeys(path for path, _ in pairs))}
+    """What `mmsearch eval` should print for (image, caption) pairs, from the encoder's own
+    embeddings (images decoded as index and query time decode them) and `recall_of`."""
+    gallery = list(dict.fromkeys(path for path, _ in pairs))
     size = encoder.preprocess_config.image_size
     pixels = [encoder.preprocess(open_image(path, target_size=size)) for path in gallery]
     images = encoder.encode_pixels(torch.stack(pixels))  # (I, dim)
     texts = encoder.encode_texts([caption for _, caption in pairs])  # (T, dim)
+    return recall_of(images, texts, [gallery.index(path) for path, _ in pairs], [c for _, c in pairs])
+
+
+def recall_of(
+    images: np.ndarray, texts: np.ndarray, owner: Sequence[int], captions: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Recall@1/5/10 and median rank both ways, written from the protocol with NumPy alone: a
+    reference that shares no code with indexer.training.evaluate.
+
+    images (I, dim) and texts (T, dim) normalised; owner[t] is the image caption t describes.
+    A caption's correct images are all images carrying that caption (case and spacing folded);
+    an image is found when any of its captions ranks within K; ties count for the query.
+    """
     scores = texts @ images.T  # (T, I)
-    owner = np.array([gallery[path] for path, _ in pairs])
-    owns = owner[:, None] == np.arange(len(gallery))[None, :]  # (T, I): caption t describes image i
-    folded = np.array([" ".join(caption.lower().split()) for _, caption in pairs])
+    owns = np.asarray(owner)[:, None] == np.arange(len(images))[None, :]  # (T, I)
+    folded = np.array([" ".join(caption.lower().split()) for caption in captions])
     same_text = folded[:, None] == folded[None, :]  # (T, T)
     t2i_correct = same_text.astype(np.int64) @ owns.astype(np.int64) > 0  # (T, I)
     return {
