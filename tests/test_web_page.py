@@ -115,24 +115,23 @@ class Shown:
     score: str
 
 
-def shown_images(page: Any) -> list[Shown]:
-    """The image grid, top to bottom."""
+def shown(page: Any, items: str, label: str) -> list[Shown]:
+    """A result list top to bottom: `items` selects its entries, `label` the text in each."""
     rows = page.eval_on_selector_all(
-        "#results li.result",
-        "(cards) => cards.map((c) => [c.dataset.id, c.querySelector('.name').textContent,"
-        " c.querySelector('.score').textContent])",
+        items,
+        "(items, label) => items.map((li) => [li.dataset.id, li.querySelector(label).textContent,"
+        " li.querySelector('.score').textContent])",
+        label,
     )
-    return [Shown(int(id_), label, score) for id_, label, score in rows]
+    return [Shown(int(id_), text, score) for id_, text, score in rows]
+
+
+def shown_images(page: Any) -> list[Shown]:
+    return shown(page, "#results li.result", ".name")
 
 
 def shown_captions(page: Any) -> list[Shown]:
-    """The caption list, top to bottom."""
-    rows = page.eval_on_selector_all(
-        "#captions li.caption",
-        "(items) => items.map((c) => [c.dataset.id, c.querySelector('.text').textContent,"
-        " c.querySelector('.score').textContent])",
-    )
-    return [Shown(int(id_), label, score) for id_, label, score in rows]
+    return shown(page, "#captions li.caption", ".text")
 
 
 def as_shown(hits: Sequence[ImageHit] | Sequence[TextHit]) -> list[Shown]:
