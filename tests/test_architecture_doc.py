@@ -47,7 +47,7 @@ def _bound(node: ast.stmt) -> set[str]:
     return set()
 
 
-def test_the_parser_reads_paths_and_names() -> None:
+def test_the_parser_reads_paths_and_names(tmp_path: Path) -> None:
     text = (
         "`indexer/store/` and `mmsearch/engine.py:Engine.open`, `indexer/media/scan.py:scan_folder`;"
         " not `tests/x.py`, not indexer/bare.py, `IndexReport.to_dict`"
@@ -57,8 +57,13 @@ def test_the_parser_reads_paths_and_names() -> None:
         ("mmsearch/engine.py", "Engine.open"),
         ("indexer/media/scan.py", "scan_folder"),
     ]
-    assert "Engine.open" in defined_names(REPO / "mmsearch" / "engine.py")
-    assert "MAX_K" in defined_names(REPO / "mmsearch" / "engine.py")
+    module = tmp_path / "module.py"
+    module.write_text(
+        "from x import imported\nLIMIT = 3\nTYPED: int = 4\ndef run(): pass\n"
+        "class Engine:\n    SIZE = 1\n    def open(self):\n        def inner(): pass\n",
+        encoding="utf-8",
+    )
+    assert defined_names(module) == {"LIMIT", "TYPED", "run", "Engine", "Engine.SIZE", "Engine.open"}
 
 
 def test_the_page_names_enough_to_check() -> None:
