@@ -164,6 +164,18 @@ def names(paths: Sequence[Path]) -> set[str]:
     return {p.name for p in paths}
 
 
+def shows_similar_to_file(page: Any, site: Site, photo: Path) -> list[Shown]:
+    """After a gallery file was picked or dropped: the engine's answer for it, its own indexed
+    copy first and the rest of its colour next, and the file named in the query line."""
+    wait_for_first(page, image_id_of(site.engine, photo))
+    shown = shown_images(page)
+    assert shown == as_shown(site.engine.search_image(photo, k=PAGE_K))
+    assert shown[0].label == photo.name
+    assert {s.label for s in shown[:COPIES]} == names(site.photos[photo.parent.name])
+    assert page.inner_text("#query-label") == f"Similar to your image “{photo.name}”"
+    return shown
+
+
 def test_search_by_sentence_by_upload_and_by_click(site: Site, page: Any) -> None:
     engine = site.engine
     everything = len(COLORS) * COPIES
@@ -189,12 +201,7 @@ def test_search_by_sentence_by_upload_and_by_click(site: Site, page: Any) -> Non
         # Pick a file: its own indexed copy first, then the rest of its colour.
         upload = site.photos["blue"][1]
         page.set_input_files("#file", str(upload))
-        wait_for_first(page, image_id_of(engine, upload))
-        shown = shown_images(page)
-        assert shown == as_shown(engine.search_image(upload, k=PAGE_K))
-        assert shown[0].label == upload.name
-        assert {s.label for s in shown[:COPIES]} == names(site.photos["blue"])
-        assert page.inner_text("#query-label") == f"Similar to your image “{upload.name}”"
+        shown = shows_similar_to_file(page, site, upload)
 
         # Click a result: search by that indexed image, named in the query line.
         clicked = shown[COPIES]
@@ -230,12 +237,7 @@ def test_search_by_sentence_by_upload_and_by_click(site: Site, page: Any) -> Non
             }""",
             [dropped.name, base64.b64encode(dropped.read_bytes()).decode()],
         )
-        wait_for_first(page, image_id_of(engine, dropped))
-        shown = shown_images(page)
-        assert shown == as_shown(engine.search_image(dropped, k=PAGE_K))
-        assert shown[0].label == dropped.name
-        assert {s.label for s in shown[:COPIES]} == names(site.photos["yellow"])
-        assert page.inner_text("#query-label") == f"Similar to your image “{dropped.name}”"
+        shows_similar_to_file(page, site, dropped)
 
 
 def test_errors_are_shown_on_the_page(site: Site, page: Any) -> None:
