@@ -66,6 +66,8 @@ def connect(target: RayTarget) -> None:
 
     if ray.is_initialized():
         return
+    # Ray's C++ core and Ray Data log at INFO to this process's stderr; the CLI has its own bar.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     ray.init(
         address=target.address,
         num_cpus=target.num_cpus if target.address is None else None,
@@ -149,6 +151,11 @@ _DECODED_COLUMNS = (
 )
 
 
+def _spread_over_nodes() -> dict[str, Any]:
+    """Ray options of a decode task."""
+    return {"scheduling_strategy": "SPREAD"}
+
+
 class _EncodeActor:
     """A Ray actor holding the model; pixels in, vectors (n, dim) float32 out."""
 
@@ -186,6 +193,7 @@ def encode_files_ray(
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # same order, same ids as without Ray
     context.enable_progress_bars = False  # the CLI draws its own bar from what we yield
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     captions = captions or {}
     items = [
         {
@@ -214,13 +222,16 @@ def encode_files_ray(
                 "max_megapixels": max_megapixels,
                 "embedded_thumbnail": embedded_thumbnail,
             },
+            # Options from a function are never fused into the next operator: decoding stays in
+            # tasks spread over the nodes instead of running inside the encoder actors.
+            ray_remote_args_fn=_spread_over_nodes,
         )
         .map_batches(
             _EncodeActor,
             batch_size=batch_size,
             batch_format="numpy",
             fn_constructor_kwargs={"source": source},
-            concurrency=actors,
+            compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=1,
         )
     )

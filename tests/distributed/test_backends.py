@@ -207,3 +207,20 @@ def test_postgres_writer_lock_excludes_writers_in_other_folders(
             held = session.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"))
             assert held.scalar() == 1
     assert "removed 4" in run_cli("remove", photos / "2023", "--db", there)  # released on exit
+
+
+def test_optimize_refuses_a_milvus_index(photos: Path, colors_model: Path, tmp_path: Path) -> None:
+    db = tmp_path / "index"
+    run_cli(
+        "index",
+        photos,
+        "--db",
+        db,
+        "--model",
+        colors_model,
+        "--quiet",
+        "--vectors",
+        f"milvus://{tmp_path / 'v.db'}",
+    )
+    error = run_cli("optimize", "--ivf", "--db", db, ok=False)
+    assert "chooses its own index type" in error and error.count("\n") == 1
