@@ -32,11 +32,15 @@ from mmsearch.cli import app
 pytest_plugins = ["servers"]  # the real PostgreSQL and Milvus fixtures
 REPO = Path(__file__).resolve().parents[2]
 N_PHOTOS = 48
-KILL_AFTER_ROWS = 6  # committed rows seen in PostgreSQL before the SIGKILL
+KILL_AFTER_ROWS = 4  # committed rows seen in PostgreSQL before the SIGKILL
 RUN_TIMEOUT_S = 180.0
-# The child commits after every batch, so a kill lands between a Milvus write and a commit.
+# The child commits after every batch, so a kill lands between a Milvus write and a commit, and
+# pauses before each commit so the run lasts long enough to be killed on a busy machine.
+SLOW_COMMIT_S = 0.1
 CHILD = (
-    "import sys, indexer.indexing.pipeline as p; p.COMMIT_INTERVAL_S = 0.0\n"
+    "import sys, time, indexer.indexing.pipeline as p; p.COMMIT_INTERVAL_S = 0.0\n"
+    "commit = p._commit\n"
+    f"p._commit = lambda *a, **k: (time.sleep({SLOW_COMMIT_S}), commit(*a, **k))[1]\n"
     "from mmsearch.cli import app\n"
     "app(sys.argv[1:])\n"
 )
