@@ -25,8 +25,8 @@ from indexer.errors import InvalidInputError
 from indexer.indexing import calibration
 from indexer.indexing.calibration import Calibration
 from indexer.indexing.decode_pool import EncodedBatch, Skipped, encode_files
-from indexer.media import caption_files, formats
 from indexer.indexing.ray_encode import RayTarget, encode_files_ray
+from indexer.media import caption_files, formats
 from indexer.media import own_text as doc_text
 from indexer.media.content_id import algorithm_key, content_id_like, file_content_id
 from indexer.media.images import DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_MEGAPIXELS

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -110,7 +110,8 @@ def _decode_rows(
             str(batch["root"][i]),
             int(batch["size"][i]),
             int(batch["mtime_ns"][i]),
-            bool(batch["image_type"][i]),
+            bool(batch["image_extension"][i]),
+            str(batch["problem"][i]) or None,
         )
         caption = str(batch["caption"][i]) if batch["has_caption"][i] else None
         result = load_file(
@@ -119,6 +120,7 @@ def _decode_rows(
             max_megapixels=max_megapixels,
             embedded_thumbnail=embedded_thumbnail,
             caption=caption,
+            sidecar=str(batch["sidecar"][i]) or None,
         )
         ok = isinstance(result, LoadedImage)
         if isinstance(result, LoadedImage):
@@ -182,8 +184,15 @@ def encode_files_ray(
     max_megapixels: float,
     embedded_thumbnail: bool = True,
     captions: Mapping[str, str] | None = None,
+    sidecars: Container[str] = frozenset(),
 ) -> Iterator[EncodedBatch]:
-    """Yield encoded batches in input order, like decode_pool.encode_files, computed on Ray."""
+    """Yield encoded batches in input order, like decode_pool.encode_files, computed on Ray.
+
+    sidecars: the caption files the scan found; each file's own is looked up here, in the driver.
+    No per-file decode time limit applies on Ray (a stuck decode holds its task, not the writer).
+    """
+    from indexer.media.caption_files import sidecar_among
+
     files = list(entries)
     if not files:
         return
@@ -202,7 +211,9 @@ def encode_files_ray(
             "root": e.root,
             "size": e.size,
             "mtime_ns": e.mtime_ns,
-            "image_type": e.image_type,
+            "image_extension": e.image_extension,
+            "problem": e.problem or "",
+            "sidecar": sidecar_among(e.path, sidecars) or "",
             "caption": captions.get(e.path, ""),
             "has_caption": e.path in captions,
         }
