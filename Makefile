@@ -10,7 +10,7 @@ CONSTRAINTS := constraints.txt
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 # The optional image extras are installed too, so the HEIC, JPEG XL and RAW tests run for real.
-DEV_EXTRAS := dev,server,browser,heif,raw,jxl
+DEV_EXTRAS := dev,server,browser,heif,raw,jxl,milvus,postgres,ray
 DEMO_CORPUS := sample_corpus/build
 DEMO_INDEX := .cache/demo-index
 export MMSEARCH_HOME ?= $(CURDIR)/.cache/home
@@ -31,7 +31,7 @@ EMOJI_MODEL := .cache/models/emoji
 EMOJI_EPOCHS ?= 12
 
 .PHONY: install demo test lint bench clean sample-corpus default-model browser-deps
-.PHONY: openclip-env test-openclip emoji-corpus emoji-model
+.PHONY: openclip-env test-openclip emoji-corpus emoji-model postgres-deps test-distributed
 
 install: $(STAMP)
 
@@ -56,8 +56,13 @@ default-model: sample-corpus
 
 # ruff and mypy run first, so CI fails on them before the suite (~1 s; mypy's first run ~35 s, then cached).
 test: $(STAMP) lint $(OC_STAMP) browser-deps
-	$(PY) -m pytest -q --ignore=tests/openclip
+	$(PY) -m pytest -q --ignore=tests/openclip --ignore=tests/distributed
 	$(OC_PYTEST) tests/openclip
+	$(MAKE) test-distributed
+
+# Milvus Lite, a throw-away PostgreSQL cluster and a local Ray, started by the tests themselves.
+test-distributed: $(STAMP) postgres-deps
+	$(PY) -m pytest -q tests/distributed
 
 openclip-env: $(OC_STAMP)
 
@@ -98,6 +103,18 @@ browser-deps:
 	fi; \
 	(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
 	    || echo "browser-deps: 'apt-get install chromium' failed (see above); the browser test will skip"
+
+# Debian's PostgreSQL server for tests/distributed (initdb/pg_ctl on a throw-away cluster).
+# Installed only if missing; without root or apt the reason is printed and those tests skip.
+postgres-deps:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	    echo "postgres-deps: PostgreSQL is missing and apt-get needs root:" \
+	        "run 'sudo apt-get install postgresql' (the PostgreSQL tests skip until then)"; \
+	    exit 0; \
+	fi; \
+	(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) \
+	    || echo "postgres-deps: 'apt-get install postgresql' failed (see above); the PostgreSQL tests will skip"
 
 lint: $(STAMP)
 	$(PY) -m ruff check $(LINT_PATHS)

@@ -43,6 +43,7 @@ from mmsearch.engine import Engine
 
 # isort: split
 # Helper modules beside this script (benchmarks/ is on sys.path when run as benchmarks/run.py).
+import ray_bench
 import report
 import synth
 from load_test import format_report, run_load_test
@@ -796,6 +797,18 @@ def measure_http_load(index_dir: Path, settings: Settings) -> report.Section:
     return section
 
 
+def measure_distributed(encoder: Encoder, folder: Path, settings: Settings) -> report.Section:
+    """Section 7: local Ray vs one process (benchmarks/ray_bench.py), if mmsearch[ray] is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        section = report.Section("Distributed encoding: local Ray vs one process")
+        section.notes = ["not measured: install mmsearch[ray]"]
+        return section
+    log(f"distributed: {folder} with one process, then with --ray local ({ray_bench.RAY_CPUS} CPUs)")
+    return ray_bench.measure_ray(encoder, folder, settings.work)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every measurement and write the report; 1 if a hard check failed."""
     settings = parse_args(argv)
@@ -833,12 +846,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     queries = measure_queries(reindex.index_dir, small, settings)
     ann = measure_ann(encoder.info.dim, settings)
     http = measure_http_load(reindex.index_dir, settings)
+    distributed = measure_distributed(encoder, photos.folder, settings)
 
     machine.append(("load average at end (1/5/15 min)", report.load_average()))
     command = shlex.join([shown(Path(sys.executable)), *sys.argv])
     text = report.render(
         machine=machine,
-        sections=[encoded.section, indexing, reindex.section, queries, http, ann],
+        sections=[encoded.section, indexing, reindex.section, queries, http, ann, distributed],
         command=command,
         quick=settings.quick,
         elapsed_s=time.perf_counter() - STARTED,

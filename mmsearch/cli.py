@@ -21,11 +21,14 @@ from indexer.indexing.pipeline import (
     add_texts,
     index_folders,
 )
+from indexer.indexing.ray_encode import RayTarget
 from indexer.media.images import DECODE_TIMEOUT_FLAG, DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_MEGAPIXELS
 from indexer.media.own_text import read_captions
 from indexer.media.scan import ScanOptions
 from indexer.models.config import TrainConfig, load_named_config
 from indexer.models.encoder import load_encoder, model_spec
+from indexer.store.backends import Backends, record_backends
+from indexer.store.index_dir import index_exists
 from indexer.training.corpora import load_corpus
 from indexer.training.loop import FINETUNE_LR, EpochResult, train, train_openclip
 from mmsearch import cli_admin, preview
@@ -216,9 +219,38 @@ def index_cmd(
             "image's own text is a sidecar PHOTO.txt, else its EXIF/XMP/IPTC description.",
         ),
     ] = None,
+    vectors: Annotated[
+        str | None,
+        typer.Option(
+            "--vectors",
+            help="Where a new index keeps its vectors: faiss (default, files in --db), "
+            "milvus:///ABS/PATH.db (Milvus Lite), milvus://HOST:PORT or http(s)://HOST:PORT "
+            "(token from $MILVUS_TOKEN). Recorded in --db; later commands need only --db.",
+        ),
+    ] = None,
+    catalog: Annotated[
+        str | None,
+        typer.Option(
+            "--catalog",
+            help="Where a new index keeps its metadata: sqlite (default, in --db) or a SQLAlchemy "
+            "URL, e.g. postgresql+psycopg://USER@HOST:PORT/DB (password from "
+            "$MMSEARCH_CATALOG_PASSWORD or $PGPASSWORD). Recorded in --db.",
+        ),
+    ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Decode and encode on Ray: local (a Ray on this machine), auto (the cluster "
+            "`ray start` joined) or a cluster ADDRESS (needs mmsearch[ray]).",
+        ),
+    ] = None,
 ) -> None:
     """Index photo folders: new and changed files are encoded, moved ones recognised, gone ones removed."""
     index_dir = index_dir_of(db)
+    wanted = Backends.parse(vectors, catalog)
+    ray_target = RayTarget.parse(ray) if ray is not None else None
+    record_backends(index_dir, wanted, index_exists=index_exists(index_dir))
     given = read_captions(captions) if captions is not None else None
     encoder = _encoder_for_index(
         index_dir, model_spec(model, checkpoint=checkpoint, pretrained=pretrained), device
@@ -230,6 +262,7 @@ def index_cmd(
         exif_thumbnails=exif_thumbnails,
         torch_threads=torch_threads,
         decode_timeout_s=decode_timeout,
+        ray=ray_target,
     )
     bar: tqdm | None = None
 
@@ -264,7 +297,7 @@ def index_cmd(
 
 def _encoder_for_index(index_dir: Path, model: str | None, device: str):  # type: ignore[no-untyped-def]
     """An existing index keeps its own model unless --model is given (then it must match)."""
-    if model is None and (index_dir / "catalog.sqlite3").exists():
+    if model is None and index_exists(index_dir):
         with Engine.open(index_dir, device=device) as engine:
             return engine.encoder
     return load_encoder(model, device=device)

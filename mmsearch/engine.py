@@ -33,11 +33,12 @@ from indexer.media.images import ImageLoadError, open_image
 from indexer.models.encoder import Encoder, bundled_model_moved, load_encoder
 from indexer.models.native import ModelLoadError
 from indexer.store import catalog
+from indexer.store.backends import VectorBackend, read_backends, vector_backend
 from indexer.store.catalog import DocTextRow, ImageRow, TextRow
 from indexer.store.index_dir import (
-    DOC_TEXTS_FAISS,
-    IMAGES_FAISS,
-    TEXTS_FAISS,
+    DOC_TEXTS,
+    IMAGES,
+    TEXTS,
     IndexInfo,
     IndexStoreError,
     check_compatible,
@@ -149,21 +150,25 @@ class IndexStats:
     image_vectors: int
     text_vectors: int
     size_bytes: int
+    vectors_at: str = "faiss files in the index folder"
+    catalog_at: str = "sqlite in the index folder"
 
 
 class _Snapshot:
-    """A FAISS file as loaded, reloaded when a writer has atomically replaced it.
+    """A vector store as loaded, reloaded when a writer has replaced it (a FAISS file's inode
+    changes); a live store (Milvus) is loaded once and answers every query from the server.
 
     Safe to share between threads (the HTTP service queries from a thread pool): one thread
     reloads while the others keep answering from the snapshot they already have, so a reader
     never waits for a reload and N readers never load the same new file N times over.
     """
 
-    def __init__(self, path: Path, dim: int, *, use_gpu: bool = False) -> None:
-        self.path = path
+    def __init__(self, backend: VectorBackend, name: str, dim: int, *, use_gpu: bool = False) -> None:
+        self.backend = backend
+        self.name = name
         self.dim = dim
         self.use_gpu = use_gpu  # search a FAISS GPU copy when possible (see to_search_device)
-        self.stamp: tuple[int, int] | None = None
+        self.stamp: object = ()  # never a real stamp: the first refresh loads
         self.store = VectorStore.create(dim)
         self._reload_lock = threading.Lock()
         self.refresh()
@@ -178,19 +183,16 @@ class _Snapshot:
             stamp = self._stamp()  # again under the lock: another thread may have just loaded it
             if stamp != self.stamp:
                 # Store first, then stamp: a reader that sees the new stamp gets the new store.
-                loaded = VectorStore.load(self.path, dim=self.dim)
-                self.store = to_search_device(loaded, use_gpu=self.use_gpu)
+                loaded = self.backend.load(self.name, self.dim)
+                live = self.backend.searches_live
+                self.store = loaded if live else to_search_device(loaded, use_gpu=self.use_gpu)
                 self.stamp = stamp
         finally:
             self._reload_lock.release()
         return self.store
 
-    def _stamp(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns)
+    def _stamp(self) -> object:
+        return self.backend.stamp(self.name)
 
 
 class Engine:
@@ -200,12 +202,14 @@ class Engine:
         self.index_dir = index_dir
         self.info = info
         self.encoder = encoder
+        self.backends = read_backends(index_dir)
         self._sql = catalog.open_catalog(index_dir, create=False)
+        self._vectors = vector_backend(index_dir, self.backends)
         # An encoder on the GPU (--device cuda) means FAISS searches there too when it can.
         use_gpu = str(getattr(encoder, "device", "cpu")).startswith("cuda")
-        self._images = _Snapshot(index_dir / IMAGES_FAISS, info.dim, use_gpu=use_gpu)
-        self._texts = _Snapshot(index_dir / TEXTS_FAISS, info.dim, use_gpu=use_gpu)
-        self._doc_texts = _Snapshot(index_dir / DOC_TEXTS_FAISS, info.dim, use_gpu=use_gpu)
+        self._images = _Snapshot(self._vectors, IMAGES, info.dim, use_gpu=use_gpu)
+        self._texts = _Snapshot(self._vectors, TEXTS, info.dim, use_gpu=use_gpu)
+        self._doc_texts = _Snapshot(self._vectors, DOC_TEXTS, info.dim, use_gpu=use_gpu)
 
     @classmethod
     def open(
@@ -222,8 +226,9 @@ class Engine:
         return cls(index_dir, info, encoder)
 
     def close(self) -> None:
-        """Release the SQLite connections."""
+        """Release the catalogue's and the vector store's connections."""
         self._sql.dispose()
+        self._vectors.close()
 
     def __enter__(self) -> Engine:
         return self
@@ -608,6 +613,7 @@ class Engine:
             image_vectors=len(self._images.refresh()),
             text_vectors=len(self._texts.refresh()),
             size_bytes=sum(p.stat().st_size for p in index_files(self.index_dir)),
+            **self.backends.describe(),
         )
 
 

@@ -25,6 +25,7 @@ from indexer.errors import InvalidInputError
 from indexer.indexing import calibration
 from indexer.indexing.calibration import Calibration
 from indexer.indexing.decode_pool import EncodedBatch, Skipped, encode_files
+from indexer.indexing.ray_encode import RayTarget, encode_files_ray
 from indexer.media import caption_files, formats
 from indexer.media import own_text as doc_text
 from indexer.media.content_id import algorithm_key, content_id_like, file_content_id
@@ -101,6 +102,8 @@ class IndexOptions:
     torch_threads: int | None = None
     # A file whose read + decode takes longer is skipped and named (decode_pool.DecodePool).
     decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S
+    # Decode and encode on Ray Data instead of this process's decode pool (same vectors, same ids).
+    ray: RayTarget | None = None
 
 
 @dataclass
@@ -327,17 +330,30 @@ def _encode_and_commit(
     report: IndexReport,
     on_progress: ProgressFn | None,
 ) -> None:
-    """Encode in batches; commit FAISS + SQLite together every COMMIT_INTERVAL_S."""
-    batches = encode_files(
-        plan.to_encode,
-        encoder,
-        batch_size=options.batch_size,
-        max_megapixels=options.max_megapixels,
-        embedded_thumbnail=options.exif_thumbnails,
-        captions=plan.captions,
-        sidecars=plan.sidecars,
-        workers=options.workers,
-        decode_timeout_s=options.decode_timeout_s,
+    """Encode in batches; commit vectors + catalogue together every COMMIT_INTERVAL_S."""
+    batches = (
+        encode_files(
+            plan.to_encode,
+            encoder,
+            batch_size=options.batch_size,
+            max_megapixels=options.max_megapixels,
+            embedded_thumbnail=options.exif_thumbnails,
+            captions=plan.captions,
+            sidecars=plan.sidecars,
+            workers=options.workers,
+            decode_timeout_s=options.decode_timeout_s,
+        )
+        if options.ray is None
+        else encode_files_ray(
+            plan.to_encode,
+            encoder,
+            target=options.ray,
+            batch_size=options.batch_size,
+            max_megapixels=options.max_megapixels,
+            embedded_thumbnail=options.exif_thumbnails,
+            captions=plan.captions,
+            sidecars=plan.sidecars,
+        )
     )
     session = writer.session()
     pending_ids: list[int] = []

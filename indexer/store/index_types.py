@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from indexer.store import catalog
+from indexer.store.backends import BackendSpecError
 from indexer.store.index_dir import IMAGES_FAISS, IndexWriter
 from indexer.store.vectors import BuildReport, build_flat, build_ivf, default_lists, default_nprobe
 
@@ -38,6 +39,7 @@ def use_ivf(
 ) -> OptimizeReport:
     """Rebuild the image vectors as IVF (lists and nprobe default to FAISS's rules of thumb)."""
     with IndexWriter(index_dir, None) as writer:
+        _require_faiss(writer)
         store = writer.images
         chosen_lists = lists or default_lists(len(store))
         chosen_nprobe = nprobe or default_nprobe(chosen_lists)
@@ -48,8 +50,18 @@ def use_ivf(
 def use_flat(index_dir: Path) -> OptimizeReport:
     """Rebuild the image vectors as the exact store (undoes use_ivf)."""
     with IndexWriter(index_dir, None) as writer:
+        _require_faiss(writer)
         store = writer.images
         return _replace(writer, build_flat(store), before=store.describe())
+
+
+def _require_faiss(writer: IndexWriter) -> None:
+    """Milvus picks its own index type (FLAT, then HNSW as the collection grows)."""
+    if writer.backends.uses_milvus:
+        raise BackendSpecError(
+            f"{writer.index_dir} keeps its vectors in Milvus, which chooses its own index type "
+            "(exact while small, HNSW when large); `mmsearch optimize` applies to FAISS indexes"
+        )
 
 
 def _replace(writer: IndexWriter, built: BuildReport, *, before: str) -> OptimizeReport:
