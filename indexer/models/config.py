@@ -15,6 +15,9 @@ MODEL_CONFIG_DIR = Path(__file__).with_name("configs")
 # CLIP's initial temperature 0.07 and its cap of 100 on the logit scale.
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
 MAX_LOGIT_SCALE = math.log(100.0)
+# Pretrained CLIP weights are destroyed by the from-scratch learning rate; fine-tuning uses
+# the small rate common for CLIP fine-tuning unless --lr says otherwise.
+FINETUNE_LR = 1e-5
 
 
 class ConfigError(InvalidInputError):

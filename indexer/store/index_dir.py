@@ -36,7 +36,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from indexer.errors import ConflictError, ModelError, UnavailableError
-from indexer.models.encoder import EncoderInfo
+from indexer.models.spec import EncoderInfo
 from indexer.store import catalog
 from indexer.store.advisory_lock import AdvisoryLock
 from indexer.store.backends import (

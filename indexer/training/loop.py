@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 from indexer.errors import ModelError
 from indexer.media.images import ImageLoadError, PreprocessConfig, open_image, preprocess
+from indexer.models.config import FINETUNE_LR as FINETUNE_LR  # re-exported (moved to config)
 from indexer.models.config import MAX_LOGIT_SCALE, ModelConfig, TrainConfig, write_json
-from indexer.models.devices import autocast_for, resolve_device
+from indexer.models.devices import Device, autocast_for
 from indexer.models.encoder import hub_offline
 from indexer.models.native import DualEncoder, build_model, load_model_dir, save_model_dir
 from indexer.models.tokenizer import (
@@ -45,9 +46,6 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 # More than this share of <unk> tokens means the tokenizer is broken, not merely imperfect.
 MAX_UNKNOWN_RATE = 0.05
-# Pretrained CLIP weights are destroyed by the from-scratch learning rate; fine-tuning uses
-# the small rate common for CLIP fine-tuning unless --lr says otherwise.
-FINETUNE_LR = 1e-5
 
 
 class TrainError(ModelError):
@@ -212,14 +210,14 @@ def _agreement_loss(
 
 @torch.no_grad()
 def evaluate_model(
-    model: DualEncoder, tokenizer: Any, data: PairData, *, max_length: int, device: str
+    model: DualEncoder, tokenizer: Any, data: PairData, *, max_length: int, device: Device
 ) -> dict[str, dict[str, float]]:
     """Recall@K both ways over every caption of every image in `data`."""
     model.eval()
     with autocast_for(device):
         image_emb = torch.cat(
             [
-                model.encode_image(data.pixels[i : i + 256].float().to(device))
+                model.encode_image(data.pixels[i : i + 256].float().to(str(device)))
                 for i in range(0, len(data.pixels), 256)
             ]
         )
@@ -230,7 +228,7 @@ def evaluate_model(
             tokens = tokenize(tokenizer, captions[i : i + 256], max_length=max_length)
             text_emb.append(
                 model.encode_text(
-                    tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
+                    tokens["input_ids"].to(str(device)), tokens["attention_mask"].to(str(device))
                 )
             )
     model.train()
@@ -248,12 +246,13 @@ def train(
     text_init: Path | None = None,
     image_init: Path | None = None,
     resume: bool = False,
-    device: str = "auto",
+    device: Device | str = "auto",
     progress: bool = True,
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> TrainReport:
     """Train on the corpus's train split (or all of it), evaluate on val each epoch, keep the best."""
-    device = resolve_device(device)
+    target = Device.parse(device).resolve()
+    device = str(target)
     torch.manual_seed(train_config.seed)
     report = TrainReport(out=out)
     train_corpus = corpus.select("train") if "train" in corpus.splits() else corpus
@@ -298,7 +297,7 @@ def train(
         _load_optimizer(optimizer, last)
         scheduler.last_epoch = state["step"]  # the next step() continues the schedule
     # fp16 autocast on CUDA needs loss scaling; on the CPU the scaler is a pass-through.
-    scaler = torch.amp.GradScaler("cuda", enabled=device.startswith("cuda"))
+    scaler = torch.amp.GradScaler("cuda", enabled=target.is_cuda)
 
     model.train()
     for epoch in range(state["epoch"] + 1, train_config.epochs + 1):
@@ -314,7 +313,7 @@ def train(
         for batch in bar:
             pixels = train_data.pixels[batch.images].float().to(device)  # (batch, 3, S, S)
             tokens = tokenize(tokenizer, batch.captions, max_length=config.text.max_length)
-            with autocast_for(device):
+            with autocast_for(target):
                 image_emb, text_emb, scale = model(
                     pixels, tokens["input_ids"].to(device), tokens["attention_mask"].to(device)
                 )
@@ -342,7 +341,7 @@ def train(
 
         metrics = (
             evaluate_model(
-                model, tokenizer, val_data, max_length=config.text.max_length, device=device
+                model, tokenizer, val_data, max_length=config.text.max_length, device=target
             )
             if val_data
             else None
@@ -433,7 +432,7 @@ def train_openclip(
     train_config: TrainConfig,
     checkpoint: Path | None = None,
     pretrained: str | None = None,
-    device: str = "auto",
+    device: Device | str = "auto",
     progress: bool = True,
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> TrainReport:
@@ -444,12 +443,13 @@ def train_openclip(
     """
     from indexer.models.openclip import load_openclip, save_openclip_dir  # optional extra
 
-    device = resolve_device(device)
+    target = Device.parse(device).resolve()
+    device = str(target)
     torch.manual_seed(train_config.seed)
     report = TrainReport(out=out)
     train_corpus = corpus.select("train") if "train" in corpus.splits() else corpus
     val_corpus = corpus.select("val") if "val" in corpus.splits() else None
-    loaded = load_openclip(init, device=device, checkpoint=checkpoint, pretrained=pretrained)
+    loaded = load_openclip(init, device=target, checkpoint=checkpoint, pretrained=pretrained)
     model = loaded.model
     # The transform's size is what the images are decoded for (draft mode) and resized to.
     decode_config = PreprocessConfig(image_size=_max_side(loaded.preprocess_cfg["size"]))
@@ -469,7 +469,7 @@ def train_openclip(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(train_config.warmup_steps, total_steps)
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=device.startswith("cuda"))
+    scaler = torch.amp.GradScaler("cuda", enabled=target.is_cuda)
     best: float | None = None
 
     model.train()
@@ -486,7 +486,7 @@ def train_openclip(
         for batch in bar:
             pixels = train_data.pixels[batch.images].float().to(device)  # (batch, 3, S, S)
             tokens = loaded.tokenizer(batch.captions).to(device)  # (batch, context)
-            with autocast_for(device):
+            with autocast_for(target):
                 image_emb = model.encode_image(pixels, normalize=True)  # (batch, dim)
                 text_emb = model.encode_text(tokens, normalize=True)  # (batch, dim)
                 scale = model.logit_scale.exp().squeeze()  # scalar
@@ -510,7 +510,7 @@ def train_openclip(
             bar.set_postfix(loss=f"{loss.item():.3f}")
 
         metrics = (
-            _evaluate_openclip(model, loaded.tokenizer, val_data, device=device)
+            _evaluate_openclip(model, loaded.tokenizer, val_data, device=target)
             if val_data
             else None
         )
@@ -538,7 +538,7 @@ def _max_side(size: int | Sequence[int]) -> int:
 
 @torch.no_grad()
 def _evaluate_openclip(
-    model: Any, tokenizer: Any, data: PairData, *, device: str
+    model: Any, tokenizer: Any, data: PairData, *, device: Device
 ) -> dict[str, dict[str, float]]:
     """Recall@K both ways over every caption of every image in `data` (OpenCLIP model)."""
     model.eval()
@@ -547,13 +547,13 @@ def _evaluate_openclip(
     with autocast_for(device):
         image_emb = torch.cat(
             [
-                model.encode_image(data.pixels[i : i + 256].float().to(device), normalize=True)
+                model.encode_image(data.pixels[i : i + 256].float().to(str(device)), normalize=True)
                 for i in range(0, len(data.pixels), 256)
             ]
         )  # (images, dim)
         text_emb = torch.cat(
             [
-                model.encode_text(tokenizer(captions[i : i + 256]).to(device), normalize=True)
+                model.encode_text(tokenizer(captions[i : i + 256]).to(str(device)), normalize=True)
                 for i in range(0, len(captions), 256)
             ]
         )  # (captions, dim)
