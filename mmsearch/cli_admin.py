@@ -9,17 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from indexer.indexing.pipeline import remove_images
-from indexer.models.devices import resolve_device
-from indexer.models.encoder import load_encoder
-from indexer.store.index_types import OptimizeReport, use_flat, use_ivf
-from indexer.training.corpora import load_corpus
-from indexer.training.evaluate import evaluate_corpus
 from mmsearch.cli_common import (
+    DEFAULT_DEVICE,
     CheckpointOption,
     DbOption,
     DeviceOption,
@@ -28,16 +23,21 @@ from mmsearch.cli_common import (
     command,
     fail,
     index_dir_of,
+    model_option_spec,
 )
-from mmsearch.engine import Engine
+
+if TYPE_CHECKING:  # the store, FAISS and the model load inside the commands that use them
+    from indexer.store.index_types import OptimizeReport
 
 
 def calibrate_cmd(
     db: DbOption = None,
-    device: DeviceOption = "auto",
+    device: DeviceOption = DEFAULT_DEVICE,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Record the scores of random caption/image pairs now (index does it when the index changed by >20%)."""
+    from mmsearch.engine import Engine
+
     with Engine.open(index_dir_of(db), device=device) as engine:
         calibration = engine.calibrate()
     if as_json:
@@ -66,7 +66,7 @@ def optimize_cmd(
         int | None, typer.Option("--nprobe", min=1, help="Lists searched per query (default lists/8).")
     ] = None,
     db: DbOption = None,
-    device: DeviceOption = "auto",
+    device: DeviceOption = DEFAULT_DEVICE,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Switch the image vectors between exact search and IVF; k-means runs on the GPU with --device cuda."""
@@ -74,9 +74,11 @@ def optimize_cmd(
         fail("give exactly one of --ivf or --flat", 2)
     if flat and (lists is not None or nprobe is not None):
         fail("--lists and --nprobe belong to --ivf", 2)
+    from indexer.store.index_types import use_flat, use_ivf
+
     index_dir = index_dir_of(db)
     if ivf:
-        use_gpu = resolve_device(device).startswith("cuda")
+        use_gpu = device.resolve().is_cuda
         report = use_ivf(index_dir, lists=lists, nprobe=nprobe, use_gpu=use_gpu)
     else:
         report = use_flat(index_dir)
@@ -104,11 +106,15 @@ def eval_cmd(
     pretrained: PretrainedOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     as_json: Annotated[bool, typer.Option("--json")] = False,
-    device: DeviceOption = "auto",
+    device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Recall@1/5/10 and median rank for text->image and image->text."""
+    from indexer.models.encoder import load_encoder
+    from indexer.training.corpora import load_corpus
+    from indexer.training.evaluate import evaluate_corpus
+
     data = load_corpus(corpus, split=split)
-    encoder = load_encoder(model, device=device, checkpoint=checkpoint, pretrained=pretrained)
+    encoder = load_encoder(model_option_spec(model, checkpoint, pretrained), device=device)
     result = evaluate_corpus(encoder, data, batch_size=batch_size)
     if as_json:
         typer.echo(json.dumps(result))
@@ -137,6 +143,8 @@ def _print_metrics(label: str, metrics: dict) -> None:  # type: ignore[type-arg]
 
 def info_cmd(db: DbOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Model, counts, dimension, index type and size on disk."""
+    from mmsearch.engine import Engine
+
     with Engine.open(index_dir_of(db)) as engine:
         stats = engine.stats()
     if as_json:
@@ -151,6 +159,8 @@ def remove_cmd(
     db: DbOption = None,
 ) -> None:
     """Remove files (or everything under folders) from the index; the files themselves are untouched."""
+    from indexer.indexing.pipeline import remove_images
+
     removed = remove_images(index_dir_of(db), paths)
     typer.echo(f"removed {removed} images from {index_dir_of(db)}")
 

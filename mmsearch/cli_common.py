@@ -10,6 +10,8 @@ from typing import Annotated, NoReturn, ParamSpec
 import typer
 
 from indexer.errors import MMSearchError
+from indexer.models.devices import AUTO, Device
+from indexer.models.spec import ModelSpec
 from mmsearch.paths import default_index_dir
 
 app = typer.Typer(
@@ -34,7 +36,21 @@ ModelOption = Annotated[
         "bundled sample-shapes model, or an existing index's own model.",
     ),
 ]
-DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+
+
+def parse_device(value: Device | str) -> Device:
+    """--device, parsed once here; a bad name is a usage error (exit 2) naming the choices."""
+    try:
+        return Device.parse(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+DeviceOption = Annotated[
+    Device,
+    typer.Option("--device", parser=parse_device, metavar="auto|cpu|cuda[:N]", help="auto, cpu or cuda."),
+]
+DEFAULT_DEVICE = AUTO
 CheckpointOption = Annotated[
     Path | None,
     typer.Option(
@@ -51,6 +67,18 @@ PretrainedOption = Annotated[
         "laion2b_s34b_b79k), downloaded by open_clip on first use.",
     ),
 ]
+
+
+def model_option_spec(
+    model: str | None, checkpoint: Path | None, pretrained: str | None
+) -> ModelSpec | None:
+    """--model with --checkpoint/--pretrained as one ModelSpec; None when no model was named
+    (an existing index then uses its own, a new one the bundled model)."""
+    if model is None and checkpoint is None and pretrained is None:
+        return None
+    return ModelSpec.parse(model, checkpoint=checkpoint, pretrained=pretrained)
+
+
 def command(name: str) -> Callable[[Callable[P, None]], Callable[P, None]]:
     """Register a CLI command whose user errors become one stderr line and exit code 1.
 

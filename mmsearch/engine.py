@@ -11,6 +11,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -30,8 +31,9 @@ from indexer.indexing.pipeline import (
     remove_images,
 )
 from indexer.media.images import ImageLoadError, open_image
-from indexer.models.encoder import Encoder, bundled_model_moved, load_encoder
-from indexer.models.native import ModelLoadError
+from indexer.models.devices import AUTO, CPU, Device
+from indexer.models.lazy import LazyEncoder
+from indexer.models.spec import ModelLoadError, ModelSpec
 from indexer.store import catalog
 from indexer.store.backends import VectorBackend, read_backends, vector_backend
 from indexer.store.catalog import DocTextRow, ImageRow, TextRow
@@ -45,7 +47,7 @@ from indexer.store.index_dir import (
     index_files,
     read_index_info,
 )
-from indexer.store.vectors import VectorStore, VectorStoreError, to_search_device
+from indexer.store.vectors import VectorStore, VectorStoreError, gpu_available, to_search_device
 from mmsearch.query import MAX_K as MAX_K  # importable from here, as before
 from mmsearch.query import (
     TERM_KINDS,
@@ -59,6 +61,9 @@ from mmsearch.query import (
     cut,
     relevance_of,
 )
+
+if TYPE_CHECKING:
+    from indexer.models.encoder import Encoder
 
 MAX_QUERY_CHARS = 1000
 # SQLite INTEGER keys (and FAISS int64 ids) are signed 64-bit; a larger id cannot name a row.
@@ -198,32 +203,55 @@ class _Snapshot:
 class Engine:
     """A read handle on one index plus the model that filled it. Use Engine.open()."""
 
-    def __init__(self, index_dir: Path, info: IndexInfo, encoder: Encoder) -> None:
+    def __init__(
+        self, index_dir: Path, info: IndexInfo, encoder: Encoder, *, device: Device | None = None
+    ) -> None:
+        """device: where queries run (default: the encoder's own device)."""
         self.index_dir = index_dir
         self.info = info
         self.encoder = encoder
         self.backends = read_backends(index_dir)
         self._sql = catalog.open_catalog(index_dir, create=False)
         self._vectors = vector_backend(index_dir, self.backends)
-        # An encoder on the GPU (--device cuda) means FAISS searches there too when it can.
-        use_gpu = str(getattr(encoder, "device", "cpu")).startswith("cuda")
+        use_gpu = _faiss_on_gpu(device or Device.parse(getattr(encoder, "device", CPU)))
         self._images = _Snapshot(self._vectors, IMAGES, info.dim, use_gpu=use_gpu)
         self._texts = _Snapshot(self._vectors, TEXTS, info.dim, use_gpu=use_gpu)
         self._doc_texts = _Snapshot(self._vectors, DOC_TEXTS, info.dim, use_gpu=use_gpu)
 
     @classmethod
     def open(
-        cls, index_dir: Path | str, *, model: str | Path | None = None, device: str = "auto"
+        cls,
+        index_dir: Path | str,
+        *,
+        model: ModelSpec | str | Path | None = None,
+        device: Device | str = AUTO,
     ) -> Engine:
-        """Open an index with its recorded model, or with `model` after checking it matches."""
+        """Open an index with its recorded model, or with `model` after checking it matches.
+
+        The model's weights load on the first query that needs encoding, so opening (for stats,
+        or a search by a ready vector) imports no torch; a mismatched model is refused here.
+        """
         index_dir = Path(index_dir).expanduser().resolve()
+        target = Device.parse(device)
         try:
             info = read_index_info(index_dir)
-            encoder = _load_model(model if model is not None else info.model_source, device)
+            spec = (
+                ModelSpec.parse(model) if model is not None else ModelSpec.from_recorded(info.model_source)
+            )
+            encoder = LazyEncoder(spec, device=target)
             check_compatible(info, encoder.info, index_dir)
         except (IndexStoreError, ModelLoadError, VectorStoreError) as exc:
             raise IndexUnavailableError(str(exc)) from exc
-        return cls(index_dir, info, encoder)
+        return cls(index_dir, info, encoder, device=target)
+
+    def load_model(self) -> None:
+        """Load the model's weights now instead of on the first query (a server does, so that a
+        broken model stops it at start and the first request is not slow)."""
+        if isinstance(self.encoder, LazyEncoder):
+            try:
+                self.encoder.load()
+            except ModelLoadError as exc:
+                raise IndexUnavailableError(str(exc)) from exc
 
     def close(self) -> None:
         """Release the catalogue's and the vector store's connections."""
@@ -617,14 +645,12 @@ class Engine:
         )
 
 
-def _load_model(spec: str | Path, device: str) -> Encoder:
-    source = str(bundled_model_moved(spec))
-    if not source.startswith("openclip:") and not Path(source).exists():
-        raise ModelLoadError(
-            f"the model {source} recorded in this index is missing; pass --model DIR pointing at "
-            "the same model, or rebuild the index"
-        )
-    return load_encoder(source, device=device)
+def _faiss_on_gpu(device: Device) -> bool:
+    """--device cuda searches a FAISS GPU copy (warning once when it cannot); auto does so when
+    faiss sees a GPU, without importing torch to ask."""
+    if device.is_auto:
+        return gpu_available()
+    return device.resolve().is_cuda
 
 
 def _query(

@@ -6,12 +6,15 @@ import contextlib
 import functools
 import importlib.util
 import io
+import json
+import os
 import socket
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,6 +32,40 @@ SERVER_START_TIMEOUT_S = 20
 REPO = Path(__file__).resolve().parents[1]
 BENCH_SYNTH_PATH = REPO / "benchmarks" / "synth.py"
 RECALL_KS = (1, 5, 10)  # the cut-offs `mmsearch eval` reports
+MODEL_MODULES = ("torch", "transformers")
+# Runs the real CLI entry point, then reports which model libraries the process imported.
+IMPORT_PROBE = (
+    "import atexit, json, sys\n"
+    f"heavy = {MODEL_MODULES!r}\n"
+    "atexit.register(lambda: print('IMPORTED ' + json.dumps(sorted(m for m in heavy if m in sys.modules)),"
+    " file=sys.stderr))\n"
+    "from mmsearch.cli import main\n"
+    "sys.argv = ['mmsearch', *sys.argv[1:]]\n"
+    "main()\n"
+)
+
+
+@dataclass(frozen=True)
+class ProcessRun:
+    """One `mmsearch` process: exit code, output, and the model libraries it imported."""
+
+    code: int
+    stdout: str
+    stderr: str
+    imported: list[str]
+
+
+def mmsearch_process(*args: object) -> ProcessRun:
+    """`mmsearch ARGS` in a fresh interpreter importing this checkout (this test process has torch
+    loaded already, so only a new process can tell what a command imports)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-c", IMPORT_PROBE, *map(str, args)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+    lines = done.stderr.splitlines()
+    marker = [line for line in lines if line.startswith("IMPORTED ")]
+    assert marker, f"the probe did not report (exit {done.returncode}):\n{done.stderr}"
+    stderr = "\n".join(line for line in lines if not line.startswith("IMPORTED "))
+    return ProcessRun(done.returncode, done.stdout, stderr, json.loads(marker[-1].removeprefix("IMPORTED ")))
 
 
 def load_script(path: Path, name: str) -> ModuleType:

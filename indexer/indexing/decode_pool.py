@@ -16,9 +16,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from indexer.media import caption_files, formats
 from indexer.media import own_text as doc_text
@@ -32,7 +32,11 @@ from indexer.media.images import (
     decode_bytes,
 )
 from indexer.media.scan import FileEntry
-from indexer.models.encoder import Encoder
+
+if TYPE_CHECKING:
+    import torch  # imported by the first batch that is encoded: a no-change run never needs it
+
+    from indexer.models.encoder import Encoder
 
 # Batches decoded ahead of the encoder: enough to hide decode latency, bounded for memory.
 LOOKAHEAD_BATCHES = 2
@@ -332,6 +336,8 @@ def _encode_ready(pool: DecodePool, jobs: list[_Job], encoder: Encoder) -> Encod
     images = [r for r in results if isinstance(r, LoadedImage)]
     skipped = [r for r in results if isinstance(r, Skipped)]
     if images:
+        import torch
+
         vectors = encoder.encode_pixels(torch.stack([img.pixels for img in images]))
     else:
         vectors = np.zeros((0, encoder.info.dim), dtype=np.float32)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import select
@@ -32,10 +33,12 @@ from indexer.media.content_id import algorithm_key, content_id_like, file_conten
 from indexer.media.images import DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_MEGAPIXELS
 from indexer.media.scan import FileEntry, ScanOptions, scan_folder
 from indexer.models.devices import indexing_threads, torch_threads
-from indexer.models.encoder import Encoder
 from indexer.store import catalog
 from indexer.store.catalog import DocTextRow, ImageRecord, ImageRow, SkippedRow, TextRow
 from indexer.store.index_dir import IndexWriter
+
+if TYPE_CHECKING:
+    from indexer.models.encoder import Encoder  # torch-free callers pass a LazyEncoder
 
 # A killed run loses at most this much encoding; each commit rewrites the FAISS file.
 COMMIT_INTERVAL_S = 5.0
@@ -331,6 +334,8 @@ def _encode_and_commit(
     on_progress: ProgressFn | None,
 ) -> None:
     """Encode in batches; commit vectors + catalogue together every COMMIT_INTERVAL_S."""
+    if not plan.to_encode:
+        return  # nothing to encode: the model (and torch) are not needed
     batches = (
         encode_files(
             plan.to_encode,

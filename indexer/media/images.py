@@ -16,10 +16,9 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
-import torch
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from indexer.errors import InvalidInputError
@@ -27,6 +26,9 @@ from indexer.media import formats
 from indexer.media.formats import HEIF_EXTENSIONS, JXL_EXTENSIONS, RAW_EXTENSIONS
 from indexer.media.formats import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS  # re-exported, as before
 from indexer.media.formats import PILLOW_FORMATS as PILLOW_FORMATS  # re-exported, as before
+
+if TYPE_CHECKING:
+    import torch  # imported where a tensor is made: decoding alone never needs torch
 
 HEIF_EXTRA_REASON = "HEIC/HEIF needs the optional extra: pip install 'mmsearch[heif]'"
 JXL_EXTRA_REASON = "JPEG XL needs the optional extra: pip install 'mmsearch[jxl]'"
@@ -619,11 +621,15 @@ def preprocess(image: Image.Image, config: PreprocessConfig) -> torch.Tensor:
     mean = np.asarray(config.mean, dtype=np.float32)
     std = np.asarray(config.std, dtype=np.float32)
     normalised = (pixels - mean) / std  # (S, S, 3)
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))  # (3, S, S)
 
 
 def preprocess_batch(images: Sequence[Image.Image], config: PreprocessConfig) -> torch.Tensor:
     """RGB images -> (B, 3, S, S) float32; an empty batch gives B = 0 rather than an error."""
+    import torch
+
     if not images:
         return torch.empty((0, 3, config.image_size, config.image_size), dtype=torch.float32)
     return torch.stack([preprocess(image, config) for image in images])  # (B, 3, S, S)
