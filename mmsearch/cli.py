@@ -9,30 +9,17 @@ import sys
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from tqdm import tqdm
 
 from indexer.indexing.fusion import Fusion
-from indexer.indexing.pipeline import (
-    IndexOptions,
-    IndexReport,
-    add_texts,
-    index_folders,
-)
-from indexer.indexing.ray_encode import RayTarget
 from indexer.media.images import DECODE_TIMEOUT_FLAG, DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_MEGAPIXELS
-from indexer.media.own_text import read_captions
-from indexer.media.scan import ScanOptions
-from indexer.models.config import TrainConfig, load_named_config
-from indexer.models.encoder import load_encoder, model_spec
-from indexer.store.backends import Backends, record_backends
-from indexer.store.index_dir import index_exists
-from indexer.training.corpora import load_corpus
-from indexer.training.loop import FINETUNE_LR, EpochResult, train, train_openclip
-from mmsearch import cli_admin, preview
+from indexer.models.config import FINETUNE_LR, TrainConfig
+from indexer.models.devices import Device
+from mmsearch import cli_admin, cli_models
 from mmsearch.cli_common import (
+    DEFAULT_DEVICE,
     CheckpointOption,
     DbOption,
     DeviceOption,
@@ -42,13 +29,27 @@ from mmsearch.cli_common import (
     command,
     fail,
     index_dir_of,
+    model_option_spec,
 )
-from mmsearch.engine import Engine, ImageHit, SearchResults, TextHit
 from mmsearch.query import DEFAULT_TEXT_WEIGHT, Query, QuerySpecError, build_terms
-from mmsearch.texts import read_texts
+
+if TYPE_CHECKING:  # torch, transformers, FAISS and the catalogue load inside the commands that use them
+    from indexer.indexing.pipeline import IndexReport
+    from indexer.models.lazy import LazyEncoder
+    from indexer.models.spec import ModelSpec
+    from indexer.training.loop import EpochResult
+    from mmsearch.engine import ImageHit, SearchResults, TextHit
 
 DEFAULT_TRAIN_CONFIG = "sample-shapes"
 SKIPPED_LINES_SHOWN = 20
+# Printed when `mmsearch index` creates an index with the bundled model, which users without
+# --model get on their own photos.
+BUNDLED_MODEL_NOTE = (
+    "note: the bundled sample-shapes model knows only the sample corpus's shapes, colours, sizes "
+    "and positions; for real photos use --model openclip:ViT-B-32 --pretrained laion2b_s34b_b79k "
+    "(downloaded once by open_clip) or a local checkpoint with --checkpoint FILE "
+    "(`mmsearch models` lists what is available; --quiet hides this line)"
+)
 
 
 @command("train")
@@ -90,7 +91,7 @@ def train_cmd(
             "needs images with several captions.",
         ),
     ] = TrainConfig.caption_agreement,
-    device: DeviceOption = "auto",
+    device: DeviceOption = DEFAULT_DEVICE,
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
     init: Annotated[
         str | None,
@@ -104,6 +105,10 @@ def train_cmd(
     pretrained: PretrainedOption = None,
 ) -> None:
     """Train the ALBERT+CNN dual encoder (or fine-tune OpenCLIP: --init); keeps the best by val recall."""
+    from indexer.models.config import load_named_config
+    from indexer.training.corpora import load_corpus
+    from indexer.training.loop import train, train_openclip
+
     if init is None and (checkpoint is not None or pretrained is not None):
         fail("in `train`, --checkpoint/--pretrained give the weights of --init openclip:ARCH", 2)
     if init is not None and (text_init or image_init or resume or config):
@@ -207,7 +212,7 @@ def index_cmd(
             "is skipped and named, and tried again on the next run.",
         ),
     ] = DEFAULT_DECODE_TIMEOUT_S,
-    device: DeviceOption = "auto",
+    device: DeviceOption = DEFAULT_DEVICE,
     quiet: Annotated[bool, typer.Option("--quiet", help="Only errors.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     captions: Annotated[
@@ -247,14 +252,24 @@ def index_cmd(
     ] = None,
 ) -> None:
     """Index photo folders: new and changed files are encoded, moved ones recognised, gone ones removed."""
+    from tqdm import tqdm
+
+    from indexer.indexing.pipeline import IndexOptions, index_folders
+    from indexer.indexing.ray_encode import RayTarget
+    from indexer.media.own_text import read_captions
+    from indexer.media.scan import ScanOptions
+    from indexer.store.backends import Backends, record_backends
+    from indexer.store.index_dir import index_exists
+
     index_dir = index_dir_of(db)
     wanted = Backends.parse(vectors, catalog)
     ray_target = RayTarget.parse(ray) if ray is not None else None
-    record_backends(index_dir, wanted, index_exists=index_exists(index_dir))
+    new_index = not index_exists(index_dir)
+    record_backends(index_dir, wanted, index_exists=not new_index)
     given = read_captions(captions) if captions is not None else None
-    encoder = _encoder_for_index(
-        index_dir, model_spec(model, checkpoint=checkpoint, pretrained=pretrained), device
-    )
+    encoder = _encoder_for_index(index_dir, model_option_spec(model, checkpoint, pretrained), device)
+    if encoder.spec.is_bundled and new_index and not quiet:
+        typer.echo(BUNDLED_MODEL_NOTE, err=True)
     options = IndexOptions(
         batch_size=batch_size,
         max_megapixels=max_megapixels,
@@ -295,12 +310,19 @@ def index_cmd(
         _print_index_summary(report, index_dir)
 
 
-def _encoder_for_index(index_dir: Path, model: str | None, device: str):  # type: ignore[no-untyped-def]
-    """An existing index keeps its own model unless --model is given (then it must match)."""
-    if model is None and index_exists(index_dir):
-        with Engine.open(index_dir, device=device) as engine:
-            return engine.encoder
-    return load_encoder(model, device=device)
+def _encoder_for_index(index_dir: Path, model: ModelSpec | None, device: Device) -> LazyEncoder:
+    """An existing index keeps its own model unless --model is given (then the writer checks it
+    matches). The weights load only if something needs encoding."""
+    from indexer.models.lazy import LazyEncoder
+    from indexer.models.spec import ModelSpec
+    from indexer.store.index_dir import IndexNotFoundError, read_index_info
+
+    if model is None:
+        try:
+            model = ModelSpec.from_recorded(read_index_info(index_dir).model_source)
+        except IndexNotFoundError:
+            model = ModelSpec.bundled()  # a new index
+    return LazyEncoder(model, device=device)
 
 
 def _print_index_summary(report: IndexReport, index_dir: Path) -> None:
@@ -334,14 +356,15 @@ def add_texts_cmd(
     model: ModelOption = None,
     checkpoint: CheckpointOption = None,
     pretrained: PretrainedOption = None,
-    device: DeviceOption = "auto",
+    device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Index a text collection for image-to-text search."""
+    from indexer.indexing.pipeline import add_texts
+    from mmsearch.texts import read_texts
+
     index_dir = index_dir_of(db)
     texts = read_texts(file)
-    encoder = _encoder_for_index(
-        index_dir, model_spec(model, checkpoint=checkpoint, pretrained=pretrained), device
-    )
+    encoder = _encoder_for_index(index_dir, model_option_spec(model, checkpoint, pretrained), device)
     report = add_texts(index_dir, encoder, texts, source=str(file.resolve()))
     typer.echo(
         f"added {report.added} texts ({report.duplicates} duplicates skipped) -> {index_dir}"
@@ -391,7 +414,7 @@ def search_cmd(
             '[{"id", "z", "likely_relevant"}]).',
         ),
     ] = False,
-    device: DeviceOption = "auto",
+    device: DeviceOption = DEFAULT_DEVICE,
     add: Annotated[
         list[str] | None, typer.Option("--add", metavar="[W:]TEXT", help="Also look for this.")
     ] = None,
@@ -475,7 +498,9 @@ def search_cmd(
         min_score=threshold,
         relevant=relevant,
     )
-    spec = model_spec(model, checkpoint=checkpoint, pretrained=pretrained)
+    from mmsearch.engine import Engine
+
+    spec = model_option_spec(model, checkpoint, pretrained)
     with Engine.open(index_dir_of(db), model=spec, device=device) as engine:
         results = engine.search(request)
     if as_json:
@@ -504,6 +529,8 @@ def _cutoff(min_score: str | None, relevant: bool) -> tuple[float | None, bool]:
 
 
 def _shown(hit: ImageHit | TextHit) -> str:
+    from mmsearch.engine import ImageHit
+
     return _display_path(hit.path) if isinstance(hit, ImageHit) else hit.text
 
 
@@ -522,6 +549,9 @@ def _print_hits(results: SearchResults, *, show_preview: bool, filtered: bool) -
             else "no results (is the index empty? add images with `mmsearch index`)"
         )
         return
+    from mmsearch import preview
+    from mmsearch.engine import ImageHit
+
     protocol = preview.detect(os.environ, is_tty=sys.stdout.isatty()) if show_preview else None
     flags = [r.likely_relevant for r in results.relevance] if results.relevance else None
     hits: list[ImageHit | TextHit] = list(results.hits)
@@ -566,7 +596,7 @@ def serve_cmd(
     max_megapixels: Annotated[
         float, typer.Option("--max-megapixels", min=0.01, help="Largest uploaded image, decoded.")
     ] = DEFAULT_MAX_MEGAPIXELS,
-    device: DeviceOption = "auto",
+    device: DeviceOption = DEFAULT_DEVICE,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the HTTP API and the web search page at http://HOST:PORT/ (needs the server extra)."""
@@ -592,8 +622,11 @@ def serve_cmd(
         )
     except service.ServiceConfigError as exc:
         fail(str(exc), 2)
-    spec = model_spec(model, checkpoint=checkpoint, pretrained=pretrained)
+    from mmsearch.engine import Engine
+
+    spec = model_option_spec(model, checkpoint, pretrained)
     with Engine.open(index_dir_of(db), model=spec, device=device) as engine:
+        engine.load_model()  # now, not on the first request: a broken model stops here
         web_app = service.create_app(engine, settings)
         shown = f"[{host}]" if ":" in host else host
         typer.echo(
@@ -605,6 +638,7 @@ def serve_cmd(
 
 
 cli_admin.register()  # calibrate, optimize, eval, info, remove: listed after the commands above
+cli_models.register()
 
 
 def main() -> None:
