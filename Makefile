@@ -122,6 +122,7 @@ lint: $(STAMP)
 
 bench: sample-corpus
 	$(PY) benchmarks/run.py --out benchmarks/RESULTS.md
+	$(PY) benchmarks/startup.py --results benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) $(OC_VENV) .cache $(DEMO_CORPUS) .pytest_cache

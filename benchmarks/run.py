@@ -602,6 +602,7 @@ def measure_queries(index_dir: Path, small: synth.GeneratedSet, settings: Settin
     model = settings.model  # None: the index's own model, which is the one benchmarked above
     started = time.perf_counter()
     engine = Engine.open(index_dir, model=model)
+    engine.load_model()  # timed with the open, as `mmsearch serve` loads it (else the first query would)
     open_s = time.perf_counter() - started
     rng = random.Random(SEED + 1)
     sentences = query_sentences(settings.text_queries + WARMUP_QUERIES, rng)
