@@ -246,7 +246,8 @@ class Engine:
 
     def load_model(self) -> None:
         """Load the model's weights now instead of on the first query (a server does, so that a
-        broken model stops it at start and the first request is not slow)."""
+        broken model stops it at start and the first request is not slow); a model that cannot
+        load raises IndexUnavailableError, as Engine.open did when it loaded the model itself."""
         if isinstance(self.encoder, LazyEncoder):
             try:
                 self.encoder.load()
@@ -555,10 +556,12 @@ class Engine:
                 raise QueryError(f"query longer than {MAX_QUERY_CHARS} characters")
         if not texts:
             return np.zeros((0, self.info.dim), np.float32)
+        self.load_model()
         return self.encoder.encode_texts(texts)
 
     def encode_query_image(self, image: str | Path | Image.Image) -> np.ndarray:
         """An image file or PIL image -> (dim,) normalised query vector."""
+        self.load_model()
         if not isinstance(image, Image.Image):
             try:
                 image = open_image(image, target_size=self.encoder.preprocess_config.image_size)

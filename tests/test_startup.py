@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pkgutil
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from indexer.models.spec import ModelLoadError, ModelSpec
 from indexer.store import catalog
 from indexer.store.catalog import ImageRow
 from indexer.store.index_dir import IndexMismatchError
+from mmsearch.engine import Engine, IndexUnavailableError
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = ("red", "green", "blue")
@@ -161,3 +163,23 @@ def test_storage_never_imports_torch() -> None:
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_model_that_cannot_load_is_reported_by_the_engine_at_first_use(
+    colors_model: Path, tmp_path: Path
+) -> None:
+    model_dir = tmp_path / "model"
+    shutil.copytree(colors_model, model_dir)
+    folder = photos(tmp_path / "photos")
+    db = tmp_path / "db"
+    index_folders([folder], db, load_encoder(model_dir, device="cpu"))
+    config = json.loads((model_dir / "config.json").read_text())
+    config["model"]["text"]["hidden_size"] += 8  # same weights file, no longer the same shapes
+    (model_dir / "config.json").write_text(json.dumps(config))
+
+    with Engine.open(db, device="cpu") as engine:  # opening needs only the weights' id
+        assert engine.stats().images == len(COLOURS)
+        with pytest.raises(IndexUnavailableError, match=r"weights do not match config\.json"):
+            engine.search_text("a red image")
+        with pytest.raises(IndexUnavailableError, match=r"weights do not match config\.json"):
+            engine.load_model()
