@@ -147,7 +147,7 @@ def render(
         lines.append(f"| {names[name]} | " + " | ".join(cells) + f" | < {GOALS[name]:g} s |")
     lines += ["", "Parameters:", ""]
     lines += [
-        f"- {b.label}: commit {report.git_revision(b.root)} at {b.root}, run by {b.python}" for b in builds
+        f"- {b.label}: {_revision(b.root)} at {b.root}, run by {b.python}" for b in builds
     ]
     lines += [
         f"- each command: {repeats} timed runs per build after one untimed warm-up, builds interleaved "
@@ -159,6 +159,12 @@ def render(
         "shared with other jobs, so single runs vary; medians of interleaved runs compare fairly)",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _revision(root: Path) -> str:
+    """The checkout's commit, or (for an exported tree such as `git archive`) that it has none."""
+    revision = report.git_revision(root)
+    return f"commit {revision}" if revision != "unknown" else "an exported tree (no git metadata)"
 
 
 def _cell(timings: Timings) -> str:

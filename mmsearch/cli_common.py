@@ -10,7 +10,7 @@ from typing import Annotated, NoReturn, ParamSpec
 import typer
 
 from indexer.errors import MMSearchError
-from indexer.models.devices import AUTO, Device
+from indexer.models.devices import AUTO, Device, DeviceError
 from indexer.models.spec import ModelSpec
 from mmsearch.paths import default_index_dir
 
@@ -42,7 +42,7 @@ def parse_device(value: Device | str) -> Device:
     """--device, parsed once here; a bad name is a usage error (exit 2) naming the choices."""
     try:
         return Device.parse(value)
-    except ValueError as exc:
+    except DeviceError as exc:
         raise typer.BadParameter(str(exc)) from exc
 
 
