@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -69,6 +70,7 @@ class Timings:
     """Wall times of one command under one build, and what it imported."""
 
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)  # user + system time of the process
     imported: set[str] = field(default_factory=set)
 
     @property
@@ -77,16 +79,34 @@ class Timings:
         return statistics.median(self.seconds)
 
 
-def run_once(build: Build, args: Sequence[str]) -> tuple[float, list[str]]:
-    """Wall time of one `mmsearch ARGS` process and the model libraries it imported."""
+@dataclass(frozen=True)
+class ProcessCost:
+    """What one process cost: wall time, CPU time, and the model libraries it imported."""
+
+    seconds: float
+    cpu_seconds: float
+    imported: list[str]
+
+
+def run_once(build: Build, args: Sequence[str]) -> ProcessCost:
+    """Run one `mmsearch ARGS` process to its exit and say what it cost."""
     argv, env = build.command(args)
+    cpu_before = _children_cpu_seconds()
     started = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=build.root)
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"startup: `mmsearch {' '.join(args)}` ({build.label}) failed:\n{done.stderr}")
     marker = [line for line in done.stderr.splitlines() if line.startswith("IMPORTED ")]
-    return elapsed, json.loads(marker[-1].removeprefix("IMPORTED ")) if marker else []
+    imported = json.loads(marker[-1].removeprefix("IMPORTED ")) if marker else []
+    return ProcessCost(elapsed, _children_cpu_seconds() - cpu_before, imported)
+
+
+def _children_cpu_seconds() -> float:
+    """User + system CPU time of every finished child so far: less sensitive than wall time to
+    other jobs on a shared machine (it still grows when they evict caches)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def prepare_index(build: Build, folder: Path, index_dir: Path) -> None:
@@ -114,9 +134,11 @@ def measure(
             run_once(build, args)  # warm the page cache; not counted
         for _ in range(repeats):
             for build in builds:
-                seconds, imported = run_once(build, args)
-                results[name][build.label].seconds.append(seconds)
-                results[name][build.label].imported.update(imported)
+                cost = run_once(build, args)
+                timings = results[name][build.label]
+                timings.seconds.append(cost.seconds)
+                timings.cpu_seconds.append(cost.cpu_seconds)
+                timings.imported.update(cost.imported)
     return results
 
 
@@ -139,21 +161,20 @@ def render(
     lines = [
         SECTION_TITLE,
         "",
-        "| command | " + " | ".join(f"{label} (median, min-max)" for label in labels) + " | goal |",
+        "| command | " + " | ".join(f"{label}: wall median (min-max); CPU" for label in labels) + " | goal |",
         "|---|" + "---|" * len(labels) + "---|",
     ]
     for name, timings in results.items():
         cells = [_cell(timings[label]) for label in labels]
         lines.append(f"| {names[name]} | " + " | ".join(cells) + f" | < {GOALS[name]:g} s |")
     lines += ["", "Parameters:", ""]
-    lines += [
-        f"- {b.label}: {_revision(b.root)} at {b.root}, run by {b.python}" for b in builds
-    ]
+    lines += [f"- {b.label}: {_revision(b.root)} at {b.root}, run by {b.python}" for b in builds]
     lines += [
         f"- each command: {repeats} timed runs per build after one untimed warm-up, builds interleaved "
-        "run by run; wall time from process spawn to exit through the console entry point",
+        "run by run; wall time from process spawn to exit through the console entry point; CPU = median "
+        "user + system time of the process (all its threads)",
         f"- index: {files:,} {synth.SMALL_SIZE}px PNGs in {folder.name}/ (benchmarks/synth.py), indexed "
-        f"once, untimed, with the bundled model by the {builds[-1].label} build; info and re-index use it",
+        f"once, untimed, with the bundled model by the '{builds[-1].label}' build; info and re-index use it",
         "- imports: `torch`/`transformers` found in `sys.modules` at the exit of any timed run",
         f"- load average (1/5/15 min) at start: {load_before}; at end: {report.load_average()} (2 cores "
         "shared with other jobs, so single runs vary; medians of interleaved runs compare fairly)",
@@ -171,7 +192,7 @@ def _cell(timings: Timings) -> str:
     imported = ", ".join(sorted(timings.imported)) or "no model library"
     return (
         f"**{timings.median:.2f} s** ({min(timings.seconds):.2f}-{max(timings.seconds):.2f}); "
-        f"imports {imported}"
+        f"CPU {statistics.median(timings.cpu_seconds):.2f} s; imports {imported}"
     )
 
 
