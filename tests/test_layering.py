@@ -26,8 +26,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "indexing": frozenset({"errors", "media", "models", "store"}),
     "training": frozenset({"errors", "media", "models"}),
 }
-# The one models module store may import: torch-free EncoderInfo/ModelSpec. It does not exist yet
-# (EncoderInfo lives in models/encoder.py, which imports torch): see KNOWN_EXCEPTIONS.
+# The one models module store may import: torch-free EncoderInfo/ModelSpec.
 TORCH_FREE_MODEL_TYPES = "indexer.models.spec"
 HEAVY_MODULES = ("torch", "transformers")  # opening an index must not cost their import
 # Folders of scripts, not library code: neither layer imports them.
@@ -37,9 +36,6 @@ NOT_LIBRARY = ("sample_corpus", "benchmarks", "tests")
 # lands, test_known_exceptions_still_exist fails: delete the line and the rule holds for good.
 KNOWN_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset(
     {
-        # store needs EncoderInfo, which lives beside torch code; the startup branch (typed specs)
-        # moves it to a torch-free indexer/models/spec.py.
-        ("indexer.store.index_dir", "indexer.models.encoder"),
         # evaluation decodes through the indexing decode pool; the training branch (one evaluator
         # through the Encoder protocol) removes the edge.
         ("indexer.training.evaluate", "indexer.indexing.decode_pool"),
