@@ -30,7 +30,7 @@ EMOJI_MODEL := .cache/models/emoji
 # on the unseen vendor but worse on unseen concepts, the main test (README).
 EMOJI_EPOCHS ?= 12
 
-.PHONY: install demo test lint bench clean sample-corpus default-model browser-deps
+.PHONY: install demo test lint bench bench-scale clean sample-corpus default-model browser-deps
 .PHONY: openclip-env test-openclip emoji-corpus emoji-model postgres-deps test-distributed
 
 install: $(STAMP)
@@ -123,6 +123,11 @@ lint: $(STAMP)
 bench: sample-corpus
 	$(PY) benchmarks/run.py --out benchmarks/RESULTS.md
 	$(PY) benchmarks/startup.py --results benchmarks/RESULTS.md
+
+# Index types at N = 1e4, 1e5, 1e6 (128-d) and 1e5 (512-d), plus recall on the sample corpus's real
+# vectors: a section of benchmarks/RESULTS.md and benchmarks/scale.png. About an hour on 2 cores.
+bench-scale: sample-corpus
+	$(PY) benchmarks/scale.py --real-corpus $(DEMO_CORPUS) --out benchmarks/RESULTS.md --plot benchmarks/scale.png
 
 clean:
 	rm -rf $(VENV) $(OC_VENV) .cache $(DEMO_CORPUS) .pytest_cache

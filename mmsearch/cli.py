@@ -23,12 +23,16 @@ from mmsearch.cli_common import (
     CheckpointOption,
     DbOption,
     DeviceOption,
+    IndexTypeOption,
+    MemoryBudgetOption,
     ModelOption,
     PretrainedOption,
     app,
     command,
     fail,
     index_dir_of,
+    index_type_of,
+    memory_budget_of,
     model_option_spec,
 )
 from mmsearch.query import DEFAULT_TEXT_WEIGHT, Query, QuerySpecError, build_terms
@@ -250,8 +254,13 @@ def index_cmd(
             "`ray start` joined) or a cluster ADDRESS (needs mmsearch[ray]).",
         ),
     ] = None,
+    index_type: IndexTypeOption = None,
+    memory_budget: MemoryBudgetOption = None,
 ) -> None:
-    """Index photo folders: new and changed files are encoded, moved ones recognised, gone ones removed."""
+    """Index photo folders: new and changed files are encoded, moved ones recognised, gone ones removed.
+
+    A new index starts with --index-type (default auto) and, under auto, is rebuilt into the
+    better type at the end of any run that takes it past a size or memory threshold."""
     from tqdm import tqdm
 
     from indexer.indexing.pipeline import IndexOptions, index_folders
@@ -260,12 +269,15 @@ def index_cmd(
     from indexer.media.scan import ScanOptions
     from indexer.store.backends import Backends, record_backends
     from indexer.store.index_dir import index_exists
+    from indexer.store.vectors import gpu_available
 
     index_dir = index_dir_of(db)
     wanted = Backends.parse(vectors, catalog)
     ray_target = RayTarget.parse(ray) if ray is not None else None
     new_index = not index_exists(index_dir)
     record_backends(index_dir, wanted, index_exists=not new_index)
+    policy = index_type_of(index_type)
+    budget = memory_budget_of(memory_budget)
     given = read_captions(captions) if captions is not None else None
     encoder = _encoder_for_index(index_dir, model_option_spec(model, checkpoint, pretrained), device)
     if encoder.spec.is_bundled and new_index and not quiet:
@@ -278,6 +290,9 @@ def index_cmd(
         torch_threads=torch_threads,
         decode_timeout_s=decode_timeout,
         ray=ray_target,
+        index_type=policy,
+        memory_budget=budget,
+        faiss_gpu=device.is_cuda or (device.is_auto and gpu_available()),
     )
     bar: tqdm | None = None
 
@@ -338,6 +353,13 @@ def _print_index_summary(report: IndexReport, index_dir: Path) -> None:
     )
     if report.repaired:
         typer.echo(f"repaired {report.repaired} ids left inconsistent by an interrupted run")
+    if report.rebuilt is not None:
+        rebuilt = report.rebuilt
+        recall = "" if rebuilt.recall is None else f", recall@10 {rebuilt.recall:.3f}"
+        typer.echo(
+            f"rebuilt the image index {rebuilt.before} -> {rebuilt.after} from stored vectors in "
+            f"{rebuilt.seconds:.1f} s ({rebuilt.reason}{recall})"
+        )
     if report.own_texts:
         typer.echo(f"{report.own_texts} images got their own text (caption, sidecar or metadata)")
     if report.captions_unmatched:
@@ -460,6 +482,23 @@ def search_cmd(
         bool,
         typer.Option("--paths-only", help="One path per line (texts for --to text), nothing else."),
     ] = False,
+    nprobe: Annotated[
+        int | None,
+        typer.Option(
+            "--nprobe",
+            min=1,
+            help="IVF lists searched (ivf/sq8/ivfpq index; default: the index's, tuned to "
+            "recall@10 >= 0.95). More: higher recall, slower.",
+        ),
+    ] = None,
+    ef_search: Annotated[
+        int | None,
+        typer.Option(
+            "--ef-search",
+            min=1,
+            help="HNSW search width (hnsw index; default: the index's, tuned to recall@10 >= 0.95).",
+        ),
+    ] = None,
     show_preview: Annotated[
         bool,
         typer.Option(
@@ -489,6 +528,8 @@ def search_cmd(
         fail(str(exc), 2)
     if not terms:
         fail("give either a SENTENCE or --image IMG", 2)
+    from indexer.store.search_params import SearchParams
+
     request = Query(
         tuple(terms),
         to=to,  # type: ignore[arg-type]
@@ -497,6 +538,7 @@ def search_cmd(
         fusion=Fusion.weighted(text_weight),
         min_score=threshold,
         relevant=relevant,
+        search_params=None if nprobe is None and ef_search is None else SearchParams(nprobe, ef_search),
     )
     from mmsearch.engine import Engine
 

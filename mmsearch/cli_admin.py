@@ -18,11 +18,15 @@ from mmsearch.cli_common import (
     CheckpointOption,
     DbOption,
     DeviceOption,
+    IndexTypeOption,
+    MemoryBudgetOption,
     ModelOption,
     PretrainedOption,
     command,
     fail,
     index_dir_of,
+    index_type_of,
+    memory_budget_of,
     model_option_spec,
 )
 
@@ -52,36 +56,60 @@ def calibrate_cmd(
 
 
 def optimize_cmd(
-    ivf: Annotated[
-        bool, typer.Option("--ivf", help="Rebuild the image vectors as IVF (approximate, faster search).")
-    ] = False,
-    flat: Annotated[
-        bool, typer.Option("--flat", help="Rebuild them as the exact index (the default).")
-    ] = False,
+    index_type: IndexTypeOption = None,
+    ivf: Annotated[bool, typer.Option("--ivf", help="Same as --index-type ivf.")] = False,
+    flat: Annotated[bool, typer.Option("--flat", help="Same as --index-type flat (exact search).")] = False,
     lists: Annotated[
         int | None,
-        typer.Option("--lists", min=1, help="IVF lists (default 4*sqrt(n), >= 39 vectors per list)."),
+        typer.Option(
+            "--lists", min=1, help="IVF lists (ivf, sq8, ivfpq; default 4*sqrt(n), >= 39 vectors per list)."
+        ),
     ] = None,
     nprobe: Annotated[
-        int | None, typer.Option("--nprobe", min=1, help="Lists searched per query (default lists/8).")
+        int | None,
+        typer.Option(
+            "--nprobe", min=1, help="Default lists searched per query (default: tuned to recall@10 >= 0.95)."
+        ),
     ] = None,
+    ef_search: Annotated[
+        int | None,
+        typer.Option(
+            "--ef-search", min=1, help="Default HNSW search width (default: tuned to recall@10 >= 0.95)."
+        ),
+    ] = None,
+    memory_budget: MemoryBudgetOption = None,
     db: DbOption = None,
     device: DeviceOption = DEFAULT_DEVICE,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Switch the image vectors between exact search and IVF; k-means runs on the GPU with --device cuda."""
-    if ivf == flat:
-        fail("give exactly one of --ivf or --flat", 2)
-    if flat and (lists is not None or nprobe is not None):
-        fail("--lists and --nprobe belong to --ivf", 2)
-    from indexer.store.index_types import use_flat, use_ivf
+    """Rebuild the image vectors as another index type now (auto: chosen by size and memory);
+    training runs on the GPU with --device cuda when FAISS sees one."""
+    from indexer.store.index_types import POLICIES, use_index_type
 
+    index_type = index_type_of(index_type)
+    chosen = [name for name, given in (("ivf", ivf), ("flat", flat)) if given]
+    if index_type is not None:
+        chosen.append(index_type)
+    if len(chosen) != 1:
+        fail(f"give exactly one of --index-type {{{','.join(POLICIES)}}}, --ivf or --flat", 2)
+    policy = chosen[0]
+    if lists is not None and policy not in ("ivf", "sq8", "ivfpq"):
+        fail("--lists belongs to --index-type ivf, sq8 or ivfpq", 2)
+    if nprobe is not None and policy not in ("ivf", "sq8", "ivfpq", "auto"):
+        fail("--nprobe belongs to --index-type ivf, sq8 or ivfpq", 2)
+    if ef_search is not None and policy not in ("hnsw", "auto"):
+        fail("--ef-search belongs to --index-type hnsw", 2)
     index_dir = index_dir_of(db)
-    if ivf:
-        use_gpu = device.resolve().is_cuda
-        report = use_ivf(index_dir, lists=lists, nprobe=nprobe, use_gpu=use_gpu)
-    else:
-        report = use_flat(index_dir)
+    use_gpu = device.resolve().is_cuda
+    report = use_index_type(
+        index_dir,
+        policy,
+        lists=lists,
+        nprobe=nprobe,
+        ef_search=ef_search,
+        memory_budget=memory_budget_of(memory_budget),
+        use_gpu=use_gpu,
+    )
     if as_json:
         typer.echo(json.dumps({"db": str(index_dir), **asdict(report)}))
         return
@@ -92,7 +120,7 @@ def _optimize_summary(report: OptimizeReport, index_dir: Path) -> str:
     recall = "" if report.recall is None else f"; recall@10 against exact search {report.recall:.3f}"
     return (
         f"{report.before} -> {report.after}: {report.vectors} vectors in {report.seconds:.1f} s "
-        f"on the {report.device}{recall} ({index_dir})"
+        f"on the {report.device}{recall} ({index_dir}; {report.reason})"
     )
 
 
@@ -142,7 +170,7 @@ def _print_metrics(label: str, metrics: dict) -> None:  # type: ignore[type-arg]
 
 
 def info_cmd(db: DbOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Model, counts, dimension, index type and size on disk."""
+    """Model, counts, dimension, index type (kind, parameters, recall at build) and size on disk."""
     from mmsearch.engine import Engine
 
     with Engine.open(index_dir_of(db)) as engine:

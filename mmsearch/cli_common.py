@@ -67,6 +67,48 @@ PretrainedOption = Annotated[
         "laion2b_s34b_b79k), downloaded by open_clip on first use.",
     ),
 ]
+IndexTypeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--index-type",
+        metavar="auto|flat|ivf|sq8|ivfpq|hnsw",
+        help="How image vectors are searched. auto chooses by count and --memory-budget: exact "
+        "while small, IVF above ~50,000 (128-d), HNSW from ~10^6 when its memory fits, 8-bit or "
+        "PQ codes when full vectors do not fit (docs/scaling.md).",
+    ),
+]
+MemoryBudgetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--memory-budget",
+        metavar="SIZE",
+        help="RAM the image index may use, e.g. 4GiB or 500MB (default: half of this machine's); "
+        "auto picks compressed types when full vectors would not fit. Recorded in the index.",
+    ),
+]
+
+
+def memory_budget_of(text: str | None) -> int | None:
+    """--memory-budget SIZE as bytes (None when not given); a bad size exits 2."""
+    if text is None:
+        return None
+    from indexer.store.index_types import IndexTypeError, parse_size
+
+    try:
+        return parse_size(text)
+    except IndexTypeError as exc:
+        fail(str(exc), 2)
+
+
+def index_type_of(text: str | None) -> str | None:
+    """--index-type as one of the policies (None when not given); anything else exits 2."""
+    if text is None:
+        return None
+    from indexer.store.index_types import POLICIES
+
+    if text not in POLICIES:
+        fail(f"--index-type {text!r}: choose one of {', '.join(POLICIES)}", 2)
+    return text
 
 
 def model_option_spec(

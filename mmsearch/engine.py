@@ -47,7 +47,14 @@ from indexer.store.index_dir import (
     index_files,
     read_index_info,
 )
-from indexer.store.vectors import VectorStore, VectorStoreError, gpu_available, to_search_device
+from indexer.store.index_types import IndexTypeRecord
+from indexer.store.vectors import (
+    SearchParams,
+    VectorStore,
+    VectorStoreError,
+    gpu_available,
+    to_search_device,
+)
 from mmsearch.query import MAX_K as MAX_K  # importable from here, as before
 from mmsearch.query import (
     TERM_KINDS,
@@ -157,6 +164,14 @@ class IndexStats:
     size_bytes: int
     vectors_at: str = "faiss files in the index folder"
     catalog_at: str = "sqlite in the index folder"
+    # The image index's structure (read from the FAISS file), the policy that chose it, the
+    # recall@10 against exact search measured when it was built (None: exact search) and the
+    # memory budget `auto` chooses by (indexer.store.index_types).
+    index_kind: str = "flat"
+    index_params: dict[str, int | bool] | None = None
+    index_policy: str = "auto"
+    index_recall: float | None = None
+    memory_budget: int | None = None
 
 
 class _Snapshot:
@@ -286,9 +301,12 @@ class Engine:
         text_weight: float | None = None,
         min_score: float | None = None,
         relevant: bool = False,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
     ) -> list[ImageHit]:
         """Images best matching a sentence (only files below `under` when given); images with
-        own text are scored on image and text together (indexer.indexing.fusion)."""
+        own text are scored on image and text together (indexer.indexing.fusion). nprobe /
+        ef_search trade latency for recall on an approximate index (default: its tuned ones)."""
         spec = _query(
             [QueryTerm("text", query)],
             k=k,
@@ -296,6 +314,7 @@ class Engine:
             text_weight=text_weight,
             min_score=min_score,
             relevant=relevant,
+            search_params=_search_params(nprobe, ef_search),
         )
         return self.search(spec).hits  # type: ignore[return-value]
 
@@ -504,6 +523,7 @@ class Engine:
             fusion=query.fusion,
             channels=None if calibration is None else calibration.channels(modality),
             allowed_ids=None if query.under is None else self._ids_under(query.under),
+            params=query.search_params,
         )
 
     def _hits(self, scored: Scored, to: Target) -> list[ImageHit] | list[TextHit]:
@@ -520,9 +540,10 @@ class Engine:
         )
 
     def _ids_under(self, folder: Path) -> np.ndarray:
+        """The ids an IDSelector restricts a search to: one range query on the path index."""
         with Session(self._sql) as session:
-            rows = catalog.images_under(session, str(folder))
-        return np.array([row.id for row in rows], dtype=np.int64)
+            ids = catalog.image_ids_under(session, str(folder))
+        return np.asarray(ids, dtype=np.int64)
 
     def calibration(self) -> Calibration | None:
         """The index's random-pair score calibration, or None (not computed, or an old index)."""
@@ -629,22 +650,30 @@ class Engine:
 
     def stats(self) -> IndexStats:
         """Counts, model and size on disk."""
+        store = self._images.refresh()
+        kind = store.kind if isinstance(store, VectorStore) else "milvus"
         with Session(self._sql) as session:
             images = catalog.count(session, ImageRow)
             texts = catalog.count(session, TextRow)
+            record = IndexTypeRecord.read(session, legacy_kind=store.kind if kind != "milvus" else "flat")
         return IndexStats(
             index_dir=str(self.index_dir),
             model_kind=self.info.model_kind,
             model_source=self.info.model_source,
             model_id=self.info.model_id,
             dim=self.info.dim,
-            index_type=self.info.index_type,
+            index_type=store.describe(),
             images=images,
             texts=texts,
-            image_vectors=len(self._images.refresh()),
+            image_vectors=len(store),
             text_vectors=len(self._texts.refresh()),
             size_bytes=sum(p.stat().st_size for p in index_files(self.index_dir)),
             **self.backends.describe(),
+            index_kind=kind,
+            index_params=store.params() if isinstance(store, VectorStore) else None,
+            index_policy=record.policy if kind != "milvus" else "milvus",
+            index_recall=record.recall,
+            memory_budget=record.budget(),
         )
 
 
@@ -656,6 +685,16 @@ def _faiss_on_gpu(device: Device) -> bool:
     return device.resolve().is_cuda
 
 
+def _search_params(nprobe: int | None, ef_search: int | None) -> SearchParams | None:
+    """The knobs as the vector store takes them; None when neither is given."""
+    if nprobe is None and ef_search is None:
+        return None
+    try:
+        return SearchParams(nprobe=nprobe, ef_search=ef_search)
+    except MMSearchError as exc:
+        raise QueryError(str(exc)) from exc
+
+
 def _query(
     terms: Sequence[QueryTerm],
     *,
@@ -665,6 +704,7 @@ def _query(
     text_weight: float | None = None,
     min_score: float | None = None,
     relevant: bool = False,
+    search_params: SearchParams | None = None,
 ) -> Query:
     """The wrappers' arguments as a Query; what it refuses is a QueryError like the engine's."""
     try:
@@ -676,6 +716,7 @@ def _query(
             fusion=Fusion.weighted(text_weight),
             min_score=min_score,
             relevant=relevant,
+            search_params=search_params,
         )
     except InvalidInputError as exc:
         raise QueryError(str(exc)) from exc

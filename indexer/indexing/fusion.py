@@ -23,6 +23,7 @@ from indexer.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from indexer.indexing.calibration import ScoreStats
+    from indexer.store.search_params import SearchParams
     from indexer.store.vectors import SearchResult, VectorStore
 
 QueryModality = Literal["text", "image"]
@@ -158,6 +159,7 @@ def score_documents(
     fusion: Fusion,
     channels: Channels | None,
     allowed_ids: np.ndarray | None = None,
+    params: SearchParams | None = None,
 ) -> Scored:
     """Top-k documents for a query vector (dim,), fusing own-text similarity when there is any.
 
@@ -167,7 +169,7 @@ def score_documents(
     pool = max(k * CANDIDATE_FACTOR, MIN_CANDIDATES)
     query = vector[None, :]  # (1, dim)
     fuse = fusion.text_weight > 0 and len(doc_texts) > 0
-    by_image = images.search(query, pool if fuse else k, allowed_ids=allowed_ids)[0]
+    by_image = images.search(query, pool if fuse else k, allowed_ids=allowed_ids, params=params)[0]
     if not fuse:
         return plain(by_image.ids[:k], by_image.scores[:k])
     by_text = doc_texts.search(query, pool, allowed_ids=allowed_ids)[0]

@@ -33,7 +33,7 @@ from indexer.media.content_id import algorithm_key, content_id_like, file_conten
 from indexer.media.images import DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_MEGAPIXELS
 from indexer.media.scan import FileEntry, ScanOptions, scan_folder
 from indexer.models.devices import indexing_threads, torch_threads
-from indexer.store import catalog
+from indexer.store import catalog, index_types
 from indexer.store.catalog import DocTextRow, ImageRecord, ImageRow, SkippedRow, TextRow
 from indexer.store.index_dir import IndexWriter
 
@@ -63,6 +63,8 @@ class IndexReport:
     own_texts: int = 0  # images given (or given a new) own text: caption, sidecar or metadata
     captions_unmatched: int = 0  # given captions naming no image found under the folders
     calibrated: bool = False  # the random-pair score calibration was (re)computed
+    # The image vectors were rebuilt into another index type (or re-tuned) at the end of the run.
+    rebuilt: index_types.OptimizeReport | None = None
     elapsed_s: float = 0.0
 
     @property
@@ -83,10 +85,21 @@ class IndexReport:
             "own_texts": self.own_texts,
             "captions_unmatched": self.captions_unmatched,
             "calibrated": self.calibrated,
+            "rebuilt": None if self.rebuilt is None else _rebuild_summary(self.rebuilt),
             "indexed": self.new + self.changed,
             "elapsed_s": round(self.elapsed_s, 3),
             "images_per_s": round(self.images_per_s, 2),
         }
+
+
+def _rebuild_summary(report: index_types.OptimizeReport) -> dict[str, object]:
+    return {
+        "before": report.before,
+        "after": report.after,
+        "reason": report.reason,
+        "recall": report.recall,
+        "seconds": round(report.seconds, 3),
+    }
 
 
 @dataclass(frozen=True)
@@ -107,6 +120,11 @@ class IndexOptions:
     decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S
     # Decode and encode on Ray Data instead of this process's decode pool (same vectors, same ids).
     ray: RayTarget | None = None
+    # Index type policy of a new index (index_types.POLICIES; None: auto for a new index, the
+    # recorded one for an existing index) and the memory budget auto chooses by (bytes).
+    index_type: str | None = None
+    memory_budget: int | None = None
+    faiss_gpu: bool = False  # build a new index type on the GPU when FAISS sees one
 
 
 @dataclass
@@ -152,7 +170,9 @@ def index_folders(
             by_path.setdefault(entry.path, entry)  # overlapping folders must not list a file twice
     entries = list(by_path.values())
     report = IndexReport()
-    with IndexWriter(index_dir, encoder.info) as writer:
+    new_index_info = index_types.policy_rows(options.index_type or index_types.AUTO, options.memory_budget)
+    with IndexWriter(index_dir, encoder.info, new_index_info=new_index_info) as writer:
+        _apply_index_type(writer, options)
         report.repaired = writer.repaired
         with writer.session() as session:
             plan = _classify(session, folders, entries, report)
@@ -163,9 +183,25 @@ def index_folders(
         if on_total:
             on_total(len(plan.to_encode))
         _encode_and_commit(writer, encoder, plan, options, report, on_progress)
+        report.rebuilt = index_types.maintain(writer, use_gpu=options.faiss_gpu)
         report.calibrated = _calibrate_if_needed(writer, encoder)
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+def _apply_index_type(writer: IndexWriter, options: IndexOptions) -> None:
+    """A new index got its policy when created; an existing one keeps its own (optimize changes
+    it), and records a new memory budget."""
+    if writer.created:
+        return
+    record = index_types.read_record(writer)
+    if options.index_type is not None and options.index_type != record.policy:
+        raise PipelineError(
+            f"{writer.index_dir} uses --index-type {record.policy}; --index-type applies to a new "
+            f"index: change this one with `mmsearch optimize --index-type {options.index_type}`"
+        )
+    if options.memory_budget is not None:
+        index_types.set_policy(writer, record.policy, options.memory_budget)
 
 
 def _check_folder(root: Path) -> Path:
@@ -614,6 +650,8 @@ def remove_images(index_dir: Path, paths: Sequence[Path]) -> int:
         ids = list(dict.fromkeys(ids))  # a file named twice (or inside a named folder) counts once
         catalog.delete_images(session, ids)
         writer.commit_vectors(session, removed_images=ids)
+        if ids:
+            index_types.maintain(writer)  # e.g. HNSW past its tombstone share
     return len(ids)
 
 

@@ -42,6 +42,7 @@ CATALOG_PASSWORD_ENV = "MMSEARCH_CATALOG_PASSWORD"
 MILVUS_TOKEN_ENV = "MILVUS_TOKEN"
 # Vector stores an index holds, by name; FAISS keeps each in NAME.faiss, Milvus in a collection.
 STORE_NAMES = ("images", "texts", "doc_texts")
+RAW_STORE = "images"  # the store whose full-precision vectors FAISS keeps beside it (index types)
 MILVUS_SCHEMES = ("milvus", "http", "https")
 # The pip extra that brings each optional backend's client, and the module that proves it is there.
 EXTRAS = {
@@ -244,7 +245,9 @@ class FaissFiles:
         """Read NAME.faiss (missing: empty)."""
         from indexer.store.vectors import VectorStore
 
-        return VectorStore.load(self.path(name), dim=dim)
+        # The image store keeps its full-precision vectors beside it (NAME.vectors): any index
+        # type is rebuilt from them, and the compressed ones re-rank from them.
+        return VectorStore.load(self.path(name), dim=dim, with_raw=name == RAW_STORE)
 
     def save(self, name: str, store: VectorStore) -> None:
         """Atomic replace of NAME.faiss."""
@@ -260,14 +263,19 @@ class FaissFiles:
 
     def clear_interrupted(self) -> None:
         """Remove temp files of killed saves."""
+        from indexer.store.raw_vectors import raw_path_for
         from indexer.store.vectors import remove_temp_files
 
         for name in STORE_NAMES:
             remove_temp_files(self.path(name))
+        remove_temp_files(raw_path_for(self.path(RAW_STORE)))
 
     def files(self) -> list[Path]:
-        """The FAISS files that exist."""
-        return [p for p in (self.path(n) for n in STORE_NAMES) if p.exists()]
+        """The FAISS files (and the image store's full-precision vectors) that exist."""
+        from indexer.store.raw_vectors import raw_path_for
+
+        paths = [*(self.path(n) for n in STORE_NAMES), raw_path_for(self.path(RAW_STORE))]
+        return [p for p in paths if p.exists()]
 
     def tune(self, store: VectorStore) -> str | None:
         """Nothing: FAISS index types are chosen by `mmsearch optimize`."""

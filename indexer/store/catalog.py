@@ -214,10 +214,20 @@ def read_info(session: Session) -> dict[str, str]:
     return {row.key: row.value for row in session.scalars(select(InfoRow))}
 
 
+def read_info_value(session: Session, key: str) -> str | None:
+    """One index_info value (a primary-key lookup), or None."""
+    return session.scalar(select(InfoRow.value).where(InfoRow.key == key))
+
+
 def write_info(session: Session, info: dict[str, str]) -> None:
     """Insert or update index_info rows."""
     for key, value in info.items():
         session.merge(InfoRow(key=key, value=value))
+
+
+def delete_info(session: Session, keys: Sequence[str]) -> None:
+    """Delete index_info rows (absent keys are fine)."""
+    session.execute(delete(InfoRow).where(InfoRow.key.in_(list(keys))))
 
 
 def insert_images(session: Session, records: Sequence[ImageRecord]) -> list[int]:
@@ -249,6 +259,18 @@ def images_under(session: Session, root: str) -> list[ImageRow]:
             )
         )
     )
+
+
+def image_ids_under(session: Session, root: str) -> list[int]:
+    """Ids of the images whose file lies under `root` (an absolute folder path), by a range scan
+    of the path index: paths starting with "root/" sort between "root/" and "root0" ("0" follows
+    "/"), so the query reads only those rows, whatever the size of the catalogue."""
+    prefix = root.rstrip("/") + "/"
+    upper = prefix[:-1] + chr(ord("/") + 1)
+    query = select(ImageRow.id).where(
+        ((ImageRow.path >= prefix) & (ImageRow.path < upper)) | (ImageRow.path == root)
+    )
+    return list(session.scalars(query))
 
 
 def delete_images(session: Session, ids: Sequence[int]) -> None:

@@ -2,7 +2,9 @@
 
 Layout of INDEX_DIR:
     catalog.sqlite3   metadata and ids (WAL mode; -wal/-shm beside it while open)
-    images.faiss      image vectors, ids = images.id
+    images.faiss      image vectors, ids = images.id (any kind: indexer.store.index_types)
+    images.vectors    the same vectors at full precision, memory-mapped (indexer.store.raw_vectors):
+                      what a rebuild into another index type reads instead of re-encoding
     texts.faiss       text vectors, ids = texts.id
     doc_texts.faiss   images' own-text vectors, ids = images.id (only images with own text)
     write.lock        held (flock) by the one writer; holds its PID
@@ -17,6 +19,12 @@ Commit order for crash safety: rows are inserted (ids assigned) inside a transac
 FAISS file is written atomically, then the transaction commits. A crash in between leaves FAISS
 ids with no row; they are removed when the next writer opens the index (reconcile), and
 readers ignore them. Rows without a vector are deleted too, so the next run encodes them again.
+The full-precision records of new images are appended to images.vectors and fsynced before
+images.faiss is written, so every id the FAISS file holds has its record; reconcile cuts a torn
+or dead tail (records of a commit that never reached the FAISS file), writes the file from the
+index when an older index has none, and treats an id without a record like a row without a
+vector. A rebuild into another index type rewrites images.vectors (same live ids) before it
+replaces images.faiss, so a crash between the two leaves a consistent pair.
 An image's own-text vector is committed with its image vector (doc_texts.faiss is written after
 images.faiss, before the transaction commits); reconcile drops own-text vectors without a row and
 deletes images whose own-text row lost its vector, so the next run encodes both again.
@@ -27,6 +35,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,9 +58,11 @@ from indexer.store.backends import (
     vector_backend,
 )
 from indexer.store.catalog import ImageRow, TextRow
+from indexer.store.raw_vectors import RawVectors
 from indexer.store.vectors import INDEX_TYPE, VectorStore
 
 IMAGES_FAISS = "images.faiss"
+RAW_IMAGES = "images.vectors"  # raw_vectors.raw_path_for(images.faiss)
 TEXTS_FAISS = "texts.faiss"
 DOC_TEXTS_FAISS = "doc_texts.faiss"
 LOCK_FILE = "write.lock"
@@ -179,10 +190,19 @@ class WriterLock:
 class IndexWriter:
     """The one process allowed to change an index; use as a context manager."""
 
-    def __init__(self, index_dir: Path, encoder_info: EncoderInfo | None) -> None:
-        """encoder_info None: edit an existing index without a model (e.g. removals)."""
+    def __init__(
+        self,
+        index_dir: Path,
+        encoder_info: EncoderInfo | None,
+        *,
+        new_index_info: Mapping[str, str] | None = None,
+    ) -> None:
+        """encoder_info None: edit an existing index without a model (e.g. removals);
+        new_index_info: further index_info rows (e.g. its index type policy) written in the
+        same transaction that creates an index."""
         self.index_dir = index_dir
         self.encoder_info = encoder_info
+        self.new_index_info = dict(new_index_info or {})
         self.backends = read_backends(index_dir)
         self.lock = writer_lock(index_dir, self.backends)
         self.vectors: VectorBackend = vector_backend(index_dir, self.backends)
@@ -191,6 +211,7 @@ class IndexWriter:
         self.texts = VectorStore.create(1)
         self.doc_texts = VectorStore.create(1)
         self.repaired = 0
+        self.created = False  # this writer wrote the index's first info rows
 
     def __enter__(self) -> IndexWriter:
         if self.encoder_info is None:
@@ -253,8 +274,9 @@ class IndexWriter:
                 time.time(),
             )
             with self.session() as session:
-                catalog.write_info(session, info.to_rows())
+                catalog.write_info(session, {**self.new_index_info, **info.to_rows()})
                 session.commit()
+            self.created = True
         self.repaired = self._reconcile()
 
     def session(self) -> Session:
@@ -285,7 +307,30 @@ class IndexWriter:
                         catalog.delete_texts(session, ids)
                     session.commit()
                 repaired += len(orphans) + len(missing)
-        return repaired + self._reconcile_doc_texts()
+        return repaired + self._reconcile_raw() + self._reconcile_doc_texts()
+
+    def _reconcile_raw(self) -> int:
+        """Make images.vectors cover exactly the live image ids (see the module docstring);
+        returns how many live ids lost their vector for want of a record (their rows go too)."""
+        raw = self.images.raw
+        if not isinstance(raw, RawVectors):
+            return 0  # a backend that keeps no full-precision file (Milvus keeps its own)
+        live = self.images.ids()
+        if not raw.exists() and len(live):
+            # An index from before images.vectors (or one whose file was deleted: a compressed
+            # kind then keeps its decoded codes, the best left to rebuild from).
+            raw.write_all(live, self.images.index_vectors(live))
+            return 0
+        raw.trim(live)
+        lost = live[raw.positions(live) < 0]
+        if len(lost) == 0:
+            return 0
+        self.images.remove(lost)
+        self.vectors.save(IMAGES, self.images)
+        with self.session() as session:
+            catalog.delete_images(session, [int(i) for i in lost])
+            session.commit()
+        return len(lost)
 
     def _reconcile_doc_texts(self) -> int:
         """After images are consistent: drop own-text vectors without a row (their image is gone
@@ -377,6 +422,7 @@ def index_files(index_dir: Path) -> list[Path]:
         catalog.CATALOG_FILE,
         catalog.CATALOG_FILE + "-wal",
         IMAGES_FAISS,
+        RAW_IMAGES,
         TEXTS_FAISS,
         DOC_TEXTS_FAISS,
         BACKENDS_FILE,

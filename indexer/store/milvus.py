@@ -26,7 +26,7 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from indexer.store.backends import MILVUS_TOKEN_ENV
-from indexer.store.vectors import SearchResult, VectorStoreError
+from indexer.store.vectors import SearchParams, SearchResult, VectorStoreError
 
 # An exhaustive scan answers in milliseconds below this many vectors; above it, HNSW.
 EXACT_MAX_VECTORS = 100_000
@@ -255,13 +255,20 @@ class MilvusStore:
         return np.asarray(rows[0][VECTOR_FIELD], dtype=np.float32)
 
     def search(
-        self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        allowed_ids: np.ndarray | None = None,
+        params: SearchParams | None = None,
     ) -> list[SearchResult]:
-        """Top-k by inner product for queries (q, dim); allowed_ids (n,) int64 restricts the ids."""
+        """Top-k by inner product for queries (q, dim); allowed_ids (n,) int64 restricts the ids;
+        params.ef_search widens Milvus's HNSW search (nprobe has no meaning here)."""
         empty = [SearchResult(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
         if k <= 0 or (allowed_ids is not None and len(allowed_ids) == 0):
             return empty
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        ef_search = params.ef_search if params is not None and params.ef_search else HNSW_EF_SEARCH
         allowed = (
             "" if allowed_ids is None else f"{ID_FIELD} in [{','.join(str(int(i)) for i in allowed_ids)}]"
         )
@@ -272,7 +279,7 @@ class MilvusStore:
             limit=k,
             filter=allowed,
             output_fields=[ID_FIELD],
-            search_params={"metric_type": "IP", "params": {"ef": max(HNSW_EF_SEARCH, k)}},
+            search_params={"metric_type": "IP", "params": {"ef": max(ef_search, k)}},
             consistency_level=CONSISTENCY,
         )
         return [

@@ -26,6 +26,14 @@ UPLOAD_NAME_CHARS = 200
 # modules import these names).
 KParam = Annotated[int, Query(ge=1, le=MAX_K, description="Number of results.")]
 QParam = Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="A sentence.")]
+NprobeParam = Annotated[
+    int | None,
+    Query(ge=1, description="IVF lists searched (ivf/sq8/ivfpq index; default: the index's tuned value)."),
+]
+EfSearchParam = Annotated[
+    int | None,
+    Query(ge=1, description="HNSW search width (hnsw index; default: the index's tuned value)."),
+]
 IdParam = Annotated[int, PathParam(ge=1, le=MAX_IMAGE_ID, description="Image id from a search.")]
 
 
