@@ -312,7 +312,7 @@ class IndexWriter:
     def _reconcile_raw(self) -> int:
         """Make images.vectors cover exactly the live image ids (see the module docstring);
         returns how many live ids lost their vector for want of a record (their rows go too)."""
-        raw = self.images.raw
+        raw = getattr(self.images, "raw", None)
         if not isinstance(raw, RawVectors):
             return 0  # a backend that keeps no full-precision file (Milvus keeps its own)
         live = self.images.ids()

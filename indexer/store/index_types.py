@@ -568,8 +568,10 @@ def set_policy(writer: IndexWriter, policy: str, memory_budget: int | None) -> N
 
 def read_record(writer: IndexWriter) -> IndexTypeRecord:
     """The record of the index the writer holds."""
+    store = writer.images
+    legacy: IndexKind = store.kind if isinstance(store, VectorStore) else "flat"  # Milvus: its own
     with writer.session() as session:
-        return IndexTypeRecord.read(session, legacy_kind=writer.images.kind)
+        return IndexTypeRecord.read(session, legacy_kind=legacy)
 
 
 # -- rebuilding an index in place ----------------------------------------------------------------
