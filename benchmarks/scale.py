@@ -370,6 +370,7 @@ def plot(results: list[KindResult], path: Path) -> None:
     fig.suptitle("mmsearch index types on one shared 2-core machine (benchmarks/scale.py)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)  # one plot per measurement: keep no figure open
 
 
 def render(

@@ -73,7 +73,7 @@ IndexTypeOption = Annotated[
         "--index-type",
         metavar="auto|flat|ivf|sq8|ivfpq|hnsw",
         help="How image vectors are searched. auto chooses by count and --memory-budget: exact "
-        "while small, IVF above ~50,000 (128-d), HNSW from ~10^6 when its memory fits, 8-bit or "
+        "while small, IVF above ~50,000 (128-d), HNSW from 10^7 when its memory fits, 8-bit or "
         "PQ codes when full vectors do not fit (docs/scaling.md).",
     ),
 ]

@@ -193,10 +193,12 @@ def test_auto_chooses_by_count_and_memory_budget() -> None:
     big = 10 * 2**30
     assert choose_kind(10_000, 128, memory_budget=big).kind == "flat"
     assert choose_kind(200_000, 128, memory_budget=big).kind == "ivf"
-    assert choose_kind(5_000_000, 128, memory_budget=big).kind == "hnsw"
+    assert choose_kind(5_000_000, 128, memory_budget=big).kind == "ivf"
+    huge = 100 * 2**30
+    assert choose_kind(20_000_000, 128, memory_budget=huge).kind == "hnsw"
     # HNSW's graph must fit in half the budget; full vectors still fit: IVF.
-    hnsw = resident_bytes("hnsw", 5_000_000, 128)
-    assert choose_kind(5_000_000, 128, memory_budget=int(hnsw * 1.5)).kind == "ivf"
+    hnsw = resident_bytes("hnsw", 20_000_000, 128)
+    assert choose_kind(20_000_000, 128, memory_budget=int(hnsw * 1.5)).kind == "ivf"
     # Full vectors do not fit: 8-bit codes, then PQ codes.
     full = resident_bytes("flat", 5_000_000, 128)
     assert choose_kind(5_000_000, 128, memory_budget=full // 2).kind == "sq8"
