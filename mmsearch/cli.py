@@ -571,6 +571,10 @@ def _print_hits(results: SearchResults, *, show_preview: bool, filtered: bool) -
 
 SERVER_MODULES = ("fastapi", "uvicorn")
 MULTIPART_MODULES = ("python_multipart", "multipart")  # python-multipart's new and old names
+# service.settings.DEFAULT_MAX_BATCH and DEFAULT_MAX_WAIT_MS (a test keeps them equal): that
+# package imports FastAPI, which the other commands must not need.
+SERVE_MAX_BATCH = 32
+SERVE_BATCH_WAIT_MS = 5.0
 
 
 @command("serve")
@@ -596,6 +600,22 @@ def serve_cmd(
     max_megapixels: Annotated[
         float, typer.Option("--max-megapixels", min=0.01, help="Largest uploaded image, decoded.")
     ] = DEFAULT_MAX_MEGAPIXELS,
+    max_batch: Annotated[
+        int,
+        typer.Option(
+            "--max-batch",
+            min=1,
+            help="Most sentence queries encoded and searched together (1: each alone).",
+        ),
+    ] = SERVE_MAX_BATCH,
+    batch_wait_ms: Annotated[
+        float,
+        typer.Option(
+            "--batch-wait-ms",
+            min=0.0,
+            help="Longest a sentence query waits for others to share its batch.",
+        ),
+    ] = SERVE_BATCH_WAIT_MS,
     device: DeviceOption = DEFAULT_DEVICE,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
@@ -619,6 +639,8 @@ def serve_cmd(
             roots=tuple(root or ()),
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
             max_megapixels=max_megapixels,
+            max_batch=max_batch,
+            batch_wait_ms=batch_wait_ms,
         )
     except service.ServiceConfigError as exc:
         fail(str(exc), 2)

@@ -179,6 +179,7 @@ def test_health_stats_and_openapi(client: TestClient, engine: Engine) -> None:
         ("/index", "post"),
         ("/health", "get"),
         ("/stats", "get"),
+        ("/stats/batching", "get"),
     }
     assert {(p, m) for p, ops in paths.items() for m in ops} == expected
     vector = schema["components"]["schemas"]["VectorSearchRequest"]["properties"]["vector"]
@@ -536,6 +537,7 @@ def test_a_token_is_required_everywhere_but_health_and_the_page(engine: Engine) 
     assert client.get("/").status_code == 200
     requests: list[tuple[str, str, dict[str, Any]]] = [
         ("GET", "/stats", {}),
+        ("GET", "/stats/batching", {}),
         ("GET", "/search", {"params": {"q": "a red image"}}),
         ("GET", "/texts/search", {"params": {"q": "a red image"}}),
         ("POST", "/search/image", {"data": {"id": "1"}}),
@@ -810,6 +812,7 @@ FUZZ_EXAMPLES = 25  # per operation and mode: ~500 requests in all, a few second
 OPERATIONS = [
     ("GET", "/health"),
     ("GET", "/stats"),
+    ("GET", "/stats/batching"),
     ("GET", "/search"),
     ("POST", "/search/image"),
     ("POST", "/search/vector"),
