@@ -575,6 +575,9 @@ MULTIPART_MODULES = ("python_multipart", "multipart")  # python-multipart's new 
 # package imports FastAPI, which the other commands must not need.
 SERVE_MAX_BATCH = 32
 SERVE_BATCH_WAIT_MS = 5.0
+# uvicorn kills a worker process that does not answer its health check in time; importing torch
+# and loading the model can hold the GIL for many seconds on a busy machine (its default is 5 s).
+WORKER_START_TIMEOUT_S = 120
 
 
 @command("serve")
@@ -616,6 +619,22 @@ def serve_cmd(
             help="Longest a sentence query waits for others to share its batch.",
         ),
     ] = SERVE_BATCH_WAIT_MS,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Server processes sharing the index on disk, each with its own copy of the model.",
+        ),
+    ] = 1,
+    torch_threads: Annotated[
+        int | None,
+        typer.Option(
+            "--torch-threads",
+            min=1,
+            help="Torch threads per process (default: half of its share of the cores, at least 1).",
+        ),
+    ] = None,
     device: DeviceOption = DEFAULT_DEVICE,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
@@ -644,19 +663,54 @@ def serve_cmd(
         )
     except service.ServiceConfigError as exc:
         fail(str(exc), 2)
+    import torch
+
+    from indexer.models.devices import serving_threads
     from mmsearch.engine import Engine
 
+    threads = torch_threads or serving_threads(workers)
+    torch.set_num_threads(threads)
     spec = model_option_spec(model, checkpoint, pretrained)
+    shown = f"[{host}]" if ":" in host else host
     with Engine.open(index_dir_of(db), model=spec, device=device) as engine:
-        engine.load_model()  # now, not on the first request: a broken model stops here
-        web_app = service.create_app(engine, settings)
-        shown = f"[{host}]" if ":" in host else host
+        if workers == 1:  # with more, each worker loads its own (a broken model stops them at start)
+            engine.load_model()  # now, not on the first request: a broken model stops here
         typer.echo(
             f"serving {engine.stats().images} images from {engine.index_dir} at "
-            f"http://{shown}:{port}/" + (" (bearer token required)" if token else ""),
+            f"http://{shown}:{port}/" + (" (bearer token required)" if token else "")
+            + (f" from {workers} processes" if workers > 1 else ""),
             err=True,
         )
-        uvicorn.run(web_app, host=host, port=port, log_level=log_level, server_header=False)
+        if workers == 1:
+            web_app = service.create_app(engine, settings)
+            uvicorn.run(web_app, host=host, port=port, log_level=log_level, server_header=False)
+            return
+    from mmsearch.service.workers import CONFIG_ENV, FACTORY, WorkerConfig
+
+    os.environ[CONFIG_ENV] = WorkerConfig(
+        index_dir=str(index_dir_of(db)),
+        model=None if spec is None else spec.source(),
+        device=str(device),
+        host=host,
+        roots=tuple(str(r) for r in settings.roots),
+        limits={
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_megapixels": settings.max_megapixels,
+            "max_batch": settings.max_batch,
+            "batch_wait_ms": settings.batch_wait_ms,
+        },
+        torch_threads=threads,
+    ).to_env()
+    uvicorn.run(
+        FACTORY,
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level=log_level,
+        server_header=False,
+        timeout_worker_healthcheck=WORKER_START_TIMEOUT_S,
+    )
 
 
 cli_admin.register()  # calibrate, optimize, eval, info, remove: listed after the commands above
