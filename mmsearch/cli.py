@@ -632,7 +632,8 @@ def serve_cmd(
         typer.Option(
             "--torch-threads",
             min=1,
-            help="Torch threads per process (default: half of its share of the cores, at least 1).",
+            help="Torch and FAISS threads per process for queries "
+            "(default: half of its share of the cores, at least 1).",
         ),
     ] = None,
     device: DeviceOption = DEFAULT_DEVICE,
@@ -648,9 +649,11 @@ def serve_cmd(
         fail(f"`mmsearch serve` needs {', '.join(missing)}: pip install 'mmsearch[server]'")
     import uvicorn
 
+    from indexer.models.devices import serving_threads
     from mmsearch import service
 
     token = os.environ.get(service.TOKEN_ENV) or None
+    threads = torch_threads or serving_threads(workers)
     try:
         settings = service.settings_for(
             host,
@@ -660,15 +663,14 @@ def serve_cmd(
             max_megapixels=max_megapixels,
             max_batch=max_batch,
             batch_wait_ms=batch_wait_ms,
+            search_threads=threads,
         )
     except service.ServiceConfigError as exc:
         fail(str(exc), 2)
     import torch
 
-    from indexer.models.devices import serving_threads
     from mmsearch.engine import Engine
 
-    threads = torch_threads or serving_threads(workers)
     torch.set_num_threads(threads)
     spec = model_option_spec(model, checkpoint, pretrained)
     shown = f"[{host}]" if ":" in host else host
@@ -698,6 +700,7 @@ def serve_cmd(
             "max_megapixels": settings.max_megapixels,
             "max_batch": settings.max_batch,
             "batch_wait_ms": settings.batch_wait_ms,
+            "search_threads": settings.search_threads,
         },
         torch_threads=threads,
     ).to_env()

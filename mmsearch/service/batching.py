@@ -75,6 +75,7 @@ class QueryBatcher:
         max_batch: int,
         max_wait_s: float,
         slots: threading.BoundedSemaphore | None = None,
+        on_worker_start: Callable[[], None] | None = None,
         idle_exit_s: float = IDLE_EXIT_S,
     ) -> None:
         if max_batch < 1 or max_wait_s < 0:
@@ -83,6 +84,7 @@ class QueryBatcher:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self._slots = slots
+        self._on_worker_start = on_worker_start  # per-thread settings (FAISS's OpenMP threads)
         self._idle_exit_s = idle_exit_s
         self._queue: queue.SimpleQueue[_Waiting] = queue.SimpleQueue()
         self._lock = threading.Lock()  # guards the worker's start and exit, and the counters
@@ -118,6 +120,8 @@ class QueryBatcher:
 
     def _run(self) -> None:
         """Batch after batch, until the queue has stayed empty for idle_exit_s."""
+        if self._on_worker_start is not None:
+            self._on_worker_start()
         while True:
             try:
                 first = self._queue.get(timeout=self._idle_exit_s)

@@ -16,6 +16,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 
 from indexer.media.images import decode_image_bytes
+from indexer.store.vectors import set_search_threads
 from mmsearch.engine import MAX_IMAGE_ID, MAX_K, MAX_QUERY_CHARS, Engine, SearchResults
 from mmsearch.query import Query as SearchQuery
 from mmsearch.service.batching import MS_PER_S, QueryBatcher
@@ -51,8 +52,13 @@ class ServiceContext:
             max_batch=self.settings.max_batch,
             max_wait_s=self.settings.batch_wait_ms / MS_PER_S,
             slots=self.query_slots,
+            on_worker_start=self._set_search_threads,
         )
         self.thumbnails = ThumbnailCache(self.settings.thumbnail_cache_bytes)
+
+    def _set_search_threads(self) -> None:
+        if self.settings.search_threads is not None:
+            set_search_threads(self.settings.search_threads)
 
     async def search(self, query: SearchQuery) -> SearchResults:
         """A query answered in a batch with those arriving with it; no thread waits for it."""

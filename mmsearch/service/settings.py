@@ -52,6 +52,10 @@ class ServiceSettings:
     # the first of them waiting at most batch_wait_ms for the others. max_batch 1: no batching.
     max_batch: int = DEFAULT_MAX_BATCH
     batch_wait_ms: float = DEFAULT_MAX_WAIT_MS
+    # FAISS threads of the batch worker; None: FAISS's default, one per core. `mmsearch serve`
+    # gives it torch's count: on a busy machine, parallel regions whose threads are descheduled
+    # spin (measured on 2 cores at load 17: ~30 ms of CPU per query with two, ~5 with one).
+    search_threads: int | None = None
 
 
 def is_loopback(host: str) -> bool:
