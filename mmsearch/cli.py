@@ -664,6 +664,7 @@ def serve_cmd(
             max_batch=max_batch,
             batch_wait_ms=batch_wait_ms,
             search_threads=threads,
+            query_slots=max(1, (os.cpu_count() or 1) // workers),  # the cores, shared by the processes
         )
     except service.ServiceConfigError as exc:
         fail(str(exc), 2)
@@ -701,6 +702,7 @@ def serve_cmd(
             "max_batch": settings.max_batch,
             "batch_wait_ms": settings.batch_wait_ms,
             "search_threads": settings.search_threads,
+            "query_slots": settings.query_slots,
         },
         torch_threads=threads,
     ).to_env()

@@ -162,13 +162,38 @@ def test_the_idle_worker_ends_and_the_next_query_starts_another() -> None:
     batcher = QueryBatcher(recorder, max_batch=32, max_wait_s=0.0, idle_exit_s=0.05)
     assert results([batcher.submit(sentence("one"))]) == ["one"]
     deadline = time.monotonic() + ANSWER_TIMEOUT_S
-    while batcher._worker is not None:  # the worker thread clears it as it ends
+    while batcher.running:
         assert time.monotonic() < deadline, "the idle worker did not end"
         time.sleep(0.02)
     assert results([batcher.submit(sentence("two"))]) == ["two"]
 
 
-@pytest.mark.parametrize(("max_batch", "max_wait_s"), [(0, 0.005), (4, -1.0)])
-def test_bounds_must_make_sense(max_batch: int, max_wait_s: float) -> None:
+def test_with_two_workers_a_second_batch_is_answered_while_the_first_computes() -> None:
+    """One batch per query slot: while one worker is held inside its batch, the other collects
+    the queries that arrive meanwhile and answers them (the held one is answered later)."""
+    held = threading.Event()
+    calls: list[list[str]] = []
+
+    def search_batch(queries: Sequence[Query]) -> list[SearchResults | MMSearchError]:
+        texts = [str(q.terms[0].value) for q in queries]
+        calls.append(texts)
+        if "slow" in texts:
+            assert held.wait(ANSWER_TIMEOUT_S)
+        return [answer(t) for t in texts]
+
+    batcher = QueryBatcher(search_batch, max_batch=32, max_wait_s=0.0, workers=2)
+    slow = batcher.submit(sentence("slow"))
+    while not calls:
+        time.sleep(0.01)
+    quick = [batcher.submit(sentence(f"q{n}")) for n in range(3)]
+    assert results(quick) == ["q0", "q1", "q2"]  # answered while "slow" is still held
+    assert not slow.done()
+    held.set()
+    assert results([slow]) == ["slow"]
+    assert batcher.running == 2
+
+
+@pytest.mark.parametrize(("max_batch", "max_wait_s", "workers"), [(0, 0.005, 1), (4, -1.0, 1), (4, 0.005, 0)])
+def test_bounds_must_make_sense(max_batch: int, max_wait_s: float, workers: int) -> None:
     with pytest.raises(ValueError, match="max_batch"):
-        QueryBatcher(Recorder(), max_batch=max_batch, max_wait_s=max_wait_s)
+        QueryBatcher(Recorder(), max_batch=max_batch, max_wait_s=max_wait_s, workers=workers)

@@ -1,6 +1,6 @@
 """Concurrent sentence queries answered together: one forward pass, one FAISS batch.
 
-A route hands its Query to the app's QueryBatcher and awaits the Future it gets back. One worker
+A route hands its Query to the app's QueryBatcher and awaits the Future it gets back. A worker
 thread takes the oldest waiting query, collects the queries that arrive within `max_wait_s` of
 it (at most `max_batch` in all) and answers them with one Engine.search_batch call, holding one
 of the server's query slots meanwhile. Queries that arrive while it works wait in the queue and
@@ -8,9 +8,11 @@ form the next batch, so under load batches fill without waiting at all, and a lo
 no longer than `max_wait_s` for company. A query the engine refuses gets its own error; the
 others in its batch are answered as if they had come alone.
 
-The worker is a plain thread because the engine's work is blocking (torch and FAISS release the
-GIL while they compute); the routes are async and await `asyncio.wrap_future`, so a waiting
-request holds no thread of the server's pool.
+There are as many workers as query slots (one per core by default), so one batch can compute
+on each core; but only one worker collects at a time, so idle workers do not split a batch
+that is forming between them. Workers are plain threads because the engine's work is blocking
+(torch and FAISS release the GIL while they compute); the routes are async and await
+`asyncio.wrap_future`, so a waiting request holds no thread of the server's pool.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ class _Waiting:
 
 class QueryBatcher:
     """Answers submitted queries in batches of at most max_batch, waiting at most max_wait_s
-    after a batch's first query for more. Thread-safe; the worker starts with the first query."""
+    after a batch's first query for more, with up to `workers` batches computing at once.
+    Thread-safe; the workers start with the first query."""
 
     def __init__(
         self,
@@ -74,12 +77,16 @@ class QueryBatcher:
         *,
         max_batch: int,
         max_wait_s: float,
+        workers: int = 1,
         slots: threading.BoundedSemaphore | None = None,
         on_worker_start: Callable[[], None] | None = None,
         idle_exit_s: float = IDLE_EXIT_S,
     ) -> None:
-        if max_batch < 1 or max_wait_s < 0:
-            raise ValueError(f"max_batch must be >= 1 and max_wait_s >= 0, got {max_batch}, {max_wait_s}")
+        if max_batch < 1 or max_wait_s < 0 or workers < 1:
+            raise ValueError(
+                "max_batch and workers must be >= 1 and max_wait_s >= 0, "
+                f"got {max_batch}, {workers}, {max_wait_s}"
+            )
         self._search_batch = search_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
@@ -87,8 +94,10 @@ class QueryBatcher:
         self._on_worker_start = on_worker_start  # per-thread settings (FAISS's OpenMP threads)
         self._idle_exit_s = idle_exit_s
         self._queue: queue.SimpleQueue[_Waiting] = queue.SimpleQueue()
-        self._lock = threading.Lock()  # guards the worker's start and exit, and the counters
-        self._worker: threading.Thread | None = None
+        self._workers = workers
+        self._lock = threading.Lock()  # guards the workers' start and exit, and the counters
+        self._collecting = threading.Lock()  # held by the one worker gathering the next batch
+        self._live = 0  # workers running
         self._batches = self._queries = self._largest = 0
 
     def submit(self, query: Query) -> Future[SearchResults]:
@@ -96,9 +105,9 @@ class QueryBatcher:
         waiting = _Waiting(query)
         with self._lock:
             self._queue.put(waiting)
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._run, name="mmsearch-batcher", daemon=True)
-                self._worker.start()
+            while self._live < self._workers:
+                threading.Thread(target=self._run, name="mmsearch-batcher", daemon=True).start()
+                self._live += 1
         return waiting.future
 
     def search(self, query: Query) -> SearchResults:
@@ -118,20 +127,29 @@ class QueryBatcher:
 
     # -- the worker ---------------------------------------------------------------------------
 
+    @property
+    def running(self) -> int:
+        """Worker threads alive now (0 once all have been idle for idle_exit_s)."""
+        with self._lock:
+            return self._live
+
     def _run(self) -> None:
-        """Batch after batch, until the queue has stayed empty for idle_exit_s."""
+        """Collect a batch (one worker at a time), answer it; until the queue stays empty for
+        idle_exit_s."""
         if self._on_worker_start is not None:
             self._on_worker_start()
         while True:
-            try:
-                first = self._queue.get(timeout=self._idle_exit_s)
-            except queue.Empty:
-                with self._lock:  # submit() puts and checks the worker under the same lock
-                    if self._queue.empty():
-                        self._worker = None
-                        return
-                continue
-            self._answer(self._collect(first))
+            with self._collecting:
+                try:
+                    first = self._queue.get(timeout=self._idle_exit_s)
+                except queue.Empty:
+                    with self._lock:  # submit() puts and counts workers under the same lock
+                        if self._queue.empty():
+                            self._live -= 1
+                            return
+                    continue
+                batch = self._collect(first)
+            self._answer(batch)
 
     def _collect(self, first: _Waiting) -> list[_Waiting]:
         """The first query and those queued within max_wait_s of its arrival (a query that has

@@ -51,6 +51,7 @@ class ServiceContext:
             self.engine.search_batch,
             max_batch=self.settings.max_batch,
             max_wait_s=self.settings.batch_wait_ms / MS_PER_S,
+            workers=max(1, self.settings.query_slots),  # one batch computing per slot
             slots=self.query_slots,
             on_worker_start=self._set_search_threads,
         )
