@@ -668,15 +668,15 @@ def serve_cmd(
         )
     except service.ServiceConfigError as exc:
         fail(str(exc), 2)
-    import torch
-
     from mmsearch.engine import Engine
 
-    torch.set_num_threads(threads)
     spec = model_option_spec(model, checkpoint, pretrained)
     shown = f"[{host}]" if ":" in host else host
     with Engine.open(index_dir_of(db), model=spec, device=device) as engine:
-        if workers == 1:  # with more, each worker loads its own (a broken model stops them at start)
+        if workers == 1:  # with more, each worker sets its threads and loads its own model
+            import torch
+
+            torch.set_num_threads(threads)
             engine.load_model()  # now, not on the first request: a broken model stops here
         typer.echo(
             f"serving {engine.stats().images} images from {engine.index_dir} at "
