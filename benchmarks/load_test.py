@@ -1,15 +1,22 @@
 """Loopback load test of `mmsearch serve`: concurrent clients against a real uvicorn on 127.0.0.1.
 
-    .venv/bin/python benchmarks/load_test.py --quick                 # 4 clients for 3 s, ~1 min
-    .venv/bin/python benchmarks/load_test.py                         # 16 clients for 20 s
-    .venv/bin/python benchmarks/load_test.py --db INDEX --clients 32 --seconds 60
+    .venv/bin/python benchmarks/load_test.py --quick                 # 4 clients for 3 s per setup
+    .venv/bin/python benchmarks/load_test.py                         # 16 clients for 20 s per setup
+    .venv/bin/python benchmarks/load_test.py --db INDEX --baseline ../main --workers 2
 
-The server runs as `python -m mmsearch.cli serve` in a subprocess (so the clients' interpreter
-does not slow it), on 127.0.0.1 at a free port; this process drives it with asyncio + httpx
-clients that each send `GET /search?q=...&k=10` back to back until the time is up. Reported:
-p50/p99 latency, requests/s and errors, with the engine's in-process latency for the same
-sentences beside them. Every answer is compared with the in-process engine's; a wrong answer
-counts as an error. Traffic goes to 127.0.0.1 only, and the run stops by itself.
+Each server setup runs as `python -m mmsearch.cli serve` in a subprocess (so the clients'
+interpreter does not slow it), on 127.0.0.1 at a free port, one after the other: this code with
+batching off (`--max-batch 1`) and on (the defaults), then, if asked, another checkout's code
+(`--baseline`, e.g. main before a change), `--workers N` and `--variant "FLAGS"`. This process
+drives each with asyncio + httpx clients that send `GET /search?q=...&k=10` back to back until
+the time is up. Beside them, the in-process engine answers the same sentences from as many threads
+as there are clients (with torch's default threads and with the server's); the issue's target is
+the batched server's requests/s over the faster of those. Reported per setup: requests/s, p50/p99
+latency, errors, batches (GET /stats/batching) and the CPU time of the server's processes per
+answer, which, unlike requests/s, does not depend on how busy the machine is. Every answer is
+compared with the in-process engine's: different ids or order count as wrong answers (errors),
+equal ids with other scores are counted apart. Traffic goes to 127.0.0.1 only, and the run stops
+by itself.
 
 Without --db an index of synthetic images is built once under benchmarks/work/load/ with the
 bundled default model (or, if that model has not been trained, a random tiny one, which is
