@@ -777,24 +777,58 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
 
 
 def measure_http_load(index_dir: Path, settings: Settings) -> report.Section:
-    """The loopback HTTP load test against the same index, with in-process latency beside it."""
+    """The loopback HTTP load test against the same index: the server with batching off and on,
+    against the in-process engine driven by as many threads as there are clients."""
     section = report.Section("HTTP service under load (loopback)")
     clients, seconds = (4, 3.0) if settings.quick else (16, 20.0)
     result = run_load_test(index_dir, clients, seconds, model=settings.model)
     log(format_report(result))
-    section.add("GET /search p50 / p99", f"**{result['p50_ms']:.2f} / {result['p99_ms']:.2f} ms**")
-    section.add("requests/s", f"{result['requests_per_s']:.1f} ({result['requests']} requests)")
-    section.add("errors (incl. wrong answers)", f"{result['errors']} ({pass_fail(result['errors'] == 0)})")
+    threaded = result["engine_threads"]
+    servers = {server["label"]: server for server in result["servers"]}
+    batched, unbatched = servers["batched"], servers["unbatched"]
+    section.add("GET /search p50 / p99 (batched)", f"**{result['p50_ms']:.2f} / {result['p99_ms']:.2f} ms**")
     section.add(
-        "in-process Engine p50 / p99",
-        f"{result['engine_p50_ms']:.2f} / {result['engine_p99_ms']:.2f} ms"
-        f" ({result['engine_queries']} queries)",
+        "requests/s (batched)",
+        f"**{result['requests_per_s']:.1f}** ({result['requests']} requests; "
+        f"batches of {(batched['batching'] or {}).get('mean_batch', 0)} on average)",
+    )
+    ratio = result["vs_engine_threads"]
+    section.add(
+        f"batched HTTP / in-process engine from {clients} threads",
+        f"**{ratio:.2f}x** (target >= {result['throughput_target']}: "
+        f"{pass_fail(ratio >= result['throughput_target'])})",
+    )
+    for run in result["engine_threads_runs"]:
+        section.add(
+            f"in-process engine, {clients} threads, {run['torch_threads']} torch thread(s)",
+            f"{run['queries_per_s']:.1f} queries/s, p50 / p99 {run['p50_ms']:.2f} / {run['p99_ms']:.2f} ms",
+        )
+    section.add(
+        "GET /search unbatched (--max-batch 1)",
+        f"{unbatched['requests_per_s']:.1f} requests/s, p50 / p99 "
+        f"{unbatched['p50_ms']:.2f} / {unbatched['p99_ms']:.2f} ms",
+    )
+    section.add(
+        "CPU per query: in-process threads / unbatched / batched",
+        f"{threaded['cpu_ms_per_query']:.2f} / {unbatched['cpu_ms_per_request']:.2f} / "
+        f"{batched['cpu_ms_per_request']:.2f} ms",
+    )
+    errors = sum(server["errors"] for server in result["servers"])
+    section.add("errors (incl. wrong answers)", f"{errors} ({pass_fail(errors == 0)})")
+    section.add(
+        "in-process Engine p50 / p99, one at a time",
+        f"{result['engine_p50_ms']:.2f} / {result['engine_p99_ms']:.2f} ms "
+        f"({result['engine_queries']} queries)",
     )
     section.params = {
         "server": "`mmsearch serve` on 127.0.0.1 in its own process"
-        f" (start-up {result['server_startup_s']} s)",
-        "load": f"{clients} concurrent clients for {seconds:g} s, GET /search k={result['k']}, "
-        "each answer checked against the in-process engine",
+        f" (start-up {result['server_startup_s']} s), batching defaults (32 queries, 5 ms)",
+        "load": f"{clients} concurrent clients for {seconds:g} s per setup, GET /search k={result['k']}, "
+        "each answer checked against the in-process engine (ids and order exact; scores to 1e-4)",
+        "in-process": f"{clients} threads calling Engine.search_text one query each for {seconds:g} s, "
+        "with torch's default threads and with the server's; the faster is the bar",
+        "CPU": "user + system time of the server's processes (or of the in-process run) per answer: "
+        "unlike requests/s it does not depend on how busy the machine is",
     }
     return section
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from indexer.errors import InvalidInputError, MMSearchError, NotFoundError, UnavailableError
 from indexer.indexing.calibration import Calibration, read_calibration
-from indexer.indexing.fusion import Fusion, Scored, plain, score_documents
+from indexer.indexing.fusion import Fusion, Scored, plain, score_documents_batch
 from indexer.indexing.pipeline import (
     IndexOptions,
     IndexReport,
@@ -285,12 +285,26 @@ class Engine:
     def search(self, query: Query) -> SearchResults:
         """The one search: encode the terms into a query vector, score the documents (fusing
         their own text), judge each hit's relevance and apply the cut-offs. Every search_*
-        method is a thin wrapper over this."""
-        try:
-            modality = query.modality
-        except QuerySpecError as exc:
-            raise QueryError(str(exc)) from exc
-        return self._answer(self.encode_terms(query.terms), modality, query)
+        method is a thin wrapper over this, and it is search_batch of one query."""
+        return _raised(self.search_batch([query])[0])
+
+    def search_batch(self, queries: Sequence[Query]) -> list[SearchResults | MMSearchError]:
+        """Several searches at once, each answered as search() answers it alone: all their
+        sentences go through the text tower in one forward pass, and queries that share a
+        target, k, folder and fusion are searched as one FAISS batch. A query that cannot be
+        answered gets its error in its place (like asyncio.gather(return_exceptions=True)), so
+        one bad query never fails the others. Only errors meant for the user are returned so;
+        anything else (a bug, a broken disk) raises for the whole batch."""
+        answers: list[SearchResults | MMSearchError] = []
+        jobs: list[_Job] = []
+        for query, vector in zip(queries, self._query_vectors(queries), strict=True):
+            if isinstance(vector, MMSearchError):
+                answers.append(vector)
+            else:
+                jobs.append(_Job(vector, query.modality, query))
+                answers.append(_PENDING)
+        answered = iter(self._answer_batch(jobs))
+        return [next(answered) if answer is _PENDING else answer for answer in answers]
 
     def search_text(
         self,
@@ -440,7 +454,7 @@ class Engine:
             min_score=min_score,
             relevant=relevant,
         )
-        return self._answer(self.query_vector(vector), modality, spec)
+        return _raised(self._answer_batch([_Job(self.query_vector(vector), modality, spec)])[0])
 
     def query_vector(self, vector: np.ndarray | Sequence[float]) -> np.ndarray:
         """A caller's vector checked and made a query vector: (dim,) finite, L2-normalised float32."""
@@ -463,10 +477,55 @@ class Engine:
 
     def encode_terms(self, terms: Sequence[QueryTerm]) -> np.ndarray:
         """Weighted query terms -> (dim,) normalised query vector."""
-        weights = [t.weight for t in terms]
+        return _raised(self._query_vectors([Query(tuple(terms))])[0])
+
+    def _query_vectors(self, queries: Sequence[Query]) -> list[np.ndarray | MMSearchError]:
+        """Each query's (dim,) vector, or the error that refuses it; every sentence of every
+        query is encoded in one forward pass."""
+        plans: list[_TermPlan | MMSearchError] = []
+        texts: list[str] = []  # the sentences of all queries, in order
+        for query in queries:
+            try:
+                planned = self._plan_terms(query, first_text=len(texts))
+            except MMSearchError as exc:
+                plans.append(exc)
+                continue
+            plans.append(planned)
+            texts += planned.texts
+        if texts:
+            self.load_model()
+        encoded = self.encoder.encode_texts(texts) if texts else None  # (len(texts), dim)
+        vectors: list[np.ndarray | MMSearchError] = []
+        for plan in plans:
+            if isinstance(plan, MMSearchError):
+                vectors.append(plan)
+                continue
+            rows = [encoded[part] if isinstance(part, int) else part for part in plan.parts]  # type: ignore[index]
+            try:
+                vectors.append(self._combine(np.stack(rows), plan.weights))
+            except QueryError as exc:
+                vectors.append(exc)
+        return vectors
+
+    def _plan_terms(self, query: Query, *, first_text: int) -> _TermPlan:
+        """What a query's terms need: image terms encoded now, sentences checked and numbered
+        from first_text for the shared forward pass. Raises as search() would, term by term."""
+        try:
+            query.modality  # noqa: B018  # an empty query is refused before anything else
+        except QuerySpecError as exc:
+            raise QueryError(str(exc)) from exc
+        weights = [t.weight for t in query.terms]
         if not any(w > 0 for w in weights):  # refuse before encoding anything
-            return self._combine(np.zeros((len(terms), self.info.dim), np.float32), weights)
-        return self._combine(np.stack([self._encode_term(t) for t in terms]), weights)
+            self._combine(np.zeros((len(weights), self.info.dim), np.float32), weights)
+        parts: list[np.ndarray | int] = []
+        texts: list[str] = []
+        for term in query.terms:
+            if term.kind == "text":
+                parts.append(first_text + len(texts))
+                texts.append(_query_text(str(term.value)))
+            else:
+                parts.append(self._encode_term(term))
+        return _TermPlan(parts, weights, texts)
 
     def _encode_term(self, term: QueryTerm) -> np.ndarray:
         if term.kind == "text":
@@ -490,54 +549,74 @@ class Engine:
         except QuerySpecError as exc:
             raise QueryError(str(exc)) from exc
 
-    def _answer(self, vector: np.ndarray, modality: TermKind, query: Query) -> SearchResults:
-        """Score, judge and cut for a query vector (dim,) float32 of the given modality."""
+    def _answer_batch(self, jobs: Sequence[_Job]) -> list[SearchResults | MMSearchError]:
+        """Score, judge and cut each job's query vector; jobs that search alike share one
+        FAISS batch and all share one catalogue read."""
+        if not jobs:
+            return []
         calibration = self.calibration()
-        if query.relevant and calibration is None:
-            raise QueryError(
-                f"{self.index_dir} has no score calibration yet, so relevance is unknown: run "
-                f"`mmsearch calibrate --db {self.index_dir}` (or `mmsearch index` again)"
-            )
-        scored = self._score(vector, modality, query, calibration)
-        relevance = relevance_of(scored, calibration, modality=modality, to=query.to, fusion=query.fusion)
-        if query.relevant and relevance is None:
-            raise QueryError("this index's calibration does not cover this kind of query")
-        scored, relevance = cut(scored, relevance, min_score=query.min_score, relevant_only=query.relevant)
-        hits = self._hits(scored, query.to)
-        if relevance is not None:
-            by_id = dict(zip(scored.ids.tolist(), relevance, strict=True))
-            relevance = [by_id[h.id] for h in hits]
-        return SearchResults(hits, relevance)
+        judged: list[_Judged | MMSearchError] = [_NOT_SCORED] * len(jobs)
+        groups: dict[Query, list[int]] = {}
+        for position, job in enumerate(jobs):
+            if job.query.relevant and calibration is None:
+                judged[position] = QueryError(
+                    f"{self.index_dir} has no score calibration yet, so relevance is unknown: run "
+                    f"`mmsearch calibrate --db {self.index_dir}` (or `mmsearch index` again)"
+                )
+            else:
+                groups.setdefault(_search_key(job.query), []).append(position)
+        for members in groups.values():
+            group = [jobs[i] for i in members]
+            for position, job, scored in zip(members, group, self._score(group, calibration), strict=True):
+                try:
+                    judged[position] = _judge(scored, job, calibration)
+                except QueryError as exc:
+                    judged[position] = exc
+        return self._results(jobs, judged)
 
-    def _score(
-        self, vector: np.ndarray, modality: TermKind, query: Query, calibration: Calibration | None
-    ) -> Scored:
+    def _score(self, jobs: Sequence[_Job], calibration: Calibration | None) -> list[Scored]:
+        """Candidates for jobs that search alike (one _search_key): one FAISS batch per store."""
+        query = jobs[0].query
+        vectors = np.stack([job.vector for job in jobs])  # (n, dim) float32
         if query.to == "text":
-            result = self._texts.refresh().search(vector[None, :], query.k)[0]
-            return plain(result.ids, result.scores)
-        return score_documents(
-            vector,
+            found = self._texts.refresh().search(vectors, query.k)
+            return [plain(result.ids, result.scores) for result in found]
+        return score_documents_batch(
+            vectors,
             self._images.refresh(),
             self._doc_texts.refresh(),
             query.k,
             fusion=query.fusion,
-            channels=None if calibration is None else calibration.channels(modality),
+            channels=[None if calibration is None else calibration.channels(job.modality) for job in jobs],
             allowed_ids=None if query.under is None else self._ids_under(query.under),
             params=query.search_params,
         )
 
-    def _hits(self, scored: Scored, to: Target) -> list[ImageHit] | list[TextHit]:
-        ids = [int(i) for i in scored.ids]
+    def _results(
+        self,
+        jobs: Sequence[_Job],
+        judged: Sequence[_Judged | MMSearchError],
+    ) -> list[SearchResults | MMSearchError]:
+        """Judged candidates as hits, with the catalogue rows of every job read in one session."""
+        wanted: dict[Target, list[int]] = {"image": [], "text": []}
+        for job, outcome in zip(jobs, judged, strict=True):
+            if not isinstance(outcome, MMSearchError):
+                wanted[job.query.to] += outcome[0].ids.tolist()
         with Session(self._sql) as session:
-            if to == "text":
-                texts = catalog.text_rows(session, ids)
-                return _ranked(
-                    scored.ids, scored.scores, texts, lambda r, s, i, row: TextHit(r, s, i, row.text)
-                )
-            images = catalog.image_rows(session, ids)
-        return _ranked(
-            scored.ids, scored.scores, images, lambda r, s, i, row: ImageHit(r, s, i, row.path)
-        )
+            images = catalog.image_rows(session, wanted["image"]) if wanted["image"] else {}
+            texts = catalog.text_rows(session, wanted["text"]) if wanted["text"] else {}
+        results: list[SearchResults | MMSearchError] = []
+        for job, outcome in zip(jobs, judged, strict=True):
+            if isinstance(outcome, MMSearchError):
+                results.append(outcome)
+                continue
+            scored, relevance = outcome
+            hits = _hits(scored, job.query.to, images=images, texts=texts)
+            if relevance is not None:
+                by_id = dict(zip(scored.ids.tolist(), relevance, strict=True))
+                relevance = [by_id[h.id] for h in hits]
+            results.append(SearchResults(hits, relevance))
+        return results
 
     def _ids_under(self, folder: Path) -> np.ndarray:
         """The ids an IDSelector restricts a search to: one range query on the path index."""
@@ -569,12 +648,7 @@ class Engine:
 
     def encode_query_texts(self, queries: Sequence[str]) -> np.ndarray:
         """Sentences -> (n, dim) normalised query vectors, encoded as one batch."""
-        texts = [(query or "").strip() for query in queries]
-        for text in texts:
-            if not text:
-                raise QueryError('empty query: give a sentence, e.g. mmsearch search "a red star"')
-            if len(text) > MAX_QUERY_CHARS:
-                raise QueryError(f"query longer than {MAX_QUERY_CHARS} characters")
+        texts = [_query_text(query) for query in queries]
         if not texts:
             return np.zeros((0, self.info.dim), np.float32)
         self.load_model()
@@ -693,6 +767,74 @@ def _search_params(nprobe: int | None, ef_search: int | None) -> SearchParams | 
         return SearchParams(nprobe=nprobe, ef_search=ef_search)
     except MMSearchError as exc:
         raise QueryError(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One query on its way through search_batch: its vector (dim,) float32, unit length."""
+
+    vector: np.ndarray
+    modality: TermKind
+    query: Query
+
+
+@dataclass(frozen=True)
+class _TermPlan:
+    """A query's terms as search_batch encodes them: per term a vector already made (images)
+    or the row of its sentence in the shared forward pass; the weights; its sentences."""
+
+    parts: list[np.ndarray | int]
+    weights: list[float]
+    texts: list[str]
+
+
+_Judged = tuple[Scored, list[Relevance] | None]  # candidates after the cut-offs, their relevance
+# Placeholders in search_batch's lists for queries still being answered (replaced before return).
+_PENDING = SearchResults([], None)
+_NOT_SCORED = QueryError("not scored")
+_Answer = TypeVar("_Answer")
+
+
+def _raised(answer: _Answer | MMSearchError) -> _Answer:
+    """A batch answer for a caller of one query: the answer, or its error raised."""
+    if isinstance(answer, MMSearchError):
+        raise answer
+    return answer
+
+
+def _search_key(query: Query) -> Query:
+    """What decides a query's FAISS searches: everything but its terms and the cut-offs (which
+    only drop hits afterwards). Queries with equal keys are searched as one batch."""
+    return replace(query, terms=(), min_score=None, relevant=False)
+
+
+def _judge(scored: Scored, job: _Job, calibration: Calibration | None) -> _Judged:
+    """Each candidate's relevance, then the cut-offs; QueryError when relevance was asked for
+    and the calibration does not cover this kind of query."""
+    query = job.query
+    relevance = relevance_of(scored, calibration, modality=job.modality, to=query.to, fusion=query.fusion)
+    if query.relevant and relevance is None:
+        raise QueryError("this index's calibration does not cover this kind of query")
+    return cut(scored, relevance, min_score=query.min_score, relevant_only=query.relevant)
+
+
+def _hits(
+    scored: Scored, to: Target, *, images: Mapping[int, ImageRow], texts: Mapping[int, TextRow]
+) -> list[ImageHit] | list[TextHit]:
+    """Scored candidates as ranked hits, from catalogue rows read beforehand."""
+    if to == "text":
+        return _ranked(scored.ids, scored.scores, texts, lambda r, s, i, row: TextHit(r, s, i, row.text))
+    return _ranked(scored.ids, scored.scores, images, lambda r, s, i, row: ImageHit(r, s, i, row.path))
+
+
+def _query_text(query: str | None) -> str:
+    """A sentence as the text tower gets it (stripped), or QueryError if empty or too long."""
+    text = (query or "").strip()
+    if not text:
+        raise QueryError('empty query: give a sentence, e.g. mmsearch search "a red star"')
+    if len(text) > MAX_QUERY_CHARS:
+        raise QueryError(f"query longer than {MAX_QUERY_CHARS} characters")
+    return text
 
 
 def _query(

@@ -66,6 +66,14 @@ def _empty_result() -> SearchResult:
     return SearchResult(np.zeros(0, np.float32), np.zeros(0, np.int64))
 
 
+def set_search_threads(count: int) -> None:
+    """OpenMP threads for FAISS searches made from the calling thread from now on. OpenMP keeps
+    this per thread: threads started later get FAISS's default (one per core)."""
+    if count < 1:
+        raise ValueError(f"search threads must be at least 1, got {count}")
+    faiss.omp_set_num_threads(count)
+
+
 def gpu_available() -> bool:
     """True when this faiss build has GPU support and sees a device."""
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0

@@ -173,3 +173,14 @@ class VectorSearchRequest(BaseModel):
     modality: Literal["text", "image"] = Field(
         "text", description="What the vector encodes: picks the fusion of own texts and the relevance scale."
     )
+
+
+class BatchingResponse(BaseModel):
+    """How sentence queries have been batched since the server started (GET /stats/batching)."""
+
+    max_batch: int = Field(description="Most queries answered by one forward pass (--max-batch).")
+    max_wait_ms: float = Field(description="Longest a batch's first query waits for more (--batch-wait-ms).")
+    batches: int
+    queries: int
+    largest_batch: int
+    mean_batch: float
