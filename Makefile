@@ -29,6 +29,7 @@ EMOJI_MODEL := .cache/models/emoji
 # idle (28 min once while shared with other jobs, load 6-8). 30 epochs (8 min, shared) did better
 # on the unseen vendor but worse on unseen concepts, the main test (README).
 EMOJI_EPOCHS ?= 12
+EMOJI_BATCH ?= 128
 
 .PHONY: install demo test lint bench clean sample-corpus default-model browser-deps
 .PHONY: openclip-env test-openclip emoji-corpus emoji-model postgres-deps test-distributed
@@ -48,10 +49,17 @@ sample-corpus: $(STAMP)
 demo: sample-corpus
 	$(PY) -m mmsearch.demo --corpus $(DEMO_CORPUS) --db $(DEMO_INDEX) --rebuild-if-stale
 
-# Retrains the committed default model from the sample corpus (deterministic seed).
+# Retrains the committed default model from the sample corpus (deterministic seed) with the
+# training recipe (README "Training recipe"): augmentation as the sample-shapes config allows
+# (mild crops, flips that swap left/right in captions, colour jitter without hue shift, blur,
+# noise, JPEG), AdamW with weight decay on matrices only, warm-up + cosine, gradient clipping,
+# caption agreement. Budget: 15 minutes on the 2-core development machine.
+DEFAULT_EPOCHS ?= 16
+DEFAULT_BATCH ?= 128
 default-model: sample-corpus
 	$(PY) -m mmsearch.cli train --corpus $(DEMO_CORPUS)/corpus.jsonl \
-	    --out indexer/models/default_model --config sample-shapes --seed 0 --epochs 16 --caption-agreement 1.0
+	    --out indexer/models/default_model --config sample-shapes --seed 0 \
+	    --epochs $(DEFAULT_EPOCHS) --batch-size $(DEFAULT_BATCH) --caption-agreement 1.0 --device cpu
 	rm -rf indexer/models/default_model/last
 
 # ruff and mypy run first, so CI fails on them before the suite (~1 s; mypy's first run ~35 s, then cached).
@@ -84,7 +92,8 @@ emoji-corpus: $(STAMP)
 # vendor never seen in training (test_unseen_vendor); the numbers land beside the model.
 emoji-model: emoji-corpus
 	$(PY) -m mmsearch.cli train --corpus $(EMOJI_CORPUS) --out $(EMOJI_MODEL) --config emoji \
-	    --epochs $(EMOJI_EPOCHS) --seed 0 --device cpu
+	    --epochs $(EMOJI_EPOCHS) --batch-size $(EMOJI_BATCH) --seed 0 --device cpu \
+	    --trained-on-name emoji-datasource-16.0.0
 	rm -rf $(EMOJI_MODEL)/last
 	for split in test test_unseen_vendor; do \
 	    $(PY) -m mmsearch.cli eval --corpus $(EMOJI_CORPUS) --split $$split \

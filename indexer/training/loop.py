@@ -177,7 +177,7 @@ def fit(
         state = TrainerState()
         adapter = start(train_corpus, target)
     model = adapter.model
-    augmentation = train_config.augment or adapter.augment
+    augmentation = adapter.augment if train_config.augment is None else train_config.augment
 
     data = load_pairs(train_corpus, adapter.preprocess_config, skipped=report.skipped)
     trained_on = {
@@ -191,8 +191,7 @@ def fit(
             out / AUGMENTATIONS_FILE, _grid_samples(data), config=augmentation, seed=train_config.seed
         )
 
-    steps_per_epoch = len(epoch_batches(data, train_config.batch_size, random.Random(0)))
-    total_steps = steps_per_epoch * train_config.epochs
+    total_steps = steps_per_epoch(len(data.captions), train_config.batch_size) * train_config.epochs
     optimizer = torch.optim.AdamW(param_groups(model, train_config.weight_decay), lr=train_config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(train_config.warmup_steps, total_steps)
@@ -398,6 +397,12 @@ def epoch_batches(
                 second.append(rng.choice(others))
         batches.append(Batch(idx, captions, rows, second))
     return batches
+
+
+def steps_per_epoch(images: int, batch_size: int) -> int:
+    """Optimiser steps in one epoch of epoch_batches: a last batch of one image is dropped."""
+    full, rest = divmod(images, batch_size)
+    return full + (1 if rest >= 2 else 0)
 
 
 def step_inputs(
