@@ -99,10 +99,14 @@ def run_variant(variant: str, corpus_path: Path, out: Path, epochs: int) -> dict
     scores = {"val": best.metrics, "test": evaluate_corpus(encoder, corpus.select("test"))}
     if SHIFT_SPLIT in corpus.splits():
         scores[SHIFT_SPLIT] = evaluate_corpus(encoder, corpus.select(SHIFT_SPLIT))
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak_mib = usage.ru_maxrss / KIB
     return {
         "variant": variant,
         "seconds": round(seconds, 1),
+        # CPU time is what a shared machine's load does not inflate much: wall time on an idle
+        # 2-core machine is about half of it.
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
         "peak_mib": round(peak_mib),
         "best_epoch": report.best_epoch,
         **scores,
@@ -130,6 +134,7 @@ def markdown_row(result: dict[str, Any]) -> str:
         pair(SHIFT_SPLIT, "t2i"),
         pair(SHIFT_SPLIT, "i2t"),
         f"{result['seconds']:.0f}",
+        f"{result['cpu_seconds']:.0f}" if "cpu_seconds" in result else "-",
         str(result["peak_mib"]),
     ]
     return "| " + " | ".join(cells) + " |"
@@ -137,8 +142,8 @@ def markdown_row(result: dict[str, Any]) -> str:
 
 HEADER = (
     "| variant | val t2i R@1 | val i2t R@1 | val RSUM | test t2i R@1 / R@10 | test i2t R@1 / R@10 "
-    "| shift t2i R@1 / R@10 | shift i2t R@1 / R@10 | train s | peak MiB |\n"
-    "|---|---|---|---|---|---|---|---|---|---|"
+    "| shift t2i R@1 / R@10 | shift i2t R@1 / R@10 | train s | CPU s | peak MiB |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -150,7 +155,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/mmsearch-recipe"))
     parser.add_argument("--only", nargs="*", choices=VARIANTS)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # child process
+    parser.add_argument("--table", action="store_true", help="Print the table of finished runs in --work.")
     args = parser.parse_args()
+    if args.table:
+        print(HEADER)
+        for variant in args.only or VARIANTS:
+            saved = args.work / variant.replace(" ", "-") / "recipe-result.json"
+            if saved.is_file():
+                print(markdown_row(json.loads(saved.read_text())))
+        return
     if args.variant:
         out = args.work / args.variant.replace(" ", "-")
         result = run_variant(args.variant, args.corpus, out, args.epochs)
