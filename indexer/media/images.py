@@ -637,6 +637,8 @@ def model_input_image(image: Image.Image, config: PreprocessConfig) -> Image.Ima
 
 def normalise_uint8(pixels: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
     """(B, S, S, 3) uint8 model-input images -> (B, 3, S, S) float32, as `preprocess` computes."""
+    import torch
+
     unit = pixels.to(torch.float32) / UINT8_MAX  # (B, S, S, 3) in [0, 1]
     mean = torch.tensor(config.mean, dtype=torch.float32)
     std = torch.tensor(config.std, dtype=torch.float32)
