@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -84,7 +84,9 @@ def train_cmd(
     image_init: Annotated[
         Path | None, typer.Option("--image-init", help="Local ResNet weights.")
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from OUT/last (native or OpenCLIP).")
+    ] = False,
     caption_agreement: Annotated[
         float,
         typer.Option(
@@ -95,6 +97,31 @@ def train_cmd(
             "needs images with several captions.",
         ),
     ] = TrainConfig.caption_agreement,
+    augment: Annotated[
+        bool | None,
+        typer.Option(
+            "--augment/--no-augment",
+            help="Augment training images as the model config allows (mild crops, colour jitter "
+            "without hue shift, blur, noise, JPEG), shown in OUT/augmentations.png (default: "
+            "the config's choice, on unless it says otherwise).",
+        ),
+    ] = None,
+    flip: Annotated[
+        bool | None,
+        typer.Option(
+            "--flip/--no-flip",
+            help="Mirror training images and swap left/right in their captions (default: the "
+            "model config's choice; off for OpenCLIP and corpora whose captions could lie).",
+        ),
+    ] = None,
+    trained_on_name: Annotated[
+        str | None,
+        typer.Option(
+            "--trained-on-name",
+            help="Corpus name recorded in the model's trained_on (default: the generator in a "
+            "manifest.json beside the corpus, else the corpus file or folder name).",
+        ),
+    ] = None,
     device: DeviceOption = DEFAULT_DEVICE,
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
     init: Annotated[
@@ -109,22 +136,30 @@ def train_cmd(
     pretrained: PretrainedOption = None,
 ) -> None:
     """Train the ALBERT+CNN dual encoder (or fine-tune OpenCLIP: --init); keeps the best by val recall."""
-    from indexer.models.config import load_named_config
+    from indexer.models.config import AugmentConfig, load_named_config
+    from indexer.models.spec import is_openclip_dir
     from indexer.training.corpora import load_corpus
-    from indexer.training.loop import train, train_openclip
+    from indexer.training.loop import LAST_DIR, train, train_openclip
 
     if init is None and (checkpoint is not None or pretrained is not None):
         fail("in `train`, --checkpoint/--pretrained give the weights of --init openclip:ARCH", 2)
-    if init is not None and (text_init or image_init or resume or config):
-        fail("--init fine-tunes an OpenCLIP model: drop --config, --text-init, --image-init, --resume", 2)
+    if init is not None and (text_init or image_init or config):
+        fail("--init fine-tunes an OpenCLIP model: drop --config, --text-init, --image-init", 2)
+    openclip_run = init is not None or (resume and is_openclip_dir(out / LAST_DIR))
     data = load_corpus(corpus)
-    default_lr = TrainConfig.lr if init is None else FINETUNE_LR
+    model_config = None if openclip_run else load_named_config(config or DEFAULT_TRAIN_CONFIG)
+    base_augment = model_config.augment if model_config is not None else AugmentConfig()
     train_config = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
         seed=seed,
-        lr=default_lr if lr is None else lr,
+        lr=(FINETUNE_LR if openclip_run else TrainConfig.lr) if lr is None else lr,
         caption_agreement=caption_agreement,
+        augment=replace(
+            base_augment,
+            enabled=base_augment.enabled if augment is None else augment,
+            flip=base_augment.flip if flip is None else flip,
+        ),
     )
 
     def show(result: EpochResult) -> None:
@@ -142,7 +177,7 @@ def train_cmd(
             f"epoch {result.epoch:3d}  loss {result.loss:.4f}{recall}  {result.seconds:.1f}s{best}"
         )
 
-    if init is not None:
+    if model_config is None:
         report = train_openclip(
             data,
             out,
@@ -150,7 +185,9 @@ def train_cmd(
             checkpoint=checkpoint,
             pretrained=pretrained,
             train_config=train_config,
+            resume=resume,
             device=device,
+            trained_on_name=trained_on_name,
             progress=not quiet,
             on_epoch=show,
         )
@@ -158,12 +195,13 @@ def train_cmd(
         report = train(
             data,
             out,
-            model_config=load_named_config(config or DEFAULT_TRAIN_CONFIG),
-            train_config=train_config,
+            model_config=model_config,
             text_init=text_init,
             image_init=image_init,
+            train_config=train_config,
             resume=resume,
             device=device,
+            trained_on_name=trained_on_name,
             progress=not quiet,
             on_epoch=show,
         )

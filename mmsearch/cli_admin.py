@@ -136,20 +136,30 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
-    """Recall@1/5/10 and median rank for text->image and image->text."""
+    """Recall@1/5/10 and median rank for text->image and image->text (and the shift split)."""
     from indexer.models.encoder import load_encoder
     from indexer.training.corpora import load_corpus
-    from indexer.training.evaluate import evaluate_corpus
+    from indexer.training.evaluate import SHIFT_SPLIT, evaluate_with_shift
 
-    data = load_corpus(corpus, split=split)
+    data = load_corpus(corpus)
+    if split is not None:
+        data.select(split)  # an unknown split is refused before the model loads
     encoder = load_encoder(model_option_spec(model, checkpoint, pretrained), device=device)
-    result = evaluate_corpus(encoder, data, batch_size=batch_size)
+    result = evaluate_with_shift(encoder, data, split=split, batch_size=batch_size)
     if as_json:
         typer.echo(json.dumps(result))
         return
+    _print_evaluation(f"{corpus} split={split or 'all'}", result)
+    if SHIFT_SPLIT in result:
+        typer.echo("")
+        _print_evaluation(
+            f"{corpus} split={SHIFT_SPLIT} (another renderer, never trained on)", result[SHIFT_SPLIT]
+        )
+
+
+def _print_evaluation(title: str, result: dict) -> None:  # type: ignore[type-arg]
     typer.echo(
-        f"{corpus} split={split or 'all'}: "
-        f"{result['counts']['images']} images, {result['counts']['captions']} captions"
+        f"{title}: {result['counts']['images']} images, {result['counts']['captions']} captions"
     )
     _print_metrics("all captions", result)
     for name, group in result.get("breakdown", {}).items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -176,7 +177,9 @@ def test_eval_reports_the_recall_of_the_models_own_embeddings(
 ) -> None:
     corpus = load_corpus(sample_corpus)
     encoder = load_encoder(shapes_model, device="cpu")
-    for split, expected in (("test", corpus.select("test")), (None, corpus)):
+    # Without --split every split but "shift" is scored; the shift split is reported beside it.
+    in_distribution = replace(corpus, pairs=tuple(p for p in corpus.pairs if p.split != "shift"))
+    for split, expected in (("test", corpus.select("test")), (None, in_distribution)):
         args = ["eval", "--corpus", sample_corpus, "--model", shapes_model, "--json", "--device", "cpu"]
         result = json.loads(ok(run(*args, *(["--split", split] if split else []))))
         want = reference_recall(encoder, [(p.image, p.caption) for p in expected.pairs])
@@ -187,6 +190,7 @@ def test_eval_reports_the_recall_of_the_models_own_embeddings(
         assert 0.0 < want["t2i"]["R@1"] < want["t2i"]["R@10"] < 1.0, want
         assert result["counts"]["images"] == len(expected.images())
         assert result["counts"]["captions"] == len(expected)
+        assert result["shift"]["counts"]["images"] == len(corpus.select("shift").images())
 
     args = ["eval", "--corpus", sample_corpus, "--model", shapes_model, "--split", "val"]
     text = ok(run(*args, "--device", "cpu"))

@@ -626,6 +626,25 @@ def preprocess(image: Image.Image, config: PreprocessConfig) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))  # (3, S, S)
 
 
+def model_input_image(image: Image.Image, config: PreprocessConfig) -> Image.Image:
+    """RGB image -> the (S, S) image `preprocess` normalises: what the model sees, as pixels.
+
+    Training keeps these (and augments them); `normalise_uint8` then gives exactly what
+    `preprocess` would have given for the original image.
+    """
+    return _resize(image, config)
+
+
+def normalise_uint8(pixels: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+    """(B, S, S, 3) uint8 model-input images -> (B, 3, S, S) float32, as `preprocess` computes."""
+    import torch
+
+    unit = pixels.to(torch.float32) / UINT8_MAX  # (B, S, S, 3) in [0, 1]
+    mean = torch.tensor(config.mean, dtype=torch.float32)
+    std = torch.tensor(config.std, dtype=torch.float32)
+    return ((unit - mean) / std).permute(0, 3, 1, 2).contiguous()  # (B, 3, S, S)
+
+
 def preprocess_batch(images: Sequence[Image.Image], config: PreprocessConfig) -> torch.Tensor:
     """RGB images -> (B, 3, S, S) float32; an empty batch gives B = 0 rather than an error."""
     import torch

@@ -30,6 +30,7 @@ __all__ = [
     "Corpus",
     "CorpusError",
     "RetrievalSet",
+    "corpus_name",
     "load_corpus",
     "retrieval_set",
 ]
@@ -152,6 +153,28 @@ def retrieval_set(corpus: Corpus) -> RetrievalSet:
         captions=tuple(p.caption for p in corpus.pairs),
         caption_to_image=tuple(index_of[p.image] for p in corpus.pairs),
     )
+
+
+# File stems that say nothing about the corpus: its folder's name says more.
+GENERIC_CORPUS_STEMS = frozenset({"corpus", "captions", "dataset", "data", "pairs", "train"})
+MANIFEST_FILE = "manifest.json"
+
+
+def corpus_name(corpus: Corpus) -> str:
+    """A short name for what a model was trained on: the generator named in a manifest.json
+    beside the corpus, else the file's (or a generic file's folder's) name."""
+    source = corpus.source
+    folder = source if source.is_dir() else source.parent
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    if isinstance(manifest, dict) and isinstance(manifest.get("generator"), str):
+        version = manifest.get("version")
+        return f"{manifest['generator']}/{version}" if version is not None else manifest["generator"]
+    if source.is_dir() or source.stem.lower() in GENERIC_CORPUS_STEMS:
+        return folder.name
+    return source.stem
 
 
 def load_corpus(path: Path | str, *, split: str | None = None) -> Corpus:
