@@ -312,7 +312,9 @@ def test_cycle_finder_sees_a_lazy_import_cycle_and_ignores_typing_only_imports()
     assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert import_cycles({"a": {"b"}, "b": set()}) == []
     lazy = "def f():\n    from indexer.store import catalog\n"
-    typing_only = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from indexer.store import vectors\n"
+    typing_only = (
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from indexer.store import vectors\n"
+    )
     assert imported_modules(lazy, "<test>", runtime_only=True) == ["indexer.store.catalog"]
     assert imported_modules(typing_only, "<test>", runtime_only=True) == ["typing"]
 
