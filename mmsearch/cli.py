@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
-from indexer.indexing.fusion import Fusion
+from indexer.indexing.fusion import FUSION_METHODS, Fusion, FusionError, FusionMethod
 from indexer.indexing.pipeline import (
     IndexOptions,
     IndexReport,
@@ -28,7 +28,7 @@ from indexer.models.config import TrainConfig, load_named_config
 from indexer.models.encoder import load_encoder, model_spec
 from indexer.training.corpora import load_corpus
 from indexer.training.loop import FINETUNE_LR, EpochResult, train, train_openclip
-from mmsearch import cli_admin, preview
+from mmsearch import cli_admin, cli_fusion, preview
 from mmsearch.cli_common import (
     CheckpointOption,
     DbOption,
@@ -207,9 +207,21 @@ def index_cmd(
             "image's own text is a sidecar PHOTO.txt, else its EXIF/XMP/IPTC description.",
         ),
     ] = None,
+    fusion: Annotated[
+        str | None,
+        typer.Option(
+            "--fusion",
+            metavar="linear|learned",
+            help="How searches mix an image's own text with its pixels, recorded in the index: "
+            "linear (--text-weight) or learned (the model's fusion head, from `mmsearch "
+            "train-fusion`). Default: keep the index's; a new index gets learned when the model "
+            "has a head and learned is the measured default, else linear.",
+        ),
+    ] = None,
 ) -> None:
     """Index photo folders: new and changed files are encoded, moved ones recognised, gone ones removed."""
     index_dir = index_dir_of(db)
+    method = _fusion_method(fusion)
     given = read_captions(captions) if captions is not None else None
     encoder = _encoder_for_index(
         index_dir, model_spec(model, checkpoint=checkpoint, pretrained=pretrained), device
@@ -220,6 +232,7 @@ def index_cmd(
         scan=ScanOptions(exclude=tuple(exclude or ()), include_hidden=include_hidden),
         exif_thumbnails=exif_thumbnails,
         torch_threads=torch_threads,
+        fusion=method,
     )
     bar: tqdm | None = None
 
@@ -250,6 +263,17 @@ def index_cmd(
         typer.echo(json.dumps({"db": str(index_dir), **report.to_dict()}))
     elif not quiet:
         _print_index_summary(report, index_dir)
+        if method is not None:
+            typer.echo(f"fusion: {report.fusion} (searches use it unless they pass --fusion)")
+
+
+def _fusion_method(value: str | None) -> FusionMethod | None:
+    """--fusion parsed once: linear, learned, or None (not given)."""
+    if value is None:
+        return None
+    if value not in FUSION_METHODS:
+        fail(f"--fusion takes {' or '.join(FUSION_METHODS)}, not {value!r}", 2)
+    return value  # type: ignore[return-value]
 
 
 def _encoder_for_index(index_dir: Path, model: str | None, device: str):  # type: ignore[no-untyped-def]
@@ -313,9 +337,12 @@ SEARCH_EPILOG = (
     "weights and renormalised.\n\n"
     "Scores are cosine similarities. An image with its own text (a sidecar PHOTO.txt, its "
     "EXIF/XMP/IPTC description, or index --captions) scores (1-W)*image + W*own-text "
-    "similarity, W = --text-weight (the text similarity shifted onto the image scale first), "
-    "for a SENTENCE and an --image query alike; images without own text keep their image "
-    "score.\n\n"
+    "similarity under --fusion linear, W = --text-weight (the text similarity shifted onto the "
+    "image scale first), for a SENTENCE and an --image query alike; under --fusion learned the "
+    "model's fusion head picks the mix per query and image (for a SENTENCE; an --image query "
+    "mixes linearly). Images without own text keep their image score. Without --fusion, the "
+    "index's recorded method is used (`mmsearch index --fusion`); --text-weight means "
+    "linear.\n\n"
     "Relevance: at index time mmsearch records the scores of random caption/image pairs of the "
     "index (see `mmsearch calibrate`); a hit above their 99th percentile is 'likely relevant' "
     "(marked * after its score; --relevant keeps only those). --min-score X instead keeps hits "
@@ -370,8 +397,17 @@ def search_cmd(
             "--text-weight",
             min=0.0,
             max=1.0,
-            help=f"Weight W of an image's own text against its pixels "
+            help=f"Weight W of an image's own text against its pixels under linear fusion "
             f"(0 = pixels only; default {DEFAULT_TEXT_WEIGHT}, measured on the sample corpus).",
+        ),
+    ] = None,
+    fusion: Annotated[
+        str | None,
+        typer.Option(
+            "--fusion",
+            metavar="linear|learned",
+            help="Mix own text and pixels linearly (--text-weight) or with the model's learned "
+            "fusion head; default: the index's recorded method.",
         ),
     ] = None,
     min_score: Annotated[
@@ -423,12 +459,16 @@ def search_cmd(
         fail(str(exc), 2)
     if not terms:
         fail("give either a SENTENCE or --image IMG", 2)
+    try:
+        mix = Fusion.weighted(text_weight, _fusion_method(fusion))
+    except FusionError:
+        fail("--text-weight sets the linear fusion: drop it with --fusion learned", 2)
     request = Query(
         tuple(terms),
         to=to,  # type: ignore[arg-type]
         k=k,
         under=under,
-        fusion=Fusion.weighted(text_weight),
+        fusion=mix,
         min_score=threshold,
         relevant=relevant,
     )
@@ -562,6 +602,7 @@ def serve_cmd(
 
 
 cli_admin.register()  # calibrate, optimize, eval, info, remove: listed after the commands above
+cli_fusion.register()  # train-fusion
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from indexer.errors import InvalidInputError, MMSearchError, NotFoundError, UnavailableError
 from indexer.indexing.calibration import Calibration, read_calibration
-from indexer.indexing.fusion import Fusion, Scored, plain, score_documents
+from indexer.indexing.fusion import Fusion, FusionMethod, Scored, plain, score_documents
+from indexer.indexing.fusion_head import FusionHead, load_fusion_head
 from indexer.indexing.pipeline import (
     IndexOptions,
     IndexReport,
@@ -149,6 +150,7 @@ class IndexStats:
     image_vectors: int
     text_vectors: int
     size_bytes: int
+    fusion: str  # the fusion method queries use unless they ask for another
 
 
 class _Snapshot:
@@ -206,6 +208,8 @@ class Engine:
         self._images = _Snapshot(index_dir / IMAGES_FAISS, info.dim, use_gpu=use_gpu)
         self._texts = _Snapshot(index_dir / TEXTS_FAISS, info.dim, use_gpu=use_gpu)
         self._doc_texts = _Snapshot(index_dir / DOC_TEXTS_FAISS, info.dim, use_gpu=use_gpu)
+        self._fusion_head: FusionHead | None = None
+        self._head_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -252,9 +256,11 @@ class Engine:
         text_weight: float | None = None,
         min_score: float | None = None,
         relevant: bool = False,
+        fusion: FusionMethod | None = None,
     ) -> list[ImageHit]:
         """Images best matching a sentence (only files below `under` when given); images with
-        own text are scored on image and text together (indexer.indexing.fusion)."""
+        own text are scored on image and text together (indexer.indexing.fusion; `fusion`
+        "linear" or "learned", default the index's)."""
         spec = _query(
             [QueryTerm("text", query)],
             k=k,
@@ -262,6 +268,7 @@ class Engine:
             text_weight=text_weight,
             min_score=min_score,
             relevant=relevant,
+            fusion=fusion,
         )
         return self.search(spec).hits  # type: ignore[return-value]
 
@@ -275,6 +282,7 @@ class Engine:
         text_weight: float | None = None,
         min_score: float | None = None,
         relevant: bool = False,
+        fusion: FusionMethod | None = None,
     ) -> list[ImageHit] | list[TextHit]:
         """Images similar to an image (to="image"; own texts fused as for a sentence), or texts
         describing it (to="text")."""
@@ -286,6 +294,7 @@ class Engine:
             text_weight=text_weight,
             min_score=min_score,
             relevant=relevant,
+            fusion=fusion,
         )
         return self.search(spec).hits
 
@@ -299,6 +308,7 @@ class Engine:
         text_weight: float | None = None,
         min_score: float | None = None,
         relevant: bool = False,
+        fusion: FusionMethod | None = None,
     ) -> list[ImageHit] | list[TextHit]:
         """Like search_image for an already indexed image, from its stored vector (no decoding)."""
         spec = _query(
@@ -309,6 +319,7 @@ class Engine:
             text_weight=text_weight,
             min_score=min_score,
             relevant=relevant,
+            fusion=fusion,
         )
         return self.search(spec).hits
 
@@ -326,6 +337,7 @@ class Engine:
         text_weight: float | None = None,
         min_score: float | None = None,
         relevant: bool = False,
+        fusion: FusionMethod | None = None,
     ) -> list[ImageHit] | list[TextHit]:
         """Query arithmetic: the weighted sum of the terms' normalised embeddings, renormalised."""
         return self.search_scored(
@@ -336,6 +348,7 @@ class Engine:
             text_weight=text_weight,
             min_score=min_score,
             relevant=relevant,
+            fusion=fusion,
         ).hits
 
     def search_scored(
@@ -348,6 +361,7 @@ class Engine:
         text_weight: float | None = None,
         min_score: float | None = None,
         relevant: bool = False,
+        fusion: FusionMethod | None = None,
     ) -> SearchResults:
         """search() with its fields as arguments: weighted terms, hits and their relevance."""
         spec = _query(
@@ -358,6 +372,7 @@ class Engine:
             text_weight=text_weight,
             min_score=min_score,
             relevant=relevant,
+            fusion=fusion,
         )
         return self.search(spec)
 
@@ -372,6 +387,7 @@ class Engine:
         text_weight: float | None = None,
         min_score: float | None = None,
         relevant: bool = False,
+        fusion: FusionMethod | None = None,
     ) -> SearchResults:
         """Search with a ready query vector (dim,) (renormalised if it is not of unit length);
         `modality` (what the query is) picks the fusion channels and the random-pair
@@ -386,6 +402,7 @@ class Engine:
             text_weight=text_weight,
             min_score=min_score,
             relevant=relevant,
+            fusion=fusion,
         )
         return self._answer(self.query_vector(vector), modality, spec)
 
@@ -445,8 +462,9 @@ class Engine:
                 f"{self.index_dir} has no score calibration yet, so relevance is unknown: run "
                 f"`mmsearch calibrate --db {self.index_dir}` (or `mmsearch index` again)"
             )
-        scored = self._score(vector, modality, query, calibration)
-        relevance = relevance_of(scored, calibration, modality=modality, to=query.to, fusion=query.fusion)
+        fusion, head = self._fusion_for(query.fusion, modality)
+        scored = self._score(vector, modality, query, calibration, fusion=fusion, head=head)
+        relevance = relevance_of(scored, calibration, modality=modality, to=query.to, fusion=fusion)
         if query.relevant and relevance is None:
             raise QueryError("this index's calibration does not cover this kind of query")
         scored, relevance = cut(scored, relevance, min_score=query.min_score, relevant_only=query.relevant)
@@ -457,7 +475,14 @@ class Engine:
         return SearchResults(hits, relevance)
 
     def _score(
-        self, vector: np.ndarray, modality: TermKind, query: Query, calibration: Calibration | None
+        self,
+        vector: np.ndarray,
+        modality: TermKind,
+        query: Query,
+        calibration: Calibration | None,
+        *,
+        fusion: Fusion,
+        head: FusionHead | None,
     ) -> Scored:
         if query.to == "text":
             result = self._texts.refresh().search(vector[None, :], query.k)[0]
@@ -467,10 +492,31 @@ class Engine:
             self._images.refresh(),
             self._doc_texts.refresh(),
             query.k,
-            fusion=query.fusion,
+            fusion=fusion,
             channels=None if calibration is None else calibration.channels(modality),
             allowed_ids=None if query.under is None else self._ids_under(query.under),
+            head=head,
         )
+
+    def _fusion_for(self, fusion: Fusion, modality: TermKind) -> tuple[Fusion, FusionHead | None]:
+        """The query's fusion with a concrete method (the index's when it names none), and the
+        head that scores it: learned fusion is trained for sentences, so an image query under it
+        uses the linear rule."""
+        fusion = fusion.resolved(self.info.fusion)
+        if fusion.method != "learned":
+            return fusion, None
+        head = self.fusion_head()
+        if modality != head.config.query_modality:
+            return replace(fusion, method="linear"), None
+        return fusion, head
+
+    def fusion_head(self) -> FusionHead:
+        """The model's learned fusion head (loaded once), or NoFusionHeadError naming the command
+        that trains one."""
+        with self._head_lock:
+            if self._fusion_head is None:
+                self._fusion_head = load_fusion_head(self.encoder.info.source, self.encoder.info.model_id)
+            return self._fusion_head
 
     def _hits(self, scored: Scored, to: Target) -> list[ImageHit] | list[TextHit]:
         ids = [int(i) for i in scored.ids]
@@ -608,6 +654,7 @@ class Engine:
             image_vectors=len(self._images.refresh()),
             text_vectors=len(self._texts.refresh()),
             size_bytes=sum(p.stat().st_size for p in index_files(self.index_dir)),
+            fusion=self.info.fusion or "linear",
         )
 
 
@@ -630,6 +677,7 @@ def _query(
     text_weight: float | None = None,
     min_score: float | None = None,
     relevant: bool = False,
+    fusion: FusionMethod | None = None,
 ) -> Query:
     """The wrappers' arguments as a Query; what it refuses is a QueryError like the engine's."""
     try:
@@ -638,7 +686,7 @@ def _query(
             to=to,
             k=k,
             under=None if under is None else Path(under),
-            fusion=Fusion.weighted(text_weight),
+            fusion=Fusion.weighted(text_weight, fusion),
             min_score=min_score,
             relevant=relevant,
         )

@@ -38,6 +38,7 @@ IMAGES_FAISS = "images.faiss"
 TEXTS_FAISS = "texts.faiss"
 DOC_TEXTS_FAISS = "doc_texts.faiss"
 LOCK_FILE = "write.lock"
+FUSION_KEY = "fusion"  # the index_info row recording the index's fusion method
 
 
 class IndexStoreError(UnavailableError):
@@ -67,6 +68,9 @@ class IndexInfo:
     dim: int
     index_type: str
     created_at: float
+    # How documents with own text are fused by default (indexer.indexing.fusion FUSION_METHODS);
+    # None for indexes from before the choice was recorded (they fuse linearly).
+    fusion: str | None = None
 
     @classmethod
     def from_rows(cls, rows: dict[str, str]) -> IndexInfo:
@@ -79,11 +83,12 @@ class IndexInfo:
             dim=int(rows["dim"]),
             index_type=rows.get("index_type", INDEX_TYPE),
             created_at=float(rows.get("created_at", "0")),
+            fusion=rows.get(FUSION_KEY),
         )
 
     def to_rows(self) -> dict[str, str]:
-        """Key/value rows for index_info."""
-        return {k: str(v) for k, v in self.__dict__.items()}
+        """Key/value rows for index_info (a field not recorded has no row)."""
+        return {k: str(v) for k, v in self.__dict__.items() if v is not None}
 
 
 def read_index_info(index_dir: Path) -> IndexInfo:
@@ -155,6 +160,7 @@ class IndexWriter:
         self.texts = VectorStore.create(1)
         self.doc_texts = VectorStore.create(1)
         self.repaired = 0
+        self.created = False  # True when this writer created the index
 
     def __enter__(self) -> IndexWriter:
         if self.encoder_info is None:
@@ -198,6 +204,7 @@ class IndexWriter:
                 )
                 catalog.write_info(session, info.to_rows())
                 session.commit()
+                self.created = True
         dim = info.dim
         self.images = VectorStore.load(self.index_dir / IMAGES_FAISS, dim=dim)
         self.texts = VectorStore.load(self.index_dir / TEXTS_FAISS, dim=dim)

@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Path as PathParam
 from fastapi import Query
@@ -27,6 +27,13 @@ UPLOAD_NAME_CHARS = 200
 KParam = Annotated[int, Query(ge=1, le=MAX_K, description="Number of results.")]
 QParam = Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="A sentence.")]
 IdParam = Annotated[int, PathParam(ge=1, le=MAX_IMAGE_ID, description="Image id from a search.")]
+FusionParam = Annotated[
+    Literal["linear", "learned"] | None,
+    Query(
+        description="How an image's own text joins its pixels: linear, or learned (the model's "
+        "fusion head); default: the index's recorded method."
+    ),
+]
 
 
 @dataclass

@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile as FormFile
 from starlette.exceptions import HTTPException
 
 from mmsearch.engine import MAX_IMAGE_ID, MAX_K, ImageHit, TextHit
-from mmsearch.service.context import KParam, QParam, ServiceContext
+from mmsearch.service.context import FusionParam, KParam, QParam, ServiceContext
 from mmsearch.service.errors import MALFORMED, NOT_FOUND, TOO_LARGE, UNSUPPORTED
 from mmsearch.service.files import display
 from mmsearch.service.models import (
@@ -57,11 +57,11 @@ def search_router(context: ServiceContext) -> APIRouter:
     engine, settings = context.engine, context.settings
 
     @router.get("/search", response_model=ImageSearchResponse, tags=["search"])
-    def search(q: QParam, k: KParam = DEFAULT_K) -> SearchResponse:
+    def search(q: QParam, k: KParam = DEFAULT_K, fusion: FusionParam = None) -> SearchResponse:
         """Text to image: the indexed images that best match a sentence."""
         started = time.perf_counter()
         with context.query_slots:
-            hits = engine.search_text(q, k=k)
+            hits = engine.search_text(q, k=k, fusion=fusion)
         return _search_response(hits, to="image", query=QueryInfo(text=q), k=k, started=started)
 
     @router.post(
@@ -117,6 +117,7 @@ def search_router(context: ServiceContext) -> APIRouter:
                 request.k,
                 request.to,
                 modality=request.modality,
+                fusion=request.fusion,
             )
         return _search_response(results.hits, to=request.to, query=QueryInfo(), k=request.k, started=started)
 
