@@ -69,7 +69,7 @@ def train_fusion_cmd(
         )
 
     provenance = {
-        "corpus": str(corpus.resolve()),
+        "corpus": str(corpus),
         "train_images": len(train.images),
         "val_images": len(val.images),
     }

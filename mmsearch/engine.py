@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from indexer.errors import InvalidInputError, MMSearchError, NotFoundError, UnavailableError
 from indexer.indexing.calibration import Calibration, read_calibration
-from indexer.indexing.fusion import Fusion, FusionMethod, Scored, plain, score_documents
+from indexer.indexing.fusion import FUSION_METHODS, Fusion, FusionMethod, Scored, plain, score_documents
 from indexer.indexing.fusion_head import FusionHead, load_fusion_head
 from indexer.indexing.pipeline import (
     IndexOptions,
@@ -509,6 +509,14 @@ class Engine:
         if modality != head.config.query_modality:
             return replace(fusion, method="linear"), None
         return fusion, head
+
+    def fusion_methods(self) -> tuple[str, ...]:
+        """The fusion methods queries can ask for: learned only when the model has a usable head."""
+        try:
+            self.fusion_head()
+        except MMSearchError:
+            return ("linear",)
+        return FUSION_METHODS
 
     def fusion_head(self) -> FusionHead:
         """The model's learned fusion head (loaded once), or NoFusionHeadError naming the command

@@ -263,6 +263,14 @@ def learned_index(photos: Path, headed_model: Path, tmp_path_factory: pytest.Tem
     return out
 
 
+def offered_methods(client: TestClient) -> list[list[str]]:
+    """The fusion methods /openapi.json offers for GET /search and POST /search/vector."""
+    schema = client.get("/openapi.json").json()
+    param = next(p for p in schema["paths"]["/search"]["get"]["parameters"] if p["name"] == "fusion")
+    body = schema["components"]["schemas"]["VectorSearchRequest"]["properties"]["fusion"]
+    return [option["anyOf"][0]["enum"] for option in (param["schema"], body)]
+
+
 def names(hits: list) -> list[str]:  # type: ignore[type-arg]
     return [Path(h.path).name for h in hits]
 
@@ -292,6 +300,7 @@ def test_learned_fusion_needs_a_head_and_says_how_to_train_one(
         client = TestClient(create_app(engine))
         answer = client.get("/search", params={"q": QUERY, "fusion": "learned"})
         assert answer.status_code == 422 and "mmsearch train-fusion" in answer.json()["detail"]
+        assert offered_methods(client) == [["linear"], ["linear"]]  # the schema says what works
 
 
 def test_the_recorded_method_is_the_default_and_the_flag_overrides_it(
@@ -314,6 +323,7 @@ def test_the_recorded_method_is_the_default_and_the_flag_overrides_it(
         assert engine.search_image(red, k=10) == engine.search_image(red, k=10, fusion="linear")
 
         client = TestClient(create_app(engine))
+        assert offered_methods(client) == [["linear", "learned"]] * 2
         by_http = {
             method: [
                 r["path"]
@@ -401,4 +411,4 @@ def test_train_fusion_command_writes_a_head_the_index_can_use(
     head = fh.load_fusion_head(str(model.resolve()), load_encoder(model, device="cpu").info.model_id)
     trained = head.config.trained
     assert trained["train_config"]["steps"] == 20 and "val_linear" in trained
-    assert trained["corpus"] == str(sample_corpus.resolve())
+    assert trained["corpus"] == str(sample_corpus)

@@ -275,9 +275,24 @@ def mean_recall(metrics: dict[str, dict[str, float]], group: str) -> float:
     return float(np.mean([metrics[group][f"R@{k}"] for k in RECALL_KS]))
 
 
+def best_linear_weight(linear: dict[str, dict[str, dict[str, float]]]) -> float:
+    """The text weight (linear: weight as str -> val metrics) selected by `selection_key` with
+    pixels alone as the floor: the linear fusion a head has to beat."""
+    pixels = linear["0.0"]["without_text"]
+    return float(max(linear, key=lambda w: selection_key(linear[w], pixels)))
+
+
+def head_floor(linear: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+    """What a head must keep for images without own text: each R@K of pixels alone and of linear
+    fusion at its selected weight, whichever is higher."""
+    pixels = linear["0.0"]["without_text"]
+    chosen = linear[str(best_linear_weight(linear))]["without_text"]
+    return {k: max(pixels[k], chosen[k]) for k in pixels}
+
+
 def selection_key(metrics: dict[str, dict[str, float]], floor: dict[str, float]) -> tuple[bool, float, float]:
-    """What selects a head on val: first that images without own text are found at least as
-    well as by their pixels alone (each R@K >= floor's), then pooled R@1, then pooled R@10."""
+    """What selects on val: first that images without own text are found at least as well as
+    the floor says (each R@K), then pooled R@1, then pooled R@10."""
     kept = all(metrics["without_text"][k] >= floor[k] for k in floor)
     return (kept, metrics["all"]["R@1"], metrics["all"]["R@10"])
 
@@ -307,9 +322,8 @@ class FusionTrainReport:
     seconds: float = 0.0
 
     def best_linear_weight(self) -> float:
-        """The text weight linear fusion would be selected at, by the head's own rule."""
-        floor = self.linear["0.0"]["without_text"]
-        return float(max(self.linear, key=lambda w: selection_key(self.linear[w], floor)))
+        """The text weight linear fusion is selected at on val (`best_linear_weight`)."""
+        return best_linear_weight(self.linear)
 
 
 def train_fusion_head(
@@ -354,7 +368,7 @@ def train_fusion_head(
     plan = protocol(val, seed=config.seed)
     val_shift = float(np.subtract(*modality_gap(val, seed=config.seed)))
     linear = {str(w): fusion_recall(val, plan, linear_scorer(w, val_shift)) for w in LINEAR_WEIGHTS}
-    floor = linear["0.0"]["without_text"]  # pixels alone
+    floor = head_floor(linear)
     images = torch.from_numpy(train.images)
     captions = torch.from_numpy(train.captions)
     pool = np.flatnonzero(usable)

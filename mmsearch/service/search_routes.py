@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -148,16 +149,23 @@ def search_router(context: ServiceContext) -> APIRouter:
     return router
 
 
-def document_dimension(app: FastAPI, dim: int) -> None:
-    """State in /openapi.json how many numbers a vector has for the served index: a request
-    model cannot, the dimension belongs to the index."""
+def document_dimension(app: FastAPI, dim: int, *, fusion_methods: Sequence[str] | None = None) -> None:
+    """State in /openapi.json how many numbers a vector has for the served index, and which
+    fusion methods it can use (learned only with a fusion head): a request model cannot, both
+    belong to the index and its model."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schemas = build()["components"]["schemas"]
+            schema = build()
+            schemas = schema["components"]["schemas"]
             schemas["VectorSearchRequest"]["properties"]["vector"].update(minItems=dim, maxItems=dim)
             schemas["EmbedResponse"]["properties"]["vectors"]["items"].update(minItems=dim, maxItems=dim)
+            if fusion_methods is not None:
+                search = schema["paths"]["/search"]["get"]["parameters"]
+                fusion = next(p["schema"] for p in search if p["name"] == "fusion")
+                for option in (fusion, schemas["VectorSearchRequest"]["properties"]["fusion"]):
+                    option["anyOf"][0]["enum"] = list(fusion_methods)
         return app.openapi_schema  # type: ignore[return-value]  # set by build()
 
     app.openapi = openapi  # type: ignore[method-assign]
