@@ -16,6 +16,7 @@ are never read.
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,9 @@ RECALL_KS = (1, 5, 10)
 # InfoNCE temperature: learnt, starting at CLIP's 0.07 and capped at 0.01 like the towers'.
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
 MAX_LOGIT_SCALE = math.log(100.0)
+# A shortened own text keeps this share of its caption's words (drawn per text), at least two.
+SHORT_KEEP = (0.3, 0.7)
+MIN_SHORT_WORDS = 2
 # Random non-matching pairs used to measure the modality gap the head's text alignment starts from.
 GAP_PAIRS = 20_000
 
@@ -69,6 +73,8 @@ class FusionTrainConfig:
     text_presence: tuple[float, float] = (0.2, 0.8)
     # Documents with own text that lose their image vector instead (text-only documents).
     image_dropout: float = 0.05
+    # Own texts that are a shortened caption (`shorten`) rather than a whole one.
+    short_text: float = 0.5
     # Own texts swapped for another image's caption: metadata that does not describe the picture.
     noise_text: float = 0.1
     # Loss weight of queries whose target has no own text: fusion must not push them down.
@@ -78,12 +84,20 @@ class FusionTrainConfig:
 @dataclass(frozen=True)
 class FrozenSplit:
     """Encoder vectors of one split: images (n, dim), captions (m, dim) float32, L2-normalised;
-    owners (m,) the image row of each caption; canonical (m,) captions preferred as queries."""
+    owners (m,) the image row of each caption; canonical (m,) captions preferred as queries;
+    shortened (m, dim) or None: each caption cut to a few of its words (`shorten`)."""
 
     images: np.ndarray
     captions: np.ndarray
     owners: np.ndarray
     canonical: np.ndarray
+    shortened: np.ndarray | None = None
+
+    def own_texts(self) -> np.ndarray:
+        """What an own text can be, by row: the captions (rows < m), then their shortened forms."""
+        if self.shortened is None:
+            return self.captions
+        return np.concatenate([self.captions, self.shortened])
 
     def captions_of(self) -> list[np.ndarray]:
         """Caption rows of each image."""
@@ -97,15 +111,33 @@ class FrozenSplit:
         new_row[image_rows] = np.arange(len(image_rows))
         keep = new_row[self.owners] >= 0
         return FrozenSplit(
-            self.images[image_rows], self.captions[keep], new_row[self.owners[keep]], self.canonical[keep]
+            self.images[image_rows],
+            self.captions[keep],
+            new_row[self.owners[keep]],
+            self.canonical[keep],
+            None if self.shortened is None else self.shortened[keep],
         )
 
 
-def frozen_split(encoder: Encoder, corpus: Corpus, *, batch_size: int = 64) -> FrozenSplit:
-    """Encode a corpus (split) once; unreadable images drop out with their captions."""
+def shorten(caption: str, rng: random.Random) -> str:
+    """A few of a caption's words, in order (SHORT_KEEP of them, at least MIN_SHORT_WORDS): an
+    own text as photo metadata often is, keywords rather than a sentence."""
+    words = caption.split()
+    keep = max(MIN_SHORT_WORDS, round(rng.uniform(*SHORT_KEEP) * len(words)))
+    if keep >= len(words):
+        return caption
+    return " ".join(words[i] for i in sorted(rng.sample(range(len(words)), keep)))
+
+
+def frozen_split(encoder: Encoder, corpus: Corpus, *, seed: int = 0, batch_size: int = 64) -> FrozenSplit:
+    """Encode a corpus (split) once, with a shortened form of every caption; unreadable images
+    drop out with their captions."""
     emb = embed_corpus(encoder, corpus, batch_size=batch_size)
     canonical = np.array([bool(p.meta.get("canonical")) for p in emb.pairs], dtype=bool)
-    return FrozenSplit(emb.image_emb, emb.text_emb, np.asarray(emb.caption_to_image, np.int64), canonical)
+    rng = random.Random(seed)
+    shortened = encoder.encode_texts([shorten(p.caption, rng) for p in emb.pairs])
+    owners = np.asarray(emb.caption_to_image, np.int64)
+    return FrozenSplit(emb.image_emb, emb.text_emb, owners, canonical, shortened)
 
 
 def train_and_val(encoder: Encoder, corpus: Corpus, *, seed: int) -> tuple[FrozenSplit, FrozenSplit]:
@@ -195,9 +227,12 @@ class Protocol:
     own_text: np.ndarray  # (n_images,) caption row of its own text, -1 for none
 
 
-def protocol(split: FrozenSplit, *, seed: int, fraction: float = VAL_TEXT_FRACTION) -> Protocol:
+def protocol(
+    split: FrozenSplit, *, seed: int, fraction: float = VAL_TEXT_FRACTION, short: float = 0.5
+) -> Protocol:
     """Every image queried by its canonical caption (else its first); a seeded `fraction` of
-    the images that have another caption carry one of those as own text."""
+    the images that have another caption carry one of those as own text, a `short` share of
+    them shortened (when the split has shortened captions). own_text rows index own_texts()."""
     rng = np.random.default_rng(seed)
     captions = split.captions_of()
     queries = np.array(
@@ -205,10 +240,11 @@ def protocol(split: FrozenSplit, *, seed: int, fraction: float = VAL_TEXT_FRACTI
     )
     own = np.full(len(captions), -1, np.int64)
     chosen = rng.random(len(captions)) < fraction
+    shortened = (rng.random(len(captions)) < short) & (split.shortened is not None)
     for image, rows in enumerate(captions):
         others = rows[rows != queries[image]]
         if chosen[image] and len(others):
-            own[image] = rng.choice(others)
+            own[image] = rng.choice(others) + (len(split.captions) if shortened[image] else 0)
     return Protocol(queries, own)
 
 
@@ -222,7 +258,7 @@ def fusion_recall(split: FrozenSplit, plan: Protocol, score: Scorer) -> dict[str
     queries = split.captions[plan.queries[asked]]  # (q, dim)
     image = queries @ split.images.T  # (q, n)
     has_text = plan.own_text >= 0
-    own = split.captions[np.maximum(plan.own_text, 0)]  # (n, dim)
+    own = split.own_texts()[np.maximum(plan.own_text, 0)]  # (n, dim)
     text = np.where(has_text[None, :], queries @ own.T, np.nan)  # (q, n)
     fused = score(queries, image, text)  # (q, n)
     target = fused[np.arange(len(asked)), asked]
@@ -371,6 +407,8 @@ def train_fusion_head(
     floor = head_floor(linear)
     images = torch.from_numpy(train.images)
     captions = torch.from_numpy(train.captions)
+    own_texts = torch.from_numpy(train.own_texts())
+    shortened = train.shortened is not None
     pool = np.flatnonzero(usable)
     batch = min(config.batch_size, len(pool))
 
@@ -389,10 +427,12 @@ def train_fusion_head(
     losses: list[float] = []
     for step in range(1, config.steps + 1):
         rows = rng.choice(pool, batch, replace=False)
-        queries, own, has_text, has_image = _draw(rows, captions_of, rng, config, len(train.captions))
+        queries, own, has_text, has_image = _draw(
+            rows, captions_of, rng, config, n_captions=len(train.captions), shortened=shortened
+        )
         q = captions[queries]  # (b, dim)
         image = q @ images[rows].T  # (b, b)
-        text = q @ captions[own].T  # (b, b)
+        text = q @ own_texts[own].T  # (b, b)
         fused = module(q, image, text, torch.from_numpy(has_image), torch.from_numpy(has_text))
         logits = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp() * fused  # (b, b)
         per_query = F.cross_entropy(logits, torch.arange(batch), reduction="none")  # (b,)
@@ -431,10 +471,13 @@ def _draw(
     captions_of: list[np.ndarray],
     rng: np.random.Generator,
     config: FusionTrainConfig,
+    *,
     n_captions: int,
+    shortened: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For a batch of images: the query caption of each, its own text (another of its captions,
-    sometimes a stranger's), and which documents keep their own text and their image."""
+    sometimes shortened, sometimes a stranger's; rows of FrozenSplit.own_texts), and which
+    documents keep their own text and their image."""
     queries = np.empty(len(rows), np.int64)
     own = np.zeros(len(rows), np.int64)
     has_text = np.zeros(len(rows), bool)
@@ -448,6 +491,8 @@ def _draw(
             own[n] = rng.choice(others)
             if rng.random() < config.noise_text and n_captions > len(mine):
                 own[n] = _stranger(rng, mine, n_captions)
+            if shortened and rng.random() < config.short_text:
+                own[n] += n_captions
     has_image = ~(has_text & (rng.random(len(rows)) < config.image_dropout))
     return queries, own, has_text, has_image
 
