@@ -27,7 +27,7 @@ EMOJI_MODEL := .cache/models/emoji
 # on the unseen vendor but worse on unseen concepts, the main test (README).
 EMOJI_EPOCHS ?= 12
 
-.PHONY: install demo test lint bench clean sample-corpus default-model browser-deps
+.PHONY: install demo test lint bench clean sample-corpus default-model browser-deps fusion-bench
 .PHONY: openclip-env test-openclip emoji-corpus emoji-model
 
 install: $(STAMP)
@@ -50,6 +50,13 @@ default-model: sample-corpus
 	$(PY) -m mmsearch.cli train --corpus $(DEMO_CORPUS)/corpus.jsonl \
 	    --out indexer/models/default_model --config sample-shapes --seed 0 --epochs 16 --caption-agreement 1.0
 	rm -rf indexer/models/default_model/last
+	$(PY) -m mmsearch.cli train-fusion --corpus $(DEMO_CORPUS)/corpus.jsonl \
+	    --model indexer/models/default_model --seed 0 --device cpu --quiet
+
+# Learned against linear fusion of images' own text (benchmarks/FUSION.md); the bundled model's
+# fusion head is retrained with it by `make default-model`.
+fusion-bench: sample-corpus
+	$(PY) benchmarks/fusion.py --corpus $(DEMO_CORPUS) --out benchmarks/FUSION.md
 
 test: $(STAMP) $(OC_STAMP) browser-deps
 	$(PY) -m pytest -q --ignore=tests/openclip

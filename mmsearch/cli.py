@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
-from indexer.indexing.fusion import FUSION_METHODS, Fusion, FusionError, FusionMethod
+from indexer.indexing.fusion import DEFAULT_FUSION_METHOD, FUSION_METHODS, Fusion, FusionError, FusionMethod
 from indexer.indexing.pipeline import (
     IndexOptions,
     IndexReport,
@@ -214,8 +214,8 @@ def index_cmd(
             metavar="linear|learned",
             help="How searches mix an image's own text with its pixels, recorded in the index: "
             "linear (--text-weight) or learned (the model's fusion head, from `mmsearch "
-            "train-fusion`). Default: keep the index's; a new index gets learned when the model "
-            "has a head and learned is the measured default, else linear.",
+            "train-fusion`). Default: the index's own; a new index gets "
+            f"{DEFAULT_FUSION_METHOD} when its model has a fusion head, else linear.",
         ),
     ] = None,
 ) -> None:

@@ -315,6 +315,10 @@ def test_the_recorded_method_is_the_default_and_the_flag_overrides_it(
         weighted = engine.search_text(QUERY, k=4, text_weight=0.2)
         assert default == learned != linear == weighted
         assert names(learned)[0] == "liar.png"  # its own text is the query itself
+        everything = {h.path: h.score for h in engine.search_text(QUERY, k=9)}
+        pixels = {h.path: h.score for h in engine.search_text(QUERY, k=9, text_weight=0)}
+        for path, score in everything.items():  # no own text: exactly the image score
+            assert path.endswith("liar.png") or score == pixels[path]
         assert "liar.png" not in names(linear)[:2]  # the red pictures come first
         with pytest.raises(QueryError, match="text weight"):
             engine.search_text(QUERY, text_weight=0.3, fusion="learned")
