@@ -41,7 +41,7 @@ def train_fusion_cmd(
     """Train the learned fusion head (--fusion learned) on frozen model vectors; saved in the model folder."""
     from indexer.models.encoder import load_encoder
     from indexer.training.corpora import load_corpus
-    from indexer.training.fusion_head import FusionTrainConfig, train_and_val, train_fusion_head
+    from indexer.training.fusion_head import FusionTrainConfig, select_fusion_head, train_and_val
 
     data = load_corpus(corpus)
     encoder = load_encoder(model, device=device)
@@ -73,7 +73,7 @@ def train_fusion_cmd(
         "train_images": len(train.images),
         "val_images": len(val.images),
     }
-    report = train_fusion_head(
+    report = select_fusion_head(
         train, val, model_id=encoder.info.model_id, config=config, provenance=provenance, on_eval=show
     )
     report.head.save(folder)

@@ -20,14 +20,21 @@ from indexer.indexing.fusion import DEFAULT_FUSION_METHOD, Fusion, FusionError
 from indexer.indexing.pipeline import IndexOptions, index_folders
 from indexer.models.encoder import load_encoder
 from indexer.store.index_dir import read_index_info
+from indexer.training import fusion_head as training
 from indexer.training.fusion_head import (
+    TEXTLESS_WEIGHTS,
     FrozenSplit,
     FusionTrainConfig,
+    FusionTrainError,
+    FusionTrainReport,
     Protocol,
     TorchFusionHead,
     fusion_recall,
+    head_floor,
     head_scorer,
     linear_scorer,
+    select_fusion_head,
+    selection_key,
     train_fusion_head,
 )
 from mmsearch.cli import app
@@ -117,6 +124,67 @@ def test_the_head_learns_when_own_text_is_informative_and_beats_linear(trained) 
     assert learned["without_text"]["R@1"] >= pixels["without_text"]["R@1"] - 0.02
     assert report.best_step > 0  # selection on val kept a trained step, not the linear start
     assert report.head.config.trained["val"] == report.val
+
+
+def recall(r1: float, r10: float) -> dict[str, float]:
+    return {"R@1": r1, "R@5": (r1 + r10) / 2, "R@10": r10}
+
+
+def test_selection_keeps_the_weight_val_selects_not_the_highest_recall(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Canned val numbers per text-less weight: the weight with the best pooled R@1 loses images
+    without own text (below pixels alone), so the next best, which keeps them, is chosen."""
+    pixels = recall(0.30, 0.60)
+    canned = {
+        1.0: {"all": recall(0.50, 0.80), "with_text": recall(0.7, 0.9), "without_text": recall(0.25, 0.60)},
+        2.0: {"all": recall(0.45, 0.75), "with_text": recall(0.6, 0.9), "without_text": recall(0.30, 0.61)},
+        4.0: {"all": recall(0.40, 0.75), "with_text": recall(0.5, 0.9), "without_text": recall(0.31, 0.62)},
+    }
+    linear = {"0.0": {"all": pixels, "with_text": pixels, "without_text": pixels}}
+    seen: list[float] = []
+
+    def fake_train(train, val, *, model_id, config, provenance=None, on_eval=None):  # type: ignore[no-untyped-def]
+        seen.append(config.textless_weight)
+        val_metrics = canned[config.textless_weight]
+        trained = {"train_config": {"textless_weight": config.textless_weight}, "val": val_metrics}
+        config_ = fh.FusionHeadConfig(dim=DIM, model_id=model_id, trained=trained)
+        head = fh.FusionHead(config_, random_head(seed=len(seen)).arrays)
+        return FusionTrainReport(head, 10 * len(seen), val_metrics, linear, seconds=1.5)
+
+    monkeypatch.setattr(training, "train_fusion_head", fake_train)
+    split = synthetic_split(np.random.default_rng(0), 4)
+    report = select_fusion_head(
+        split,
+        split,
+        model_id="native:test",
+        config=FusionTrainConfig(textless_weight=9.0),
+        textless_weights=(1.0, 2.0, 4.0),
+    )
+    assert seen == [1.0, 2.0, 4.0]  # every weight tried, the config's own replaced
+    assert report.head.config.trained["train_config"]["textless_weight"] == 2.0
+    assert report.val == canned[2.0] and report.best_step == 20
+    assert report.head.config.trained["trials"] == [{"textless_weight": w, "val": canned[w]} for w in seen]
+    assert report.seconds == pytest.approx(4.5)
+    with pytest.raises(FusionTrainError, match="at least one"):
+        select_fusion_head(split, split, model_id="native:test", textless_weights=())
+
+
+def test_selection_over_real_trainings_records_every_trial() -> None:
+    rng = np.random.default_rng(3)
+    train, val = synthetic_split(rng, 200), synthetic_split(rng, 80)
+    config = FusionTrainConfig(steps=40, batch_size=64, eval_every=20)
+    weights = (1.0, 3.0, 9.0)
+    report = select_fusion_head(
+        train, val, model_id="native:synthetic", config=config, textless_weights=weights
+    )
+    trained = report.head.config.trained
+    assert [t["textless_weight"] for t in trained["trials"]] == list(weights)
+    floor = head_floor(report.linear)
+    best = max(trained["trials"], key=lambda t: selection_key(t["val"], floor))
+    assert report.val == best["val"] == trained["val"]
+    assert trained["train_config"]["textless_weight"] == best["textless_weight"]
+    assert fusion_recall(val, training.protocol(val, seed=0), head_scorer(report.head)) == report.val
 
 
 def test_a_document_without_own_text_scores_exactly_its_image_score() -> None:
@@ -416,3 +484,4 @@ def test_train_fusion_command_writes_a_head_the_index_can_use(
     trained = head.config.trained
     assert trained["train_config"]["steps"] == 20 and "val_linear" in trained
     assert trained["corpus"] == str(sample_corpus)
+    assert [t["textless_weight"] for t in trained["trials"]] == list(TEXTLESS_WEIGHTS)

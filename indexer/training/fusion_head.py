@@ -19,7 +19,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,9 @@ MAX_LOGIT_SCALE = math.log(100.0)
 # A shortened own text keeps this share of its caption's words (drawn per text), at least two.
 SHORT_KEEP = (0.3, 0.7)
 MIN_SHORT_WORDS = 2
+# Loss weights of text-less targets tried by `select_fusion_head`, each selected on val: how
+# much must fusion protect images without own text? The answer depends on the model.
+TEXTLESS_WEIGHTS: tuple[float, ...] = (1.0, 2.0, 4.0)
 # Random non-matching pairs used to measure the modality gap the head's text alignment starts from.
 GAP_PAIRS = 20_000
 
@@ -503,3 +506,40 @@ def _stranger(rng: np.random.Generator, mine: np.ndarray, n_captions: int) -> in
         row = int(rng.integers(n_captions))
         if row not in mine:
             return row
+
+
+def select_fusion_head(
+    train: FrozenSplit,
+    val: FrozenSplit,
+    *,
+    model_id: str,
+    config: FusionTrainConfig = FusionTrainConfig(),
+    textless_weights: tuple[float, ...] = TEXTLESS_WEIGHTS,
+    provenance: dict[str, Any] | None = None,
+    on_eval: Callable[[FusionEval], None] | None = None,
+) -> FusionTrainReport:
+    """Train one head per text-less loss weight and keep the one val selects (`selection_key`);
+    the trials are recorded in the head's config."""
+    if not textless_weights:
+        raise FusionTrainError("select_fusion_head needs at least one text-less loss weight to try")
+    reports = [
+        train_fusion_head(
+            train,
+            val,
+            model_id=model_id,
+            config=replace(config, textless_weight=weight),
+            provenance=provenance,
+            on_eval=on_eval,
+        )
+        for weight in textless_weights
+    ]
+    floor = head_floor(reports[0].linear)
+    best = max(reports, key=lambda r: selection_key(r.val, floor))
+    trials = [
+        {"textless_weight": r.head.config.trained["train_config"]["textless_weight"], "val": r.val}
+        for r in reports
+    ]
+    trained = {**best.head.config.trained, "trials": trials}
+    best.head = FusionHead(replace(best.head.config, trained=trained), best.head.arrays)
+    best.seconds = sum(r.seconds for r in reports)
+    return best
