@@ -38,11 +38,13 @@ from indexer.media.scan import FileEntry, scan_folder
 from indexer.models.devices import indexing_threads, torch_threads
 from indexer.models.encoder import TEXT_BATCH_SIZE, Encoder, EncoderInfo, load_encoder
 from indexer.models.native import ModelLoadError
-from indexer.store.vectors import VectorStore, build_ivf, default_lists, default_nprobe
+from indexer.store.index_types import build_ivf, default_lists, default_nprobe
+from indexer.store.vectors import VectorStore
 from mmsearch.engine import Engine
 
 # isort: split
 # Helper modules beside this script (benchmarks/ is on sys.path when run as benchmarks/run.py).
+import ray_bench
 import report
 import synth
 from load_test import format_report, run_load_test
@@ -601,6 +603,7 @@ def measure_queries(index_dir: Path, small: synth.GeneratedSet, settings: Settin
     model = settings.model  # None: the index's own model, which is the one benchmarked above
     started = time.perf_counter()
     engine = Engine.open(index_dir, model=model)
+    engine.load_model()  # timed with the open, as `mmsearch serve` loads it (else the first query would)
     open_s = time.perf_counter() - started
     rng = random.Random(SEED + 1)
     sentences = query_sentences(settings.text_queries + WARMUP_QUERIES, rng)
@@ -774,26 +777,85 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
 
 
 def measure_http_load(index_dir: Path, settings: Settings) -> report.Section:
-    """The loopback HTTP load test against the same index, with in-process latency beside it."""
+    """The loopback HTTP load test against the same index: the server with batching off and on,
+    against the in-process engine driven by as many threads as there are clients."""
     section = report.Section("HTTP service under load (loopback)")
     clients, seconds = (4, 3.0) if settings.quick else (16, 20.0)
     result = run_load_test(index_dir, clients, seconds, model=settings.model)
     log(format_report(result))
-    section.add("GET /search p50 / p99", f"**{result['p50_ms']:.2f} / {result['p99_ms']:.2f} ms**")
-    section.add("requests/s", f"{result['requests_per_s']:.1f} ({result['requests']} requests)")
-    section.add("errors (incl. wrong answers)", f"{result['errors']} ({pass_fail(result['errors'] == 0)})")
+    threaded = result["engine_threads"]
+    servers = {server["label"]: server for server in result["servers"]}
+    batched, unbatched = servers["batched"], servers["unbatched"]
+    section.add("GET /search p50 / p99 (batched)", f"**{result['p50_ms']:.2f} / {result['p99_ms']:.2f} ms**")
     section.add(
-        "in-process Engine p50 / p99",
-        f"{result['engine_p50_ms']:.2f} / {result['engine_p99_ms']:.2f} ms"
-        f" ({result['engine_queries']} queries)",
+        "requests/s (batched)",
+        f"**{result['requests_per_s']:.1f}** ({result['requests']} requests; "
+        f"batches of {(batched['batching'] or {}).get('mean_batch', 0)} on average)",
+    )
+    ratio = result["vs_engine_threads"]
+    section.add(
+        f"batched HTTP / in-process engine from {clients} threads",
+        f"**{ratio:.2f}x** (target >= {result['throughput_target']}: "
+        f"{pass_fail(ratio >= result['throughput_target'])})",
+    )
+    for run in result["engine_threads_runs"]:
+        section.add(
+            f"in-process engine, {clients} threads, {run['torch_threads']} torch thread(s)",
+            f"{run['queries_per_s']:.1f} queries/s, p50 / p99 {run['p50_ms']:.2f} / {run['p99_ms']:.2f} ms",
+        )
+    section.add(
+        "GET /search unbatched (--max-batch 1)",
+        f"{unbatched['requests_per_s']:.1f} requests/s, p50 / p99 "
+        f"{unbatched['p50_ms']:.2f} / {unbatched['p99_ms']:.2f} ms",
+    )
+    section.add(
+        "CPU per query: in-process threads / unbatched / batched",
+        f"{threaded['cpu_ms_per_query']:.2f} / {unbatched['cpu_ms_per_request']:.2f} / "
+        f"{batched['cpu_ms_per_request']:.2f} ms",
+    )
+    errors = sum(server["errors"] for server in result["servers"])
+    section.add("errors (incl. wrong answers)", f"{errors} ({pass_fail(errors == 0)})")
+    section.add(
+        "in-process Engine p50 / p99, one at a time",
+        f"{result['engine_p50_ms']:.2f} / {result['engine_p99_ms']:.2f} ms "
+        f"({result['engine_queries']} queries)",
     )
     section.params = {
         "server": "`mmsearch serve` on 127.0.0.1 in its own process"
-        f" (start-up {result['server_startup_s']} s)",
-        "load": f"{clients} concurrent clients for {seconds:g} s, GET /search k={result['k']}, "
-        "each answer checked against the in-process engine",
+        f" (start-up {result['server_startup_s']} s), batching defaults (32 queries, 5 ms)",
+        "load": f"{clients} concurrent clients for {seconds:g} s per setup, GET /search k={result['k']}, "
+        "each answer checked against the in-process engine (ids and order exact; scores to 1e-4)",
+        "in-process": f"{clients} threads calling Engine.search_text one query each for {seconds:g} s, "
+        "with torch's default threads and with the server's; the faster is the bar",
+        "CPU": "user + system time of the server's processes (or of the in-process run) per answer: "
+        "unlike requests/s it does not depend on how busy the machine is",
     }
     return section
+
+
+def measure_distributed(encoder: Encoder, folder: Path, settings: Settings) -> report.Section:
+    """Section 7: local Ray vs one process (benchmarks/ray_bench.py), if mmsearch[ray] is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        section = report.Section("Distributed encoding: local Ray vs one process")
+        section.notes = ["not measured: install mmsearch[ray]"]
+        return section
+    log(f"distributed: {folder} with one process, then with --ray local ({ray_bench.RAY_CPUS} CPUs)")
+    return ray_bench.measure_ray(encoder, folder, settings.work)
+
+
+def _kept_scale_section(path: Path) -> str:
+    """The `make bench-scale` section of the results file (benchmarks/scale.py writes it between
+    markers), carried over so this report does not erase it."""
+    begin, end = "<!-- bench-scale:begin -->", "<!-- bench-scale:end -->"
+    try:
+        old = path.read_text()
+    except FileNotFoundError:
+        return ""
+    if begin not in old or end not in old:
+        return ""
+    return "\n" + begin + old.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -833,18 +895,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     queries = measure_queries(reindex.index_dir, small, settings)
     ann = measure_ann(encoder.info.dim, settings)
     http = measure_http_load(reindex.index_dir, settings)
+    distributed = measure_distributed(encoder, photos.folder, settings)
 
     machine.append(("load average at end (1/5/15 min)", report.load_average()))
     command = shlex.join([shown(Path(sys.executable)), *sys.argv])
     text = report.render(
         machine=machine,
-        sections=[encoded.section, indexing, reindex.section, queries, http, ann],
+        sections=[encoded.section, indexing, reindex.section, queries, http, ann, distributed],
         command=command,
         quick=settings.quick,
         elapsed_s=time.perf_counter() - STARTED,
     )
     settings.out.parent.mkdir(parents=True, exist_ok=True)
-    settings.out.write_text(text)
+    settings.out.write_text(text + _kept_scale_section(settings.out))
     log(f"report written to {settings.out}")
     if reindex.encoded_on_rerun != 0:
         print(

@@ -7,45 +7,53 @@ import logging
 import os
 import sys
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from tqdm import tqdm
 
 from indexer.indexing.fusion import DEFAULT_FUSION_METHOD, FUSION_METHODS, Fusion, FusionError, FusionMethod
-from indexer.indexing.pipeline import (
-    IndexOptions,
-    IndexReport,
-    add_texts,
-    index_folders,
-)
-from indexer.media.images import DEFAULT_MAX_MEGAPIXELS
-from indexer.media.own_text import read_captions
-from indexer.media.scan import ScanOptions
-from indexer.models.config import TrainConfig, load_named_config
-from indexer.models.encoder import load_encoder, model_spec
-from indexer.training.corpora import load_corpus
-from indexer.training.loop import FINETUNE_LR, EpochResult, train, train_openclip
-from mmsearch import cli_admin, cli_fusion, preview
+from indexer.media.images import DECODE_TIMEOUT_FLAG, DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_MEGAPIXELS
+from indexer.models.config import FINETUNE_LR, TrainConfig
+from indexer.models.devices import Device
+from mmsearch import cli_admin, cli_fusion, cli_models
 from mmsearch.cli_common import (
+    DEFAULT_DEVICE,
     CheckpointOption,
     DbOption,
     DeviceOption,
+    IndexTypeOption,
+    MemoryBudgetOption,
     ModelOption,
     PretrainedOption,
     app,
     command,
     fail,
     index_dir_of,
+    index_type_of,
+    memory_budget_of,
+    model_option_spec,
 )
-from mmsearch.engine import Engine, ImageHit, SearchResults, TextHit
 from mmsearch.query import DEFAULT_TEXT_WEIGHT, Query, QuerySpecError, build_terms
-from mmsearch.texts import read_texts
+
+if TYPE_CHECKING:  # torch, transformers, FAISS and the catalogue load inside the commands that use them
+    from indexer.indexing.pipeline import IndexReport
+    from indexer.models.lazy import LazyEncoder
+    from indexer.models.spec import ModelSpec
+    from indexer.training.loop import EpochResult
+    from mmsearch.engine import ImageHit, SearchResults, TextHit
 
 DEFAULT_TRAIN_CONFIG = "sample-shapes"
 SKIPPED_LINES_SHOWN = 20
+# Printed when `mmsearch index` creates an index with the bundled model, which users without
+# --model get on their own photos.
+BUNDLED_MODEL_NOTE = (
+    "note: the bundled sample-shapes model knows only the sample corpus's shapes, colours, sizes "
+    "and positions; for real photos use --model openclip:ViT-B-32 --pretrained laion2b_s34b_b79k "
+    "(downloaded once by open_clip) or a local checkpoint with --checkpoint FILE "
+    "(`mmsearch models` lists what is available; --quiet hides this line)"
+)
 
 
 @command("train")
@@ -76,7 +84,9 @@ def train_cmd(
     image_init: Annotated[
         Path | None, typer.Option("--image-init", help="Local ResNet weights.")
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from OUT/last (native or OpenCLIP).")
+    ] = False,
     caption_agreement: Annotated[
         float,
         typer.Option(
@@ -87,7 +97,32 @@ def train_cmd(
             "needs images with several captions.",
         ),
     ] = TrainConfig.caption_agreement,
-    device: DeviceOption = "auto",
+    augment: Annotated[
+        bool | None,
+        typer.Option(
+            "--augment/--no-augment",
+            help="Augment training images as the model config allows (mild crops, colour jitter "
+            "without hue shift, blur, noise, JPEG), shown in OUT/augmentations.png (default: "
+            "the config's choice, on unless it says otherwise).",
+        ),
+    ] = None,
+    flip: Annotated[
+        bool | None,
+        typer.Option(
+            "--flip/--no-flip",
+            help="Mirror training images and swap left/right in their captions (default: the "
+            "model config's choice; off for OpenCLIP and corpora whose captions could lie).",
+        ),
+    ] = None,
+    trained_on_name: Annotated[
+        str | None,
+        typer.Option(
+            "--trained-on-name",
+            help="Corpus name recorded in the model's trained_on (default: the generator in a "
+            "manifest.json beside the corpus, else the corpus file or folder name).",
+        ),
+    ] = None,
+    device: DeviceOption = DEFAULT_DEVICE,
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
     init: Annotated[
         str | None,
@@ -101,18 +136,30 @@ def train_cmd(
     pretrained: PretrainedOption = None,
 ) -> None:
     """Train the ALBERT+CNN dual encoder (or fine-tune OpenCLIP: --init); keeps the best by val recall."""
+    from indexer.models.config import AugmentConfig, load_named_config
+    from indexer.models.spec import is_openclip_dir
+    from indexer.training.corpora import load_corpus
+    from indexer.training.loop import LAST_DIR, train, train_openclip
+
     if init is None and (checkpoint is not None or pretrained is not None):
         fail("in `train`, --checkpoint/--pretrained give the weights of --init openclip:ARCH", 2)
-    if init is not None and (text_init or image_init or resume or config):
-        fail("--init fine-tunes an OpenCLIP model: drop --config, --text-init, --image-init, --resume", 2)
+    if init is not None and (text_init or image_init or config):
+        fail("--init fine-tunes an OpenCLIP model: drop --config, --text-init, --image-init", 2)
+    openclip_run = init is not None or (resume and is_openclip_dir(out / LAST_DIR))
     data = load_corpus(corpus)
-    default_lr = TrainConfig.lr if init is None else FINETUNE_LR
+    model_config = None if openclip_run else load_named_config(config or DEFAULT_TRAIN_CONFIG)
+    base_augment = model_config.augment if model_config is not None else AugmentConfig()
     train_config = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,
         seed=seed,
-        lr=default_lr if lr is None else lr,
+        lr=(FINETUNE_LR if openclip_run else TrainConfig.lr) if lr is None else lr,
         caption_agreement=caption_agreement,
+        augment=replace(
+            base_augment,
+            enabled=base_augment.enabled if augment is None else augment,
+            flip=base_augment.flip if flip is None else flip,
+        ),
     )
 
     def show(result: EpochResult) -> None:
@@ -130,7 +177,7 @@ def train_cmd(
             f"epoch {result.epoch:3d}  loss {result.loss:.4f}{recall}  {result.seconds:.1f}s{best}"
         )
 
-    if init is not None:
+    if model_config is None:
         report = train_openclip(
             data,
             out,
@@ -138,7 +185,9 @@ def train_cmd(
             checkpoint=checkpoint,
             pretrained=pretrained,
             train_config=train_config,
+            resume=resume,
             device=device,
+            trained_on_name=trained_on_name,
             progress=not quiet,
             on_epoch=show,
         )
@@ -146,12 +195,13 @@ def train_cmd(
         report = train(
             data,
             out,
-            model_config=load_named_config(config or DEFAULT_TRAIN_CONFIG),
-            train_config=train_config,
+            model_config=model_config,
             text_init=text_init,
             image_init=image_init,
+            train_config=train_config,
             resume=resume,
             device=device,
+            trained_on_name=trained_on_name,
             progress=not quiet,
             on_epoch=show,
         )
@@ -195,7 +245,16 @@ def index_cmd(
             "(default: half the cores, measured fastest on 2 cores).",
         ),
     ] = None,
-    device: DeviceOption = "auto",
+    decode_timeout: Annotated[
+        float,
+        typer.Option(
+            DECODE_TIMEOUT_FLAG,
+            min=0.1,
+            help="Seconds one file may take to read and decode; a slower one (broken or crafted) "
+            "is skipped and named, and tried again on the next run.",
+        ),
+    ] = DEFAULT_DECODE_TIMEOUT_S,
+    device: DeviceOption = DEFAULT_DEVICE,
     quiet: Annotated[bool, typer.Option("--quiet", help="Only errors.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     captions: Annotated[
@@ -207,6 +266,34 @@ def index_cmd(
             "image's own text is a sidecar PHOTO.txt, else its EXIF/XMP/IPTC description.",
         ),
     ] = None,
+    vectors: Annotated[
+        str | None,
+        typer.Option(
+            "--vectors",
+            help="Where a new index keeps its vectors: faiss (default, files in --db), "
+            "milvus:///ABS/PATH.db (Milvus Lite), milvus://HOST:PORT or http(s)://HOST:PORT "
+            "(token from $MILVUS_TOKEN). Recorded in --db; later commands need only --db.",
+        ),
+    ] = None,
+    catalog: Annotated[
+        str | None,
+        typer.Option(
+            "--catalog",
+            help="Where a new index keeps its metadata: sqlite (default, in --db) or a SQLAlchemy "
+            "URL, e.g. postgresql+psycopg://USER@HOST:PORT/DB (password from "
+            "$MMSEARCH_CATALOG_PASSWORD or $PGPASSWORD). Recorded in --db.",
+        ),
+    ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Decode and encode on Ray: local (a Ray on this machine), auto (the cluster "
+            "`ray start` joined) or a cluster ADDRESS (needs mmsearch[ray]).",
+        ),
+    ] = None,
+    index_type: IndexTypeOption = None,
+    memory_budget: MemoryBudgetOption = None,
     fusion: Annotated[
         str | None,
         typer.Option(
@@ -219,19 +306,43 @@ def index_cmd(
         ),
     ] = None,
 ) -> None:
-    """Index photo folders: new and changed files are encoded, moved ones recognised, gone ones removed."""
+    """Index photo folders: new and changed files are encoded, moved ones recognised, gone ones removed.
+
+    A new index starts with --index-type (default auto) and, under auto, is rebuilt into the
+    better type at the end of any run that takes it past a size or memory threshold."""
+    from tqdm import tqdm
+
+    from indexer.indexing.pipeline import IndexOptions, index_folders
+    from indexer.indexing.ray_encode import RayTarget
+    from indexer.media.own_text import read_captions
+    from indexer.media.scan import ScanOptions
+    from indexer.store.backends import Backends, record_backends
+    from indexer.store.index_dir import index_exists
+    from indexer.store.vectors import gpu_available
+
     index_dir = index_dir_of(db)
     method = _fusion_method(fusion)
+    wanted = Backends.parse(vectors, catalog)
+    ray_target = RayTarget.parse(ray) if ray is not None else None
+    new_index = not index_exists(index_dir)
+    record_backends(index_dir, wanted, index_exists=not new_index)
+    policy = index_type_of(index_type)
+    budget = memory_budget_of(memory_budget)
     given = read_captions(captions) if captions is not None else None
-    encoder = _encoder_for_index(
-        index_dir, model_spec(model, checkpoint=checkpoint, pretrained=pretrained), device
-    )
+    encoder = _encoder_for_index(index_dir, model_option_spec(model, checkpoint, pretrained), device)
+    if encoder.spec.is_bundled and new_index and not quiet:
+        typer.echo(BUNDLED_MODEL_NOTE, err=True)
     options = IndexOptions(
         batch_size=batch_size,
         max_megapixels=max_megapixels,
         scan=ScanOptions(exclude=tuple(exclude or ()), include_hidden=include_hidden),
         exif_thumbnails=exif_thumbnails,
         torch_threads=torch_threads,
+        decode_timeout_s=decode_timeout,
+        ray=ray_target,
+        index_type=policy,
+        memory_budget=budget,
+        faiss_gpu=device.is_cuda or (device.is_auto and gpu_available()),
         fusion=method,
     )
     bar: tqdm | None = None
@@ -276,12 +387,19 @@ def _fusion_method(value: str | None) -> FusionMethod | None:
     return value  # type: ignore[return-value]
 
 
-def _encoder_for_index(index_dir: Path, model: str | None, device: str):  # type: ignore[no-untyped-def]
-    """An existing index keeps its own model unless --model is given (then it must match)."""
-    if model is None and (index_dir / "catalog.sqlite3").exists():
-        with Engine.open(index_dir, device=device) as engine:
-            return engine.encoder
-    return load_encoder(model, device=device)
+def _encoder_for_index(index_dir: Path, model: ModelSpec | None, device: Device) -> LazyEncoder:
+    """An existing index keeps its own model unless --model is given (then the writer checks it
+    matches). The weights load only if something needs encoding."""
+    from indexer.models.lazy import LazyEncoder
+    from indexer.models.spec import ModelSpec
+    from indexer.store.index_dir import IndexNotFoundError, read_index_info
+
+    if model is None:
+        try:
+            model = ModelSpec.from_recorded(read_index_info(index_dir).model_source)
+        except IndexNotFoundError:
+            model = ModelSpec.bundled()  # a new index
+    return LazyEncoder(model, device=device)
 
 
 def _print_index_summary(report: IndexReport, index_dir: Path) -> None:
@@ -297,6 +415,13 @@ def _print_index_summary(report: IndexReport, index_dir: Path) -> None:
     )
     if report.repaired:
         typer.echo(f"repaired {report.repaired} ids left inconsistent by an interrupted run")
+    if report.rebuilt is not None:
+        rebuilt = report.rebuilt
+        recall = "" if rebuilt.recall is None else f", recall@10 {rebuilt.recall:.3f}"
+        typer.echo(
+            f"rebuilt the image index {rebuilt.before} -> {rebuilt.after} from stored vectors in "
+            f"{rebuilt.seconds:.1f} s ({rebuilt.reason}{recall})"
+        )
     if report.own_texts:
         typer.echo(f"{report.own_texts} images got their own text (caption, sidecar or metadata)")
     if report.captions_unmatched:
@@ -315,14 +440,15 @@ def add_texts_cmd(
     model: ModelOption = None,
     checkpoint: CheckpointOption = None,
     pretrained: PretrainedOption = None,
-    device: DeviceOption = "auto",
+    device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Index a text collection for image-to-text search."""
+    from indexer.indexing.pipeline import add_texts
+    from mmsearch.texts import read_texts
+
     index_dir = index_dir_of(db)
     texts = read_texts(file)
-    encoder = _encoder_for_index(
-        index_dir, model_spec(model, checkpoint=checkpoint, pretrained=pretrained), device
-    )
+    encoder = _encoder_for_index(index_dir, model_option_spec(model, checkpoint, pretrained), device)
     report = add_texts(index_dir, encoder, texts, source=str(file.resolve()))
     typer.echo(
         f"added {report.added} texts ({report.duplicates} duplicates skipped) -> {index_dir}"
@@ -375,7 +501,7 @@ def search_cmd(
             '[{"id", "z", "likely_relevant"}]).',
         ),
     ] = False,
-    device: DeviceOption = "auto",
+    device: DeviceOption = DEFAULT_DEVICE,
     add: Annotated[
         list[str] | None, typer.Option("--add", metavar="[W:]TEXT", help="Also look for this.")
     ] = None,
@@ -430,6 +556,23 @@ def search_cmd(
         bool,
         typer.Option("--paths-only", help="One path per line (texts for --to text), nothing else."),
     ] = False,
+    nprobe: Annotated[
+        int | None,
+        typer.Option(
+            "--nprobe",
+            min=1,
+            help="IVF lists searched (ivf/sq8/ivfpq index; default: the index's, tuned to "
+            "recall@10 >= 0.95). More: higher recall, slower.",
+        ),
+    ] = None,
+    ef_search: Annotated[
+        int | None,
+        typer.Option(
+            "--ef-search",
+            min=1,
+            help="HNSW search width (hnsw index; default: the index's, tuned to recall@10 >= 0.95).",
+        ),
+    ] = None,
     show_preview: Annotated[
         bool,
         typer.Option(
@@ -463,6 +606,8 @@ def search_cmd(
         mix = Fusion.weighted(text_weight, _fusion_method(fusion))
     except FusionError:
         fail("--text-weight sets the linear fusion: drop it with --fusion learned", 2)
+    from indexer.store.search_params import SearchParams
+
     request = Query(
         tuple(terms),
         to=to,  # type: ignore[arg-type]
@@ -471,8 +616,11 @@ def search_cmd(
         fusion=mix,
         min_score=threshold,
         relevant=relevant,
+        search_params=None if nprobe is None and ef_search is None else SearchParams(nprobe, ef_search),
     )
-    spec = model_spec(model, checkpoint=checkpoint, pretrained=pretrained)
+    from mmsearch.engine import Engine
+
+    spec = model_option_spec(model, checkpoint, pretrained)
     with Engine.open(index_dir_of(db), model=spec, device=device) as engine:
         results = engine.search(request)
     if as_json:
@@ -501,6 +649,8 @@ def _cutoff(min_score: str | None, relevant: bool) -> tuple[float | None, bool]:
 
 
 def _shown(hit: ImageHit | TextHit) -> str:
+    from mmsearch.engine import ImageHit
+
     return _display_path(hit.path) if isinstance(hit, ImageHit) else hit.text
 
 
@@ -519,6 +669,9 @@ def _print_hits(results: SearchResults, *, show_preview: bool, filtered: bool) -
             else "no results (is the index empty? add images with `mmsearch index`)"
         )
         return
+    from mmsearch import preview
+    from mmsearch.engine import ImageHit
+
     protocol = preview.detect(os.environ, is_tty=sys.stdout.isatty()) if show_preview else None
     flags = [r.likely_relevant for r in results.relevance] if results.relevance else None
     hits: list[ImageHit | TextHit] = list(results.hits)
@@ -538,6 +691,13 @@ def _print_hits(results: SearchResults, *, show_preview: bool, filtered: bool) -
 
 SERVER_MODULES = ("fastapi", "uvicorn")
 MULTIPART_MODULES = ("python_multipart", "multipart")  # python-multipart's new and old names
+# service.settings.DEFAULT_MAX_BATCH and DEFAULT_MAX_WAIT_MS (a test keeps them equal): that
+# package imports FastAPI, which the other commands must not need.
+SERVE_MAX_BATCH = 32
+SERVE_BATCH_WAIT_MS = 5.0
+# uvicorn kills a worker process that does not answer its health check in time; importing torch
+# and loading the model can hold the GIL for many seconds on a busy machine (its default is 5 s).
+WORKER_START_TIMEOUT_S = 120
 
 
 @command("serve")
@@ -563,7 +723,40 @@ def serve_cmd(
     max_megapixels: Annotated[
         float, typer.Option("--max-megapixels", min=0.01, help="Largest uploaded image, decoded.")
     ] = DEFAULT_MAX_MEGAPIXELS,
-    device: DeviceOption = "auto",
+    max_batch: Annotated[
+        int,
+        typer.Option(
+            "--max-batch",
+            min=1,
+            help="Most sentence queries encoded and searched together (1: each alone).",
+        ),
+    ] = SERVE_MAX_BATCH,
+    batch_wait_ms: Annotated[
+        float,
+        typer.Option(
+            "--batch-wait-ms",
+            min=0.0,
+            help="Longest a sentence query waits for others to share its batch.",
+        ),
+    ] = SERVE_BATCH_WAIT_MS,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Server processes sharing the index on disk, each with its own copy of the model.",
+        ),
+    ] = 1,
+    torch_threads: Annotated[
+        int | None,
+        typer.Option(
+            "--torch-threads",
+            min=1,
+            help="Torch and FAISS threads per process for queries "
+            "(default: half of its share of the cores, at least 1).",
+        ),
+    ] = None,
+    device: DeviceOption = DEFAULT_DEVICE,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve the HTTP API and the web search page at http://HOST:PORT/ (needs the server extra)."""
@@ -576,9 +769,11 @@ def serve_cmd(
         fail(f"`mmsearch serve` needs {', '.join(missing)}: pip install 'mmsearch[server]'")
     import uvicorn
 
+    from indexer.models.devices import serving_threads
     from mmsearch import service
 
     token = os.environ.get(service.TOKEN_ENV) or None
+    threads = torch_threads or serving_threads(workers)
     try:
         settings = service.settings_for(
             host,
@@ -586,22 +781,65 @@ def serve_cmd(
             roots=tuple(root or ()),
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
             max_megapixels=max_megapixels,
+            max_batch=max_batch,
+            batch_wait_ms=batch_wait_ms,
+            search_threads=threads,
+            query_slots=max(1, (os.cpu_count() or 1) // workers),  # the cores, shared by the processes
         )
     except service.ServiceConfigError as exc:
         fail(str(exc), 2)
-    spec = model_spec(model, checkpoint=checkpoint, pretrained=pretrained)
+    from mmsearch.engine import Engine
+
+    spec = model_option_spec(model, checkpoint, pretrained)
+    shown = f"[{host}]" if ":" in host else host
     with Engine.open(index_dir_of(db), model=spec, device=device) as engine:
-        web_app = service.create_app(engine, settings)
-        shown = f"[{host}]" if ":" in host else host
+        if workers == 1:  # with more, each worker sets its threads and loads its own model
+            import torch
+
+            torch.set_num_threads(threads)
+            engine.load_model()  # now, not on the first request: a broken model stops here
         typer.echo(
             f"serving {engine.stats().images} images from {engine.index_dir} at "
-            f"http://{shown}:{port}/" + (" (bearer token required)" if token else ""),
+            f"http://{shown}:{port}/" + (" (bearer token required)" if token else "")
+            + (f" from {workers} processes" if workers > 1 else ""),
             err=True,
         )
-        uvicorn.run(web_app, host=host, port=port, log_level=log_level, server_header=False)
+        if workers == 1:
+            web_app = service.create_app(engine, settings)
+            uvicorn.run(web_app, host=host, port=port, log_level=log_level, server_header=False)
+            return
+    from mmsearch.service.workers import CONFIG_ENV, FACTORY, WorkerConfig
+
+    os.environ[CONFIG_ENV] = WorkerConfig(
+        index_dir=str(index_dir_of(db)),
+        model=None if spec is None else spec.source(),
+        device=str(device),
+        host=host,
+        roots=tuple(str(r) for r in settings.roots),
+        limits={
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_megapixels": settings.max_megapixels,
+            "max_batch": settings.max_batch,
+            "batch_wait_ms": settings.batch_wait_ms,
+            "search_threads": settings.search_threads,
+            "query_slots": settings.query_slots,
+        },
+        torch_threads=threads,
+    ).to_env()
+    uvicorn.run(
+        FACTORY,
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level=log_level,
+        server_header=False,
+        timeout_worker_healthcheck=WORKER_START_TIMEOUT_S,
+    )
 
 
 cli_admin.register()  # calibrate, optimize, eval, info, remove: listed after the commands above
+cli_models.register()
 cli_fusion.register()  # train-fusion
 
 

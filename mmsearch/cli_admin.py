@@ -9,35 +9,39 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from indexer.indexing.pipeline import remove_images
-from indexer.models.devices import resolve_device
-from indexer.models.encoder import load_encoder
-from indexer.store.index_types import OptimizeReport, use_flat, use_ivf
-from indexer.training.corpora import load_corpus
-from indexer.training.evaluate import evaluate_corpus
 from mmsearch.cli_common import (
+    DEFAULT_DEVICE,
     CheckpointOption,
     DbOption,
     DeviceOption,
+    IndexTypeOption,
+    MemoryBudgetOption,
     ModelOption,
     PretrainedOption,
     command,
     fail,
     index_dir_of,
+    index_type_of,
+    memory_budget_of,
+    model_option_spec,
 )
-from mmsearch.engine import Engine
+
+if TYPE_CHECKING:  # the store, FAISS and the model load inside the commands that use them
+    from indexer.store.index_types import OptimizeReport
 
 
 def calibrate_cmd(
     db: DbOption = None,
-    device: DeviceOption = "auto",
+    device: DeviceOption = DEFAULT_DEVICE,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Record the scores of random caption/image pairs now (index does it when the index changed by >20%)."""
+    from mmsearch.engine import Engine
+
     with Engine.open(index_dir_of(db), device=device) as engine:
         calibration = engine.calibrate()
     if as_json:
@@ -52,34 +56,60 @@ def calibrate_cmd(
 
 
 def optimize_cmd(
-    ivf: Annotated[
-        bool, typer.Option("--ivf", help="Rebuild the image vectors as IVF (approximate, faster search).")
-    ] = False,
-    flat: Annotated[
-        bool, typer.Option("--flat", help="Rebuild them as the exact index (the default).")
-    ] = False,
+    index_type: IndexTypeOption = None,
+    ivf: Annotated[bool, typer.Option("--ivf", help="Same as --index-type ivf.")] = False,
+    flat: Annotated[bool, typer.Option("--flat", help="Same as --index-type flat (exact search).")] = False,
     lists: Annotated[
         int | None,
-        typer.Option("--lists", min=1, help="IVF lists (default 4*sqrt(n), >= 39 vectors per list)."),
+        typer.Option(
+            "--lists", min=1, help="IVF lists (ivf, sq8, ivfpq; default 4*sqrt(n), >= 39 vectors per list)."
+        ),
     ] = None,
     nprobe: Annotated[
-        int | None, typer.Option("--nprobe", min=1, help="Lists searched per query (default lists/8).")
+        int | None,
+        typer.Option(
+            "--nprobe", min=1, help="Default lists searched per query (default: tuned to recall@10 >= 0.95)."
+        ),
     ] = None,
+    ef_search: Annotated[
+        int | None,
+        typer.Option(
+            "--ef-search", min=1, help="Default HNSW search width (default: tuned to recall@10 >= 0.95)."
+        ),
+    ] = None,
+    memory_budget: MemoryBudgetOption = None,
     db: DbOption = None,
-    device: DeviceOption = "auto",
+    device: DeviceOption = DEFAULT_DEVICE,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Switch the image vectors between exact search and IVF; k-means runs on the GPU with --device cuda."""
-    if ivf == flat:
-        fail("give exactly one of --ivf or --flat", 2)
-    if flat and (lists is not None or nprobe is not None):
-        fail("--lists and --nprobe belong to --ivf", 2)
+    """Rebuild the image vectors as another index type now (auto: chosen by size and memory);
+    training runs on the GPU with --device cuda when FAISS sees one."""
+    from indexer.store.index_types import POLICIES, use_index_type
+
+    index_type = index_type_of(index_type)
+    chosen = [name for name, given in (("ivf", ivf), ("flat", flat)) if given]
+    if index_type is not None:
+        chosen.append(index_type)
+    if len(chosen) != 1:
+        fail(f"give exactly one of --index-type {{{','.join(POLICIES)}}}, --ivf or --flat", 2)
+    policy = chosen[0]
+    if lists is not None and policy not in ("ivf", "sq8", "ivfpq"):
+        fail("--lists belongs to --index-type ivf, sq8 or ivfpq", 2)
+    if nprobe is not None and policy not in ("ivf", "sq8", "ivfpq", "auto"):
+        fail("--nprobe belongs to --index-type ivf, sq8 or ivfpq", 2)
+    if ef_search is not None and policy not in ("hnsw", "auto"):
+        fail("--ef-search belongs to --index-type hnsw", 2)
     index_dir = index_dir_of(db)
-    if ivf:
-        use_gpu = resolve_device(device).startswith("cuda")
-        report = use_ivf(index_dir, lists=lists, nprobe=nprobe, use_gpu=use_gpu)
-    else:
-        report = use_flat(index_dir)
+    use_gpu = device.resolve().is_cuda
+    report = use_index_type(
+        index_dir,
+        policy,
+        lists=lists,
+        nprobe=nprobe,
+        ef_search=ef_search,
+        memory_budget=memory_budget_of(memory_budget),
+        use_gpu=use_gpu,
+    )
     if as_json:
         typer.echo(json.dumps({"db": str(index_dir), **asdict(report)}))
         return
@@ -90,7 +120,7 @@ def _optimize_summary(report: OptimizeReport, index_dir: Path) -> str:
     recall = "" if report.recall is None else f"; recall@10 against exact search {report.recall:.3f}"
     return (
         f"{report.before} -> {report.after}: {report.vectors} vectors in {report.seconds:.1f} s "
-        f"on the {report.device}{recall} ({index_dir})"
+        f"on the {report.device}{recall} ({index_dir}; {report.reason})"
     )
 
 
@@ -104,18 +134,32 @@ def eval_cmd(
     pretrained: PretrainedOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     as_json: Annotated[bool, typer.Option("--json")] = False,
-    device: DeviceOption = "auto",
+    device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
-    """Recall@1/5/10 and median rank for text->image and image->text."""
-    data = load_corpus(corpus, split=split)
-    encoder = load_encoder(model, device=device, checkpoint=checkpoint, pretrained=pretrained)
-    result = evaluate_corpus(encoder, data, batch_size=batch_size)
+    """Recall@1/5/10 and median rank for text->image and image->text (and the shift split)."""
+    from indexer.models.encoder import load_encoder
+    from indexer.training.corpora import load_corpus
+    from indexer.training.evaluate import SHIFT_SPLIT, evaluate_with_shift
+
+    data = load_corpus(corpus)
+    if split is not None:
+        data.select(split)  # an unknown split is refused before the model loads
+    encoder = load_encoder(model_option_spec(model, checkpoint, pretrained), device=device)
+    result = evaluate_with_shift(encoder, data, split=split, batch_size=batch_size)
     if as_json:
         typer.echo(json.dumps(result))
         return
+    _print_evaluation(f"{corpus} split={split or 'all'}", result)
+    if SHIFT_SPLIT in result:
+        typer.echo("")
+        _print_evaluation(
+            f"{corpus} split={SHIFT_SPLIT} (another renderer, never trained on)", result[SHIFT_SPLIT]
+        )
+
+
+def _print_evaluation(title: str, result: dict) -> None:  # type: ignore[type-arg]
     typer.echo(
-        f"{corpus} split={split or 'all'}: "
-        f"{result['counts']['images']} images, {result['counts']['captions']} captions"
+        f"{title}: {result['counts']['images']} images, {result['counts']['captions']} captions"
     )
     _print_metrics("all captions", result)
     for name, group in result.get("breakdown", {}).items():
@@ -136,7 +180,9 @@ def _print_metrics(label: str, metrics: dict) -> None:  # type: ignore[type-arg]
 
 
 def info_cmd(db: DbOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Model, counts, dimension, index type and size on disk."""
+    """Model, counts, dimension, index type (kind, parameters, recall at build) and size on disk."""
+    from mmsearch.engine import Engine
+
     with Engine.open(index_dir_of(db)) as engine:
         stats = engine.stats()
     if as_json:
@@ -151,6 +197,8 @@ def remove_cmd(
     db: DbOption = None,
 ) -> None:
     """Remove files (or everything under folders) from the index; the files themselves are untouched."""
+    from indexer.indexing.pipeline import remove_images
+
     removed = remove_images(index_dir_of(db), paths)
     typer.echo(f"removed {removed} images from {index_dir_of(db)}")
 

@@ -10,6 +10,8 @@ from typing import Annotated, NoReturn, ParamSpec
 import typer
 
 from indexer.errors import MMSearchError
+from indexer.models.devices import AUTO, Device, DeviceError
+from indexer.models.spec import ModelSpec
 from mmsearch.paths import default_index_dir
 
 app = typer.Typer(
@@ -34,7 +36,21 @@ ModelOption = Annotated[
         "bundled sample-shapes model, or an existing index's own model.",
     ),
 ]
-DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+
+
+def parse_device(value: Device | str) -> Device:
+    """--device, parsed once here; a bad name is a usage error (exit 2) naming the choices."""
+    try:
+        return Device.parse(value)
+    except DeviceError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+DeviceOption = Annotated[
+    Device,
+    typer.Option("--device", parser=parse_device, metavar="auto|cpu|cuda[:N]", help="auto, cpu or cuda."),
+]
+DEFAULT_DEVICE = AUTO
 CheckpointOption = Annotated[
     Path | None,
     typer.Option(
@@ -51,6 +67,60 @@ PretrainedOption = Annotated[
         "laion2b_s34b_b79k), downloaded by open_clip on first use.",
     ),
 ]
+IndexTypeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--index-type",
+        metavar="auto|flat|ivf|sq8|ivfpq|hnsw",
+        help="How image vectors are searched. auto chooses by count and --memory-budget: exact "
+        "while small, IVF above ~50,000 (128-d), HNSW from 10^7 when its memory fits, 8-bit or "
+        "PQ codes when full vectors do not fit (docs/scaling.md).",
+    ),
+]
+MemoryBudgetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--memory-budget",
+        metavar="SIZE",
+        help="RAM the image index may use, e.g. 4GiB or 500MB (default: half of this machine's); "
+        "auto picks compressed types when full vectors would not fit. Recorded in the index.",
+    ),
+]
+
+
+def memory_budget_of(text: str | None) -> int | None:
+    """--memory-budget SIZE as bytes (None when not given); a bad size exits 2."""
+    if text is None:
+        return None
+    from indexer.store.index_types import IndexTypeError, parse_size
+
+    try:
+        return parse_size(text)
+    except IndexTypeError as exc:
+        fail(str(exc), 2)
+
+
+def index_type_of(text: str | None) -> str | None:
+    """--index-type as one of the policies (None when not given); anything else exits 2."""
+    if text is None:
+        return None
+    from indexer.store.index_types import POLICIES
+
+    if text not in POLICIES:
+        fail(f"--index-type {text!r}: choose one of {', '.join(POLICIES)}", 2)
+    return text
+
+
+def model_option_spec(
+    model: str | None, checkpoint: Path | None, pretrained: str | None
+) -> ModelSpec | None:
+    """--model with --checkpoint/--pretrained as one ModelSpec; None when no model was named
+    (an existing index then uses its own, a new one the bundled model)."""
+    if model is None and checkpoint is None and pretrained is None:
+        return None
+    return ModelSpec.parse(model, checkpoint=checkpoint, pretrained=pretrained)
+
+
 def command(name: str) -> Callable[[Callable[P, None]], Callable[P, None]]:
     """Register a CLI command whose user errors become one stderr line and exit code 1.
 

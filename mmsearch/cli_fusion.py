@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from indexer.indexing.fusion_head import HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE, head_dir
-from mmsearch.cli_common import DeviceOption, ModelOption, command, fail
+from indexer.models.fusion_head import HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE, head_dir
+from mmsearch.cli_common import DEFAULT_DEVICE, DeviceOption, ModelOption, command, fail
 
 if TYPE_CHECKING:
     from indexer.training.fusion_head import FusionEval, FusionTrainReport
@@ -34,7 +34,7 @@ def train_fusion_cmd(
     model: ModelOption = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimisation steps.")] = DEFAULT_STEPS,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    device: DeviceOption = "auto",
+    device: DeviceOption = DEFAULT_DEVICE,
     quiet: Annotated[bool, typer.Option("--quiet", help="Only the final summary.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the val numbers as JSON.")] = False,
 ) -> None:

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -19,8 +20,14 @@ from sqlalchemy.orm import Session
 
 from indexer.errors import InvalidInputError, MMSearchError, NotFoundError, UnavailableError
 from indexer.indexing.calibration import Calibration, read_calibration
-from indexer.indexing.fusion import FUSION_METHODS, Fusion, FusionMethod, Scored, plain, score_documents
-from indexer.indexing.fusion_head import FusionHead, load_fusion_head
+from indexer.indexing.fusion import (
+    FUSION_METHODS,
+    Fusion,
+    FusionMethod,
+    Scored,
+    plain,
+    score_documents_batch,
+)
 from indexer.indexing.pipeline import (
     IndexOptions,
     IndexReport,
@@ -31,21 +38,31 @@ from indexer.indexing.pipeline import (
     remove_images,
 )
 from indexer.media.images import ImageLoadError, open_image
-from indexer.models.encoder import Encoder, bundled_model_moved, load_encoder
-from indexer.models.native import ModelLoadError
+from indexer.models.devices import AUTO, CPU, Device
+from indexer.models.fusion_head import FusionHead, load_fusion_head
+from indexer.models.lazy import LazyEncoder
+from indexer.models.spec import ModelLoadError, ModelSpec
 from indexer.store import catalog
+from indexer.store.backends import VectorBackend, read_backends, vector_backend
 from indexer.store.catalog import DocTextRow, ImageRow, TextRow
 from indexer.store.index_dir import (
-    DOC_TEXTS_FAISS,
-    IMAGES_FAISS,
-    TEXTS_FAISS,
+    DOC_TEXTS,
+    IMAGES,
+    TEXTS,
     IndexInfo,
     IndexStoreError,
     check_compatible,
     index_files,
     read_index_info,
 )
-from indexer.store.vectors import VectorStore, VectorStoreError, to_search_device
+from indexer.store.index_types import IndexTypeRecord
+from indexer.store.vectors import (
+    SearchParams,
+    VectorStore,
+    VectorStoreError,
+    gpu_available,
+    to_search_device,
+)
 from mmsearch.query import MAX_K as MAX_K  # importable from here, as before
 from mmsearch.query import (
     TERM_KINDS,
@@ -59,6 +76,9 @@ from mmsearch.query import (
     cut,
     relevance_of,
 )
+
+if TYPE_CHECKING:
+    from indexer.models.encoder import Encoder
 
 MAX_QUERY_CHARS = 1000
 # SQLite INTEGER keys (and FAISS int64 ids) are signed 64-bit; a larger id cannot name a row.
@@ -151,21 +171,33 @@ class IndexStats:
     text_vectors: int
     size_bytes: int
     fusion: str  # the fusion method queries use unless they ask for another
+    vectors_at: str = "faiss files in the index folder"
+    catalog_at: str = "sqlite in the index folder"
+    # The image index's structure (read from the FAISS file), the policy that chose it, the
+    # recall@10 against exact search measured when it was built (None: exact search) and the
+    # memory budget `auto` chooses by (indexer.store.index_types).
+    index_kind: str = "flat"
+    index_params: dict[str, int | bool] | None = None
+    index_policy: str = "auto"
+    index_recall: float | None = None
+    memory_budget: int | None = None
 
 
 class _Snapshot:
-    """A FAISS file as loaded, reloaded when a writer has atomically replaced it.
+    """A vector store as loaded, reloaded when a writer has replaced it (a FAISS file's inode
+    changes); a live store (Milvus) is loaded once and answers every query from the server.
 
     Safe to share between threads (the HTTP service queries from a thread pool): one thread
     reloads while the others keep answering from the snapshot they already have, so a reader
     never waits for a reload and N readers never load the same new file N times over.
     """
 
-    def __init__(self, path: Path, dim: int, *, use_gpu: bool = False) -> None:
-        self.path = path
+    def __init__(self, backend: VectorBackend, name: str, dim: int, *, use_gpu: bool = False) -> None:
+        self.backend = backend
+        self.name = name
         self.dim = dim
         self.use_gpu = use_gpu  # search a FAISS GPU copy when possible (see to_search_device)
-        self.stamp: tuple[int, int] | None = None
+        self.stamp: object = ()  # never a real stamp: the first refresh loads
         self.store = VectorStore.create(dim)
         self._reload_lock = threading.Lock()
         self.refresh()
@@ -180,54 +212,78 @@ class _Snapshot:
             stamp = self._stamp()  # again under the lock: another thread may have just loaded it
             if stamp != self.stamp:
                 # Store first, then stamp: a reader that sees the new stamp gets the new store.
-                loaded = VectorStore.load(self.path, dim=self.dim)
-                self.store = to_search_device(loaded, use_gpu=self.use_gpu)
+                loaded = self.backend.load(self.name, self.dim)
+                live = self.backend.searches_live
+                self.store = loaded if live else to_search_device(loaded, use_gpu=self.use_gpu)
                 self.stamp = stamp
         finally:
             self._reload_lock.release()
         return self.store
 
-    def _stamp(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns)
+    def _stamp(self) -> object:
+        return self.backend.stamp(self.name)
 
 
 class Engine:
     """A read handle on one index plus the model that filled it. Use Engine.open()."""
 
-    def __init__(self, index_dir: Path, info: IndexInfo, encoder: Encoder) -> None:
+    def __init__(
+        self, index_dir: Path, info: IndexInfo, encoder: Encoder, *, device: Device | None = None
+    ) -> None:
+        """device: where queries run (default: the encoder's own device)."""
         self.index_dir = index_dir
         self.info = info
         self.encoder = encoder
+        self.backends = read_backends(index_dir)
         self._sql = catalog.open_catalog(index_dir, create=False)
-        # An encoder on the GPU (--device cuda) means FAISS searches there too when it can.
-        use_gpu = str(getattr(encoder, "device", "cpu")).startswith("cuda")
-        self._images = _Snapshot(index_dir / IMAGES_FAISS, info.dim, use_gpu=use_gpu)
-        self._texts = _Snapshot(index_dir / TEXTS_FAISS, info.dim, use_gpu=use_gpu)
-        self._doc_texts = _Snapshot(index_dir / DOC_TEXTS_FAISS, info.dim, use_gpu=use_gpu)
+        self._vectors = vector_backend(index_dir, self.backends)
+        use_gpu = _faiss_on_gpu(device or Device.parse(getattr(encoder, "device", CPU)))
+        self._images = _Snapshot(self._vectors, IMAGES, info.dim, use_gpu=use_gpu)
+        self._texts = _Snapshot(self._vectors, TEXTS, info.dim, use_gpu=use_gpu)
+        self._doc_texts = _Snapshot(self._vectors, DOC_TEXTS, info.dim, use_gpu=use_gpu)
         self._fusion_head: FusionHead | None = None
         self._head_lock = threading.Lock()
 
     @classmethod
     def open(
-        cls, index_dir: Path | str, *, model: str | Path | None = None, device: str = "auto"
+        cls,
+        index_dir: Path | str,
+        *,
+        model: ModelSpec | str | Path | None = None,
+        device: Device | str = AUTO,
     ) -> Engine:
-        """Open an index with its recorded model, or with `model` after checking it matches."""
+        """Open an index with its recorded model, or with `model` after checking it matches.
+
+        The model's weights load on the first query that needs encoding, so opening (for stats,
+        or a search by a ready vector) imports no torch; a mismatched model is refused here.
+        """
         index_dir = Path(index_dir).expanduser().resolve()
+        target = Device.parse(device)
         try:
             info = read_index_info(index_dir)
-            encoder = _load_model(model if model is not None else info.model_source, device)
+            spec = (
+                ModelSpec.parse(model) if model is not None else ModelSpec.from_recorded(info.model_source)
+            )
+            encoder = LazyEncoder(spec, device=target)
             check_compatible(info, encoder.info, index_dir)
         except (IndexStoreError, ModelLoadError, VectorStoreError) as exc:
             raise IndexUnavailableError(str(exc)) from exc
-        return cls(index_dir, info, encoder)
+        return cls(index_dir, info, encoder, device=target)
+
+    def load_model(self) -> None:
+        """Load the model's weights now instead of on the first query (a server does, so that a
+        broken model stops it at start and the first request is not slow); a model that cannot
+        load raises IndexUnavailableError, as Engine.open did when it loaded the model itself."""
+        if isinstance(self.encoder, LazyEncoder):
+            try:
+                self.encoder.load()
+            except ModelLoadError as exc:
+                raise IndexUnavailableError(str(exc)) from exc
 
     def close(self) -> None:
-        """Release the SQLite connections."""
+        """Release the catalogue's and the vector store's connections."""
         self._sql.dispose()
+        self._vectors.close()
 
     def __enter__(self) -> Engine:
         return self
@@ -240,12 +296,26 @@ class Engine:
     def search(self, query: Query) -> SearchResults:
         """The one search: encode the terms into a query vector, score the documents (fusing
         their own text), judge each hit's relevance and apply the cut-offs. Every search_*
-        method is a thin wrapper over this."""
-        try:
-            modality = query.modality
-        except QuerySpecError as exc:
-            raise QueryError(str(exc)) from exc
-        return self._answer(self.encode_terms(query.terms), modality, query)
+        method is a thin wrapper over this, and it is search_batch of one query."""
+        return _raised(self.search_batch([query])[0])
+
+    def search_batch(self, queries: Sequence[Query]) -> list[SearchResults | MMSearchError]:
+        """Several searches at once, each answered as search() answers it alone: all their
+        sentences go through the text tower in one forward pass, and queries that share a
+        target, k, folder and fusion are searched as one FAISS batch. A query that cannot be
+        answered gets its error in its place (like asyncio.gather(return_exceptions=True)), so
+        one bad query never fails the others. Only errors meant for the user are returned so;
+        anything else (a bug, a broken disk) raises for the whole batch."""
+        answers: list[SearchResults | MMSearchError] = []
+        jobs: list[_Job] = []
+        for query, vector in zip(queries, self._query_vectors(queries), strict=True):
+            if isinstance(vector, MMSearchError):
+                answers.append(vector)
+            else:
+                jobs.append(_Job(vector, query.modality, query))
+                answers.append(_PENDING)
+        answered = iter(self._answer_batch(jobs))
+        return [next(answered) if answer is _PENDING else answer for answer in answers]
 
     def search_text(
         self,
@@ -257,10 +327,13 @@ class Engine:
         min_score: float | None = None,
         relevant: bool = False,
         fusion: FusionMethod | None = None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
     ) -> list[ImageHit]:
         """Images best matching a sentence (only files below `under` when given); images with
         own text are scored on image and text together (indexer.indexing.fusion; `fusion`
-        "linear" or "learned", default the index's)."""
+        "linear" or "learned", default the index's). nprobe / ef_search trade latency for recall
+        on an approximate index (default: its tuned ones)."""
         spec = _query(
             [QueryTerm("text", query)],
             k=k,
@@ -269,6 +342,7 @@ class Engine:
             min_score=min_score,
             relevant=relevant,
             fusion=fusion,
+            search_params=_search_params(nprobe, ef_search),
         )
         return self.search(spec).hits  # type: ignore[return-value]
 
@@ -404,7 +478,7 @@ class Engine:
             relevant=relevant,
             fusion=fusion,
         )
-        return self._answer(self.query_vector(vector), modality, spec)
+        return _raised(self._answer_batch([_Job(self.query_vector(vector), modality, spec)])[0])
 
     def query_vector(self, vector: np.ndarray | Sequence[float]) -> np.ndarray:
         """A caller's vector checked and made a query vector: (dim,) finite, L2-normalised float32."""
@@ -427,10 +501,55 @@ class Engine:
 
     def encode_terms(self, terms: Sequence[QueryTerm]) -> np.ndarray:
         """Weighted query terms -> (dim,) normalised query vector."""
-        weights = [t.weight for t in terms]
+        return _raised(self._query_vectors([Query(tuple(terms))])[0])
+
+    def _query_vectors(self, queries: Sequence[Query]) -> list[np.ndarray | MMSearchError]:
+        """Each query's (dim,) vector, or the error that refuses it; every sentence of every
+        query is encoded in one forward pass."""
+        plans: list[_TermPlan | MMSearchError] = []
+        texts: list[str] = []  # the sentences of all queries, in order
+        for query in queries:
+            try:
+                planned = self._plan_terms(query, first_text=len(texts))
+            except MMSearchError as exc:
+                plans.append(exc)
+                continue
+            plans.append(planned)
+            texts += planned.texts
+        if texts:
+            self.load_model()
+        encoded = self.encoder.encode_texts(texts) if texts else None  # (len(texts), dim)
+        vectors: list[np.ndarray | MMSearchError] = []
+        for plan in plans:
+            if isinstance(plan, MMSearchError):
+                vectors.append(plan)
+                continue
+            rows = [encoded[part] if isinstance(part, int) else part for part in plan.parts]  # type: ignore[index]
+            try:
+                vectors.append(self._combine(np.stack(rows), plan.weights))
+            except QueryError as exc:
+                vectors.append(exc)
+        return vectors
+
+    def _plan_terms(self, query: Query, *, first_text: int) -> _TermPlan:
+        """What a query's terms need: image terms encoded now, sentences checked and numbered
+        from first_text for the shared forward pass. Raises as search() would, term by term."""
+        try:
+            query.modality  # noqa: B018  # an empty query is refused before anything else
+        except QuerySpecError as exc:
+            raise QueryError(str(exc)) from exc
+        weights = [t.weight for t in query.terms]
         if not any(w > 0 for w in weights):  # refuse before encoding anything
-            return self._combine(np.zeros((len(terms), self.info.dim), np.float32), weights)
-        return self._combine(np.stack([self._encode_term(t) for t in terms]), weights)
+            self._combine(np.zeros((len(weights), self.info.dim), np.float32), weights)
+        parts: list[np.ndarray | int] = []
+        texts: list[str] = []
+        for term in query.terms:
+            if term.kind == "text":
+                parts.append(first_text + len(texts))
+                texts.append(_query_text(str(term.value)))
+            else:
+                parts.append(self._encode_term(term))
+        return _TermPlan(parts, weights, texts)
 
     def _encode_term(self, term: QueryTerm) -> np.ndarray:
         if term.kind == "text":
@@ -454,61 +573,67 @@ class Engine:
         except QuerySpecError as exc:
             raise QueryError(str(exc)) from exc
 
-    def _answer(self, vector: np.ndarray, modality: TermKind, query: Query) -> SearchResults:
-        """Score, judge and cut for a query vector (dim,) float32 of the given modality."""
+    def _answer_batch(self, jobs: Sequence[_Job]) -> list[SearchResults | MMSearchError]:
+        """Score, judge and cut each job's query vector; jobs that search alike share one
+        FAISS batch and all share one catalogue read."""
+        if not jobs:
+            return []
         calibration = self.calibration()
-        if query.relevant and calibration is None:
-            raise QueryError(
-                f"{self.index_dir} has no score calibration yet, so relevance is unknown: run "
-                f"`mmsearch calibrate --db {self.index_dir}` (or `mmsearch index` again)"
-            )
-        fusion, head = self._fusion_for(query.fusion, modality)
-        scored = self._score(vector, modality, query, calibration, fusion=fusion, head=head)
-        relevance = relevance_of(scored, calibration, modality=modality, to=query.to, fusion=fusion)
-        if query.relevant and relevance is None:
-            raise QueryError("this index's calibration does not cover this kind of query")
-        scored, relevance = cut(scored, relevance, min_score=query.min_score, relevant_only=query.relevant)
-        hits = self._hits(scored, query.to)
-        if relevance is not None:
-            by_id = dict(zip(scored.ids.tolist(), relevance, strict=True))
-            relevance = [by_id[h.id] for h in hits]
-        return SearchResults(hits, relevance)
+        resolved = list(jobs)  # each query's fusion made concrete below
+        judged: list[_Judged | MMSearchError] = [_NOT_SCORED] * len(jobs)
+        groups: dict[Query, list[int]] = {}
+        for position, job in enumerate(resolved):
+            if job.query.relevant and calibration is None:
+                judged[position] = QueryError(
+                    f"{self.index_dir} has no score calibration yet, so relevance is unknown: run "
+                    f"`mmsearch calibrate --db {self.index_dir}` (or `mmsearch index` again)"
+                )
+                continue
+            try:
+                fusion = self._fusion_for(job.query.fusion, job.modality)
+            except MMSearchError as exc:
+                judged[position] = exc
+                continue
+            # The resolved method is part of the search key: learned and linear never share a batch.
+            resolved[position] = job = replace(job, query=replace(job.query, fusion=fusion))
+            groups.setdefault(_search_key(job.query), []).append(position)
+        for members in groups.values():
+            group = [resolved[i] for i in members]
+            for position, job, scored in zip(members, group, self._score(group, calibration), strict=True):
+                try:
+                    judged[position] = _judge(scored, job, calibration)
+                except QueryError as exc:
+                    judged[position] = exc
+        return self._results(resolved, judged)
 
-    def _score(
-        self,
-        vector: np.ndarray,
-        modality: TermKind,
-        query: Query,
-        calibration: Calibration | None,
-        *,
-        fusion: Fusion,
-        head: FusionHead | None,
-    ) -> Scored:
+    def _score(self, jobs: Sequence[_Job], calibration: Calibration | None) -> list[Scored]:
+        """Candidates for jobs that search alike (one _search_key, fusion resolved by
+        `_fusion_for`): one FAISS batch per store."""
+        query = jobs[0].query
+        vectors = np.stack([job.vector for job in jobs])  # (n, dim) float32
         if query.to == "text":
-            result = self._texts.refresh().search(vector[None, :], query.k)[0]
-            return plain(result.ids, result.scores)
-        return score_documents(
-            vector,
+            found = self._texts.refresh().search(vectors, query.k)
+            return [plain(result.ids, result.scores) for result in found]
+        return score_documents_batch(
+            vectors,
             self._images.refresh(),
             self._doc_texts.refresh(),
             query.k,
-            fusion=fusion,
-            channels=None if calibration is None else calibration.channels(modality),
+            fusion=query.fusion,
+            channels=[None if calibration is None else calibration.channels(job.modality) for job in jobs],
             allowed_ids=None if query.under is None else self._ids_under(query.under),
-            head=head,
+            params=query.search_params,
+            head=self.fusion_head() if query.fusion.method == "learned" else None,
         )
 
-    def _fusion_for(self, fusion: Fusion, modality: TermKind) -> tuple[Fusion, FusionHead | None]:
-        """The query's fusion with a concrete method (the index's when it names none), and the
-        head that scores it: learned fusion is trained for sentences, so an image query under it
-        uses the linear rule."""
+    def _fusion_for(self, fusion: Fusion, modality: TermKind) -> Fusion:
+        """The query's fusion with a concrete method (the index's when it names none): learned
+        fusion is trained for sentences, so an image query under it uses the linear rule. Asking
+        for learned fusion without a usable head raises (NoFusionHeadError, FusionHeadError)."""
         fusion = fusion.resolved(self.info.fusion)
-        if fusion.method != "learned":
-            return fusion, None
-        head = self.fusion_head()
-        if modality != head.config.query_modality:
-            return replace(fusion, method="linear"), None
-        return fusion, head
+        if fusion.method == "learned" and modality != self.fusion_head().config.query_modality:
+            return replace(fusion, method="linear")
+        return fusion
 
     def fusion_methods(self) -> tuple[str, ...]:
         """The fusion methods queries can ask for: learned only when the model has a usable head."""
@@ -526,23 +651,37 @@ class Engine:
                 self._fusion_head = load_fusion_head(self.encoder.info.source, self.encoder.info.model_id)
             return self._fusion_head
 
-    def _hits(self, scored: Scored, to: Target) -> list[ImageHit] | list[TextHit]:
-        ids = [int(i) for i in scored.ids]
+    def _results(
+        self,
+        jobs: Sequence[_Job],
+        judged: Sequence[_Judged | MMSearchError],
+    ) -> list[SearchResults | MMSearchError]:
+        """Judged candidates as hits, with the catalogue rows of every job read in one session."""
+        wanted: dict[Target, list[int]] = {"image": [], "text": []}
+        for job, outcome in zip(jobs, judged, strict=True):
+            if not isinstance(outcome, MMSearchError):
+                wanted[job.query.to] += outcome[0].ids.tolist()
         with Session(self._sql) as session:
-            if to == "text":
-                texts = catalog.text_rows(session, ids)
-                return _ranked(
-                    scored.ids, scored.scores, texts, lambda r, s, i, row: TextHit(r, s, i, row.text)
-                )
-            images = catalog.image_rows(session, ids)
-        return _ranked(
-            scored.ids, scored.scores, images, lambda r, s, i, row: ImageHit(r, s, i, row.path)
-        )
+            images = catalog.image_rows(session, wanted["image"]) if wanted["image"] else {}
+            texts = catalog.text_rows(session, wanted["text"]) if wanted["text"] else {}
+        results: list[SearchResults | MMSearchError] = []
+        for job, outcome in zip(jobs, judged, strict=True):
+            if isinstance(outcome, MMSearchError):
+                results.append(outcome)
+                continue
+            scored, relevance = outcome
+            hits = _hits(scored, job.query.to, images=images, texts=texts)
+            if relevance is not None:
+                by_id = dict(zip(scored.ids.tolist(), relevance, strict=True))
+                relevance = [by_id[h.id] for h in hits]
+            results.append(SearchResults(hits, relevance))
+        return results
 
     def _ids_under(self, folder: Path) -> np.ndarray:
+        """The ids an IDSelector restricts a search to: one range query on the path index."""
         with Session(self._sql) as session:
-            rows = catalog.images_under(session, str(folder))
-        return np.array([row.id for row in rows], dtype=np.int64)
+            ids = catalog.image_ids_under(session, str(folder))
+        return np.asarray(ids, dtype=np.int64)
 
     def calibration(self) -> Calibration | None:
         """The index's random-pair score calibration, or None (not computed, or an old index)."""
@@ -568,18 +707,15 @@ class Engine:
 
     def encode_query_texts(self, queries: Sequence[str]) -> np.ndarray:
         """Sentences -> (n, dim) normalised query vectors, encoded as one batch."""
-        texts = [(query or "").strip() for query in queries]
-        for text in texts:
-            if not text:
-                raise QueryError('empty query: give a sentence, e.g. mmsearch search "a red star"')
-            if len(text) > MAX_QUERY_CHARS:
-                raise QueryError(f"query longer than {MAX_QUERY_CHARS} characters")
+        texts = [_query_text(query) for query in queries]
         if not texts:
             return np.zeros((0, self.info.dim), np.float32)
+        self.load_model()
         return self.encoder.encode_texts(texts)
 
     def encode_query_image(self, image: str | Path | Image.Image) -> np.ndarray:
         """An image file or PIL image -> (dim,) normalised query vector."""
+        self.load_model()
         if not isinstance(image, Image.Image):
             try:
                 image = open_image(image, target_size=self.encoder.preprocess_config.image_size)
@@ -647,33 +783,118 @@ class Engine:
 
     def stats(self) -> IndexStats:
         """Counts, model and size on disk."""
+        store = self._images.refresh()
+        kind = store.kind if isinstance(store, VectorStore) else "milvus"
         with Session(self._sql) as session:
             images = catalog.count(session, ImageRow)
             texts = catalog.count(session, TextRow)
+            record = IndexTypeRecord.read(session, legacy_kind=store.kind if kind != "milvus" else "flat")
         return IndexStats(
             index_dir=str(self.index_dir),
             model_kind=self.info.model_kind,
             model_source=self.info.model_source,
             model_id=self.info.model_id,
             dim=self.info.dim,
-            index_type=self.info.index_type,
+            index_type=store.describe(),
             images=images,
             texts=texts,
-            image_vectors=len(self._images.refresh()),
+            image_vectors=len(store),
             text_vectors=len(self._texts.refresh()),
             size_bytes=sum(p.stat().st_size for p in index_files(self.index_dir)),
             fusion=self.info.fusion or "linear",
+            **self.backends.describe(),
+            index_kind=kind,
+            index_params=store.params() if isinstance(store, VectorStore) else None,
+            index_policy=record.policy if kind != "milvus" else "milvus",
+            index_recall=record.recall,
+            memory_budget=record.budget(),
         )
 
 
-def _load_model(spec: str | Path, device: str) -> Encoder:
-    source = str(bundled_model_moved(spec))
-    if not source.startswith("openclip:") and not Path(source).exists():
-        raise ModelLoadError(
-            f"the model {source} recorded in this index is missing; pass --model DIR pointing at "
-            "the same model, or rebuild the index"
-        )
-    return load_encoder(source, device=device)
+def _faiss_on_gpu(device: Device) -> bool:
+    """--device cuda searches a FAISS GPU copy (warning once when it cannot); auto does so when
+    faiss sees a GPU, without importing torch to ask."""
+    if device.is_auto:
+        return gpu_available()
+    return device.resolve().is_cuda
+
+
+def _search_params(nprobe: int | None, ef_search: int | None) -> SearchParams | None:
+    """The knobs as the vector store takes them; None when neither is given."""
+    if nprobe is None and ef_search is None:
+        return None
+    try:
+        return SearchParams(nprobe=nprobe, ef_search=ef_search)
+    except MMSearchError as exc:
+        raise QueryError(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One query on its way through search_batch: its vector (dim,) float32, unit length."""
+
+    vector: np.ndarray
+    modality: TermKind
+    query: Query
+
+
+@dataclass(frozen=True)
+class _TermPlan:
+    """A query's terms as search_batch encodes them: per term a vector already made (images)
+    or the row of its sentence in the shared forward pass; the weights; its sentences."""
+
+    parts: list[np.ndarray | int]
+    weights: list[float]
+    texts: list[str]
+
+
+_Judged = tuple[Scored, list[Relevance] | None]  # candidates after the cut-offs, their relevance
+# Placeholders in search_batch's lists for queries still being answered (replaced before return).
+_PENDING = SearchResults([], None)
+_NOT_SCORED = QueryError("not scored")
+_Answer = TypeVar("_Answer")
+
+
+def _raised(answer: _Answer | MMSearchError) -> _Answer:
+    """A batch answer for a caller of one query: the answer, or its error raised."""
+    if isinstance(answer, MMSearchError):
+        raise answer
+    return answer
+
+
+def _search_key(query: Query) -> Query:
+    """What decides a query's FAISS searches: everything but its terms and the cut-offs (which
+    only drop hits afterwards). Queries with equal keys are searched as one batch."""
+    return replace(query, terms=(), min_score=None, relevant=False)
+
+
+def _judge(scored: Scored, job: _Job, calibration: Calibration | None) -> _Judged:
+    """Each candidate's relevance, then the cut-offs; QueryError when relevance was asked for
+    and the calibration does not cover this kind of query."""
+    query = job.query
+    relevance = relevance_of(scored, calibration, modality=job.modality, to=query.to, fusion=query.fusion)
+    if query.relevant and relevance is None:
+        raise QueryError("this index's calibration does not cover this kind of query")
+    return cut(scored, relevance, min_score=query.min_score, relevant_only=query.relevant)
+
+
+def _hits(
+    scored: Scored, to: Target, *, images: Mapping[int, ImageRow], texts: Mapping[int, TextRow]
+) -> list[ImageHit] | list[TextHit]:
+    """Scored candidates as ranked hits, from catalogue rows read beforehand."""
+    if to == "text":
+        return _ranked(scored.ids, scored.scores, texts, lambda r, s, i, row: TextHit(r, s, i, row.text))
+    return _ranked(scored.ids, scored.scores, images, lambda r, s, i, row: ImageHit(r, s, i, row.path))
+
+
+def _query_text(query: str | None) -> str:
+    """A sentence as the text tower gets it (stripped), or QueryError if empty or too long."""
+    text = (query or "").strip()
+    if not text:
+        raise QueryError('empty query: give a sentence, e.g. mmsearch search "a red star"')
+    if len(text) > MAX_QUERY_CHARS:
+        raise QueryError(f"query longer than {MAX_QUERY_CHARS} characters")
+    return text
 
 
 def _query(
@@ -686,6 +907,7 @@ def _query(
     min_score: float | None = None,
     relevant: bool = False,
     fusion: FusionMethod | None = None,
+    search_params: SearchParams | None = None,
 ) -> Query:
     """The wrappers' arguments as a Query; what it refuses is a QueryError like the engine's."""
     try:
@@ -697,6 +919,7 @@ def _query(
             fusion=Fusion.weighted(text_weight, fusion),
             min_score=min_score,
             relevant=relevant,
+            search_params=search_params,
         )
     except InvalidInputError as exc:
         raise QueryError(str(exc)) from exc

@@ -27,6 +27,7 @@ import numpy as np
 from indexer.errors import InvalidInputError
 from indexer.indexing.fusion import DEFAULT_TEXT_WEIGHT as DEFAULT_TEXT_WEIGHT  # kept importable here
 from indexer.indexing.fusion import Fusion, QueryModality, Scored
+from indexer.store.search_params import SearchParams
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -86,6 +87,8 @@ class Query:
     fusion: Fusion = field(default_factory=Fusion)
     min_score: float | None = None
     relevant: bool = False
+    # Accuracy knobs of the image vector store (nprobe, ef_search); None: the index's tuned ones.
+    search_params: SearchParams | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "terms", tuple(self.terms))

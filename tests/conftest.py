@@ -191,7 +191,7 @@ def write_photo_folder(root: Path, *, seed: int = 0) -> PhotoFolder:
         truncated: "truncated or corrupt image data",
         empty: "empty file",
         text_as_jpg: "not an image (unrecognised format)",
-        notes: "not an image file type (.txt)",
+        notes: "not an image file type (.txt: text)",
     }
 
     hidden_png = root / ".hidden.png"

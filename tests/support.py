@@ -6,19 +6,24 @@ import contextlib
 import functools
 import importlib.util
 import io
+import json
+import os
 import socket
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
+from indexer.media.images import open_image
 from indexer.models.config import load_named_config
 from indexer.models.native import build_model, save_model_dir
 from indexer.models.tokenizer import tokenizer_from_sentencepiece, train_sentencepiece
@@ -26,6 +31,41 @@ from indexer.models.tokenizer import tokenizer_from_sentencepiece, train_sentenc
 SERVER_START_TIMEOUT_S = 20
 REPO = Path(__file__).resolve().parents[1]
 BENCH_SYNTH_PATH = REPO / "benchmarks" / "synth.py"
+RECALL_KS = (1, 5, 10)  # the cut-offs `mmsearch eval` reports
+MODEL_MODULES = ("torch", "transformers")
+# Runs the real CLI entry point, then reports which model libraries the process imported.
+IMPORT_PROBE = (
+    "import atexit, json, sys\n"
+    f"heavy = {MODEL_MODULES!r}\n"
+    "atexit.register(lambda: print('IMPORTED ' + json.dumps(sorted(m for m in heavy if m in sys.modules)),"
+    " file=sys.stderr))\n"
+    "from mmsearch.cli import main\n"
+    "sys.argv = ['mmsearch', *sys.argv[1:]]\n"
+    "main()\n"
+)
+
+
+@dataclass(frozen=True)
+class ProcessRun:
+    """One `mmsearch` process: exit code, output, and the model libraries it imported."""
+
+    code: int
+    stdout: str
+    stderr: str
+    imported: list[str]
+
+
+def mmsearch_process(*args: object) -> ProcessRun:
+    """`mmsearch ARGS` in a fresh interpreter importing this checkout (this test process has torch
+    loaded already, so only a new process can tell what a command imports)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-c", IMPORT_PROBE, *map(str, args)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+    lines = done.stderr.splitlines()
+    marker = [line for line in lines if line.startswith("IMPORTED ")]
+    assert marker, f"the probe did not report (exit {done.returncode}):\n{done.stderr}"
+    stderr = "\n".join(line for line in lines if not line.startswith("IMPORTED "))
+    return ProcessRun(done.returncode, done.stdout, stderr, json.loads(marker[-1].removeprefix("IMPORTED ")))
 
 
 def load_script(path: Path, name: str) -> ModuleType:
@@ -102,3 +142,46 @@ def serve(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def reference_recall(encoder: Any, pairs: Sequence[tuple[Path, str]]) -> dict[str, dict[str, float]]:
+    """What `mmsearch eval` should print for (image, caption) pairs, from the encoder's own
+    embeddings (images decoded as index and query time decode them) and `recall_of`."""
+    gallery = list(dict.fromkeys(path for path, _ in pairs))
+    size = encoder.preprocess_config.image_size
+    pixels = [encoder.preprocess(open_image(path, target_size=size)) for path in gallery]
+    images = encoder.encode_pixels(torch.stack(pixels))  # (I, dim)
+    texts = encoder.encode_texts([caption for _, caption in pairs])  # (T, dim)
+    return recall_of(images, texts, [gallery.index(path) for path, _ in pairs], [c for _, c in pairs])
+
+
+def recall_of(
+    images: np.ndarray, texts: np.ndarray, owner: Sequence[int], captions: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Recall@1/5/10 and median rank both ways, written from the protocol with NumPy alone: a
+    reference that shares no code with indexer.training.evaluate.
+
+    images (I, dim) and texts (T, dim) normalised; owner[t] is the image caption t describes.
+    A caption's correct images are all images carrying that caption (case and spacing folded);
+    an image is found when any of its captions ranks within K; ties count for the query.
+    """
+    scores = texts @ images.T  # (T, I)
+    owns = np.asarray(owner)[:, None] == np.arange(len(images))[None, :]  # (T, I)
+    folded = np.array([" ".join(caption.lower().split()) for caption in captions])
+    same_text = folded[:, None] == folded[None, :]  # (T, T)
+    t2i_correct = same_text.astype(np.int64) @ owns.astype(np.int64) > 0  # (T, I)
+    return {
+        "t2i": _recall_summary(_best_correct_ranks(scores, t2i_correct)),
+        "i2t": _recall_summary(_best_correct_ranks(scores.T, owns.T)),
+    }
+
+
+def _best_correct_ranks(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """1-based rank of each row's best-scoring correct column: 1 + how many columns beat it."""
+    best = np.where(correct, scores, -np.inf).max(axis=1)  # (rows,)
+    return 1 + (scores > best[:, None]).sum(axis=1)
+
+
+def _recall_summary(ranks: np.ndarray) -> dict[str, float]:
+    recall = {f"R@{k}": float(np.mean(ranks <= k)) for k in RECALL_KS}
+    return {**recall, "medr": float(np.median(ranks))}

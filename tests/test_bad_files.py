@@ -21,10 +21,11 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import image_files
 import numpy as np
 import pytest
 from PIL import Image
@@ -143,6 +144,8 @@ def build_bad_folder(root: Path) -> BadFolder:
         ("sixteen_bit.png", _sixteen_bit_png(rng), square),
         ("palette_transparent.png", _palette_png_with_transparency(rng), square),
         ("exif_rotated.jpg", _rotated_jpeg(rng), (32, SIDE)),  # stored 48x32, shown upright
+        ("png_without_extension", png(), square),  # classified by its bytes, not its name
+        ("export.dat", _encode(_noise(rng), "QOI"), square),
     ]:
         folder.good[_write(root / name, data)] = size
     folder.good[_write(os.path.join(os.fsencode(root), NON_UTF8_GOOD), png())] = square
@@ -155,7 +158,12 @@ def build_bad_folder(root: Path) -> BadFolder:
         ("text_named.jpg", b"shopping list: milk, eggs\n", "not an image"),
         ("random_bytes.png", b"\x00" + rng.bytes(2047), "not an image"),
         ("bomb.png", _bomb_png(), f"exceeds --max-megapixels {MAX_MEGAPIXELS}"),
-        ("notes.txt", b"not a photo\n", "not an image file type (.txt)"),
+        ("notes.txt", b"not a photo\n", "not an image file type (.txt: text)"),
+        ("manual.pdf", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "(.pdf: PDF document)"),
+        ("film.grade.cube", b'TITLE "warm"\nLUT_3D_SIZE 2\n0 0 0\n', "(.cube: text)"),
+        ("colours.gpl", b"GIMP Palette\nName: sea\n 12  34  56 deep\n", "(.gpl: text)"),
+        ("swatches.aco", b"\x00\x01\x00\x02" + bytes(16), "(.aco: unrecognised content)"),
+        ("scan.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n", "(.eps: PostScript/EPS"),
         ("locked.png", png(), "permission denied"),
         ("vanishing.png", png(), "vanished"),
         ("photo.heic", HEIC_HEADER + rng.bytes(512), "mmsearch[heif]"),
@@ -182,7 +190,7 @@ def build_bad_folder(root: Path) -> BadFolder:
         folder.ignored.append(_write(root / name, data))
     os.symlink(root, root / "loop")  # a folder that contains itself
     os.symlink(root / "moved-away.jpg", root / "dangling.jpg")
-    folder.ignored.append(str(root / "dangling.jpg"))
+    folder.bad[str(root / "dangling.jpg")] = "broken symbolic link (-> "
     return folder
 
 
@@ -300,8 +308,13 @@ def test_symlink_loop_and_dangling_link_end_the_walk_without_duplicates(
         found = [e.path for e in scan_folder(bad_folder.root, ScanOptions(exclude=EXCLUDES))]
     assert len(found) == len(set(found))
     assert not any("/loop/" in p for p in found)
-    # A dangling link is dropped by the walk (scan.py: "not a candidate"), not reported.
-    assert str(bad_folder.root / "dangling.jpg") not in found
+    # A dangling link is listed with its problem, so the run can name it like any bad file.
+    problems = {e.path: e.problem for e in scan_folder(bad_folder.root, ScanOptions(exclude=EXCLUDES))}
+    dangling = str(bad_folder.root / "dangling.jpg")
+    assert problems.pop(dangling) == (
+        f"broken symbolic link (-> {bad_folder.root / 'moved-away.jpg'}: No such file or directory)"
+    )
+    assert set(problems.values()) == {None}
     assert sorted(found) == sorted([*bad_folder.good, *bad_folder.bad])
 
 
@@ -437,3 +450,90 @@ def test_cli_search_prints_a_non_utf8_file_name(
         app, ["search", "a red circle", "--db", str(index_dir), "--json", "--device", "cpu"]
     )
     assert json.loads(as_json.stdout)["results"][0]["path"] == path
+
+
+# -- every format, by content -------------------------------------------------------------------
+
+
+def test_every_format_is_indexed_whatever_its_name_and_non_images_are_named(
+    encoder: Encoder, tmp_path: Path
+) -> None:
+    root = (tmp_path / "photos").resolve()
+    expected: dict[str, tuple[int, int]] = {}
+    for case in image_files.PILLOW_CASES:
+        data = image_files.written(case)
+        expected[_write(root / f"{case.name}{case.suffix}", data)] = image_files.PICTURE_SIZE
+        if case.suffix != ".tga":  # TGA has no signature: only its extension can name it
+            expected[_write(root / "renamed" / f"{case.name}.bin", data)] = image_files.PICTURE_SIZE
+    expected[_write(root / "IMG_0001.HEIC", image_files.heic_bytes())] = image_files.PICTURE_SIZE
+    expected[_write(root / "photo.jxl", image_files.jxl_bytes())] = image_files.PICTURE_SIZE
+    expected[str(image_files.write_dng(root / "IMG_0002.dng", (256, 192)))] = image_files.RAW_SIZE
+    not_images = {
+        _write(root / "manual.pdf", b"%PDF-1.7\n"): "not an image file type (.pdf: PDF document)",
+        _write(root / "warm.cube", b"LUT_3D_SIZE 2\n"): "not an image file type (.cube: text)",
+    }
+    report = index_folders([root], tmp_path / "index", encoder, options=OPTIONS)
+    assert {s.path: s.reason for s in report.skipped} == not_images
+    assert indexed_rows(tmp_path / "index") == expected
+    assert report.new == len(expected)
+
+
+# -- decode time limit ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def slow_decoder(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """Make decoding any file named slow*.png hang until the returned event is set."""
+    release = threading.Event()
+    decode_bytes = encode.decode_bytes
+
+    def decode_slowly(data: bytes, *, name: str = "<bytes>", **kwargs: Any) -> Any:
+        if os.path.basename(name).startswith("slow"):
+            release.wait(DEADLINE_S)  # a decoder stuck on a crafted file
+        return decode_bytes(data, name=name, **kwargs)
+
+    monkeypatch.setattr(encode, "decode_bytes", decode_slowly)
+    yield release
+    release.set()  # let the abandoned decoders finish
+
+
+def test_a_file_that_decodes_too_slowly_is_skipped_and_the_run_goes_on(
+    encoder: Encoder, tmp_path: Path, slow_decoder: threading.Event
+) -> None:
+    root = (tmp_path / "photos").resolve()
+    rng = np.random.default_rng(SEED)
+    good = [_write(root / f"photo{i}.png", _encode(_noise(rng), "PNG")) for i in range(6)]
+    slow = _write(root / "slow.png", _encode(_noise(rng), "PNG"))
+    options = replace(OPTIONS, workers=2, decode_timeout_s=0.5)
+    started = time.monotonic()
+    with deadline(DEADLINE_S):
+        report = index_folders([root], tmp_path / "index", encoder, options=options)
+    assert time.monotonic() - started < DEADLINE_S / 2
+    assert [(s.path, s.reason) for s in report.skipped] == [
+        (slow, "decoding took longer than --decode-timeout 0.5 s")
+    ]
+    assert sorted(indexed_rows(tmp_path / "index")) == sorted(good)
+
+    # Not remembered as bad: once it decodes in time (the decoder freed), the next run takes it.
+    slow_decoder.set()
+    again = index_folders([root], tmp_path / "index", encoder, options=options)
+    assert (again.new, again.skipped) == (1, [])
+
+
+def test_decoders_stuck_beyond_the_spare_threads_still_let_the_run_end(
+    encoder: Encoder, tmp_path: Path, slow_decoder: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(encode, "MAX_ABANDONED_DECODERS", 1)
+    root = (tmp_path / "photos").resolve()
+    rng = np.random.default_rng(SEED)
+    stuck = [_write(root / f"slow{i}.png", _encode(_noise(rng), "PNG")) for i in range(2)]
+    queued = [_write(root / f"then{i}.png", _encode(_noise(rng), "PNG")) for i in range(3)]
+    options = replace(OPTIONS, workers=1, decode_timeout_s=0.3)
+    with deadline(DEADLINE_S):
+        report = index_folders([root], tmp_path / "index", encoder, options=options)
+    reasons = {s.path: s.reason for s in report.skipped}
+    # One thread, one spare: both are stuck, so the files behind them are named, not waited for.
+    assert {reasons[p] for p in stuck} == {"decoding took longer than --decode-timeout 0.3 s"}
+    for path in queued:
+        assert reasons[path].startswith("not decoded: 2 decoders are still busy"), reasons[path]
+    assert report.new == 0

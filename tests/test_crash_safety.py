@@ -12,6 +12,7 @@ The model is random-init: the invariants below are about ids, rows and vectors, 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import queue
@@ -310,18 +311,47 @@ def encoder(tiny_model_dir: Path) -> Encoder:
     return load_encoder(tiny_model_dir, device="cpu")
 
 
+@dataclass(frozen=True)
+class SharedPhotos:
+    """The fresh-index tests' one photo folder and its fingerprint when it was written."""
+
+    folder: Path
+    fingerprint: dict[str, tuple[int, int, str]]
+
+
+def _fingerprint(folder: Path) -> dict[str, tuple[int, int, str]]:
+    """Every entry below folder: relative path -> (size, mtime_ns, SHA-256 of the bytes)."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        st = path.stat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+        found[str(path.relative_to(folder))] = (st.st_size, st.st_mtime_ns, digest)
+    return found
+
+
 @pytest.fixture(scope="module")
-def crash_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """N_PHOTOS small noise PNGs; never modified, shared by the fresh-index crash tests."""
-    folder = tmp_path_factory.mktemp("crash-photos")
+def shared_photos(tmp_path_factory: pytest.TempPathFactory) -> SharedPhotos:
+    """N_PHOTOS small noise PNGs, fingerprinted as written."""
+    folder = tmp_path_factory.mktemp("crash-photos").resolve()
     _write_photos(folder, N_PHOTOS, np.random.default_rng(SEED))
-    return folder.resolve()
+    return SharedPhotos(folder, _fingerprint(folder))
+
+
+@pytest.fixture
+def crash_photos(shared_photos: SharedPhotos) -> Iterator[Path]:
+    """The shared photos for one test, checked unchanged after it: the fresh-index tests expect
+    exactly these files, so a test that added, edited, touched or removed one would void the
+    tests after it. Checked after every test that uses them, whatever order they run in."""
+    yield shared_photos.folder
+    before, now = shared_photos.fingerprint, _fingerprint(shared_photos.folder)
+    changed = sorted(name for name in before.keys() | now.keys() if before.get(name) != now.get(name))
+    assert not changed, f"this test changed the shared photo folder: {changed[:5]}"
 
 
 @pytest.fixture(scope="module")
-def reference(encoder: Encoder, crash_photos: Path) -> dict[str, np.ndarray]:
+def reference(encoder: Encoder, shared_photos: SharedPhotos) -> dict[str, np.ndarray]:
     """content hash -> the vector the model gives that content."""
-    return _reference_vectors(encoder, _image_files(crash_photos))
+    return _reference_vectors(encoder, _image_files(shared_photos.folder))
 
 
 def _write_photo(path: Path, rng: np.random.Generator) -> None:
@@ -802,8 +832,3 @@ def test_next_writer_repairs_hand_made_damage_and_resume_reencodes(
     assert len(state.orphans) + len(state.missing) == expect_repaired
     assert report.new == expect_reencoded
     assert report.unchanged == RECONCILE_PHOTOS - expect_reencoded
-
-
-def test_shared_photos_were_not_touched(crash_photos: Path, reference: dict[str, np.ndarray]) -> None:
-    """The fresh-index tests share one folder; a test that edited it would void the others."""
-    assert {file_content_id(p) for p in _image_files(crash_photos)} == set(reference)

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from indexer import errors
 from indexer.models import devices
 from indexer.models.config import TrainConfig, load_named_config
-from indexer.models.devices import autocast_for, resolve_device
+from indexer.models.devices import CPU, autocast_for, resolve_device
 from indexer.models.encoder import load_encoder
 from indexer.models.native import load_model_dir
 from indexer.store.vectors import VectorStore, VectorStoreError, gpu_available, to_search_device
@@ -76,7 +76,7 @@ def test_cuda_without_a_gpu_falls_back_with_one_warning() -> None:
 
 
 def test_autocast_is_a_no_op_on_the_cpu() -> None:
-    with autocast_for("cpu"):
+    with autocast_for(CPU):
         product = torch.ones(4, 4) @ torch.ones(4, 4)
     assert product.dtype == torch.float32
 

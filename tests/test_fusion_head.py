@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from indexer.errors import InvalidInputError, ModelError
-from indexer.indexing import fusion_head as fh
-from indexer.indexing.fusion import DEFAULT_FUSION_METHOD, Fusion, FusionError
+from indexer.indexing.fusion import DEFAULT_FUSION_METHOD, DEFAULT_TEXT_WEIGHT, Fusion, FusionError
 from indexer.indexing.pipeline import IndexOptions, index_folders
+from indexer.models import fusion_head as fh
 from indexer.models.encoder import load_encoder
 from indexer.store.index_dir import read_index_info
 from indexer.training import fusion_head as training
@@ -231,6 +231,7 @@ def test_numpy_head_is_the_trained_torch_head() -> None:
 
 
 def test_a_head_starts_as_linear_fusion_at_the_default_weight() -> None:
+    assert FusionTrainConfig().start_text_weight == DEFAULT_TEXT_WEIGHT  # restated in training
     module = TorchFusionHead(DIM, query_dim=8, hidden=16, text_shift=0.05, text_weight=0.2)
     head = module.export(fh.FusionHeadConfig(dim=DIM, model_id="native:test"))
     rng = np.random.default_rng(4)
@@ -437,6 +438,33 @@ def test_the_recorded_method_is_the_default_and_the_flag_overrides_it(
     assert read_index_info(copy).fusion == "linear"
     with Engine.open(copy, device="cpu") as engine:
         assert engine.search_text(QUERY, k=4) == linear
+
+
+def test_a_batch_answers_each_query_as_it_would_be_answered_alone(
+    learned_index: Path, photos: Path, plain_model: Path, tmp_path: Path
+) -> None:
+    """search_batch groups queries by their resolved fusion: the index's learned default, an
+    explicit learned and linear sentence, an image query under learned (which mixes linearly)
+    and pixels only never share one scoring; a learned query without a head fails alone."""
+    sentence = (QueryTerm("text", QUERY),)
+    queries = [
+        Query(sentence, k=4),
+        Query(sentence, k=4, fusion=Fusion(method="learned")),
+        Query(sentence, k=4, fusion=Fusion(method="linear")),
+        Query((QueryTerm("image", photos / "red0.png"),), k=4, fusion=Fusion(method="learned")),
+        Query(sentence, k=4, fusion=Fusion(0.0, method="linear")),
+    ]
+    with Engine.open(learned_index, device="cpu") as engine:
+        batch = engine.search_batch(queries)
+        alone = [engine.search(q) for q in queries]
+    assert batch == alone
+    assert batch[0] == batch[1] and batch[1].hits != batch[2].hits  # type: ignore[union-attr]
+
+    build_index(photos, plain_model, tmp_path / "index", None)
+    with Engine.open(tmp_path / "index", device="cpu") as engine:
+        learned, linear = engine.search_batch([queries[1], queries[2]])
+        assert isinstance(learned, fh.NoFusionHeadError)
+        assert linear == engine.search(queries[2])
 
 
 def test_a_new_index_records_the_default_its_model_allows(

@@ -9,10 +9,12 @@ import pickle
 import struct
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import image_files
 import numpy as np
 import pytest
 import torch
@@ -20,10 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from indexer.media import images
+from indexer.media import formats, images
 from indexer.media.images import (
     DEFAULT_MAX_MEGAPIXELS,
-    IMAGE_EXTENSIONS,
     ImageLoadError,
     MissingExtraError,
     PreprocessConfig,
@@ -366,17 +367,181 @@ def test_jpeg_misnamed_heic_still_decodes_without_extra(tmp_path: Path) -> None:
 
 
 def test_heic_decodes_when_extra_installed(tmp_path: Path) -> None:
-    pillow_heif = pytest.importorskip("pillow_heif")
+    import pillow_heif  # the heif extra is part of the dev environment (make install)
+
     path = tmp_path / "photo.heic"
     pillow_heif.from_pillow(Image.new("RGB", (64, 48), RED)).save(path, quality=90)
+    assert path.read_bytes()[4:12] == b"ftypheic"  # a real HEIC, as an iPhone writes it
     result = open_image(path)
     assert result.mode == "RGB" and result.size == (64, 48)
     assert _close(_pixel(result, (32, 24)), RED, 2 * LOSSY_TOLERANCE)
+    uploaded = decode_image_bytes(path.read_bytes(), name="upload.bin")  # found by its bytes
+    assert _close(_pixel(uploaded, (32, 24)), RED, 2 * LOSSY_TOLERANCE)
 
 
-def test_extension_list_is_lower_case_with_dot() -> None:
-    assert {".jpg", ".png", ".heic"} <= IMAGE_EXTENSIONS
-    assert all(ext.startswith(".") and ext == ext.lower() for ext in IMAGE_EXTENSIONS)
+# ---------------------------------------------------------------- every format Pillow decodes
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in image_files.PILLOW_CASES])
+def test_every_format_pillow_decodes_is_an_image(tmp_path: Path, case: image_files.FormatCase) -> None:
+    data = image_files.written(case)
+    path = _write(tmp_path / f"picture{case.suffix}", data)
+    assert formats.has_image_extension(str(path))
+    result = open_image(path)
+    assert result.mode == "RGB" and result.size == image_files.PICTURE_SIZE
+    assert _close(_pixel(result, (16, 12)), case.colour, LOSSY_TOLERANCE), _pixel(result, (16, 12))
+    if case.name == "TGA":  # no signature: only its extension says TGA, other names never do
+        assert not formats.looks_like_image(data[: formats.SNIFF_BYTES])
+        with pytest.raises(ImageLoadError, match="not an image"):
+            decode_image_bytes(data, name="export.bin")
+        return
+    # Under a name that says nothing, the bytes alone make it an image, as for an upload.
+    assert formats.looks_like_image(data[: formats.SNIFF_BYTES])
+    unnamed = decode_image_bytes(data, name="export.bin")
+    assert _close(_pixel(unnamed, (16, 12)), case.colour, LOSSY_TOLERANCE)
+
+
+NON_IMAGES = [
+    pytest.param("manual.pdf", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n", "PDF document", id="pdf"),
+    pytest.param("look.cube", b'TITLE "warm"\nLUT_3D_SIZE 2\n0.0 0.0 0.0\n', "text", id="lut"),
+    pytest.param("sea.gpl", b"GIMP Palette\nName: sea\n 12 34 56 deep\n", "text", id="palette"),
+    pytest.param("sea.aco", b"\x00\x01\x00\x02\x00\x00\x0c\x22" + bytes(24), "unrecognised", id="aco"),
+    pytest.param("notes", "café ☕ notes\n".encode(), "text", id="utf8-text"),
+    pytest.param("clip.mp4", b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2", "video", id="mp4"),
+    pytest.param("fig.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n", "PostScript/EPS", id="eps"),
+    pytest.param("empty.bin", b"", "empty file", id="empty"),
+]
+
+
+@pytest.mark.parametrize(("name", "data", "kind"), NON_IMAGES)
+def test_non_images_are_named_by_what_they_are(name: str, data: bytes, kind: str) -> None:
+    header = data[: formats.SNIFF_BYTES]
+    assert not formats.looks_like_image(header, formats.extension(name))
+    reason = formats.not_image_reason(name, header)
+    assert reason.startswith(f"not an image file type ({formats.extension(name) or 'no extension'}: ")
+    assert kind in reason and "\n" not in reason
+
+
+def test_known_extensions_are_the_ones_pillow_registers_for_the_formats_decoded() -> None:
+    # The scan uses a plain list (no Pillow import); it must not drift from Pillow's own.
+    registered = Image.registered_extensions()
+    for ext in formats.PILLOW_EXTENSIONS | set(formats.UNSIGNED_FORMAT_EXTENSIONS):
+        fmt = registered.get(ext)
+        assert fmt in {*formats.PILLOW_FORMATS, "MPO", "TGA"}, (ext, fmt)
+    # Every format decoded has at least one extension that names it.
+    named = {registered[ext] for ext in formats.PILLOW_EXTENSIONS}
+    assert set(formats.PILLOW_FORMATS) <= named
+
+
+# ---------------------------------------------------------------- JPEG XL and camera RAW
+
+
+def test_jpeg_xl_decodes_when_extra_installed(tmp_path: Path) -> None:
+    path = _write(tmp_path / "photo.jxl", image_files.jxl_bytes((64, 48)))
+    assert formats.looks_like_jxl(path.read_bytes())
+    result = open_image(path)
+    assert result.mode == "RGB" and result.size == (64, 48)
+    assert _close(_pixel(result, (32, 24)), RED, LOSSY_TOLERANCE)
+    uploaded = decode_image_bytes(path.read_bytes(), name="upload.bin")
+    assert _close(_pixel(uploaded, (32, 24)), RED, LOSSY_TOLERANCE)
+
+
+@pytest.mark.parametrize(
+    ("name", "write"),
+    [("cut.heic", image_files.heic_bytes), ("cut.jxl", image_files.jxl_bytes)],
+)
+@pytest.mark.parametrize("keep", [40, 0.5])
+def test_broken_heic_and_jxl_are_image_load_errors(
+    name: str, write: Callable[[tuple[int, int]], bytes], keep: float
+) -> None:
+    data = write((64, 48))
+    cut = data[: int(keep if keep >= 1 else len(data) * keep)]
+    with pytest.raises(ImageLoadError) as info:  # their plugins raise RuntimeError: not a crash
+        decode_image_bytes(cut, name=name)
+    assert not isinstance(info.value, MissingExtraError)
+
+
+def test_avif_with_a_generic_heif_brand_goes_to_the_avif_decoder() -> None:
+    data = image_files.encode(Image.new("RGB", (32, 24), RED), "AVIF")
+    assert data[8:12] == b"avif"
+    generic = data[:8] + b"mif1" + data[12:]  # what some encoders write; "avif" stays compatible
+    assert not formats.looks_like_heif(generic)
+    assert formats.looks_like_heif(image_files.heic_bytes())
+    for name in ("photo.avif", "upload.bin"):  # with the heif extra installed, as here
+        assert _close(_pixel(decode_image_bytes(generic, name=name)), RED, LOSSY_TOLERANCE)
+
+
+@pytest.fixture
+def without_extra(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Make the optional extras' imports fail, as on an install without them."""
+    for module in ("pillow_heif", "pillow_jxl", "rawpy"):
+        monkeypatch.setitem(sys.modules, module, None)
+    caches = (images._register_heif, images._register_jxl, images._import_rawpy)
+    for cache in caches:
+        cache.cache_clear()
+    yield
+    for cache in caches:
+        cache.cache_clear()
+
+
+@pytest.mark.usefixtures("without_extra")
+@pytest.mark.parametrize(
+    ("name", "data", "extra"),
+    [
+        pytest.param("photo.jxl", b"\xff\x0a" + bytes(64), "jxl", id="jxl-codestream"),
+        pytest.param("x.bin", b"\x00\x00\x00\x0cJXL \r\n\x87\n" + bytes(64), "jxl", id="jxl-box"),
+        pytest.param("IMG_1.DNG", b"II*\x00\x08\x00\x00\x00" + bytes(64), "raw", id="dng"),
+        pytest.param("x.bin", b"FUJIFILMCCD-RAW 0201" + bytes(64), "raw", id="raf-magic"),
+        pytest.param("x.bin", b"II*\x00\x10\x00\x00\x00CR\x02\x00" + bytes(64), "raw", id="cr2"),
+    ],
+)
+def test_jxl_and_raw_without_extra_name_the_extra(name: str, data: bytes, extra: str) -> None:
+    with pytest.raises(MissingExtraError, match=rf"pip install 'mmsearch\[{extra}\]'"):
+        decode_image_bytes(data, name=name)
+    assert formats.looks_like_image(data[: formats.SNIFF_BYTES], formats.extension(name))
+
+
+def _decoded_raw(path: Path, **kwargs: Any) -> images.DecodedImage:
+    return images.decode_bytes(path.read_bytes(), name=path.name, **kwargs)
+
+
+def test_raw_uses_its_embedded_preview_when_it_is_big_enough(tmp_path: Path) -> None:
+    dng = image_files.write_dng(tmp_path / "IMG_0001.dng", preview_size=(256, 192))
+    decoded = _decoded_raw(dng, target_size=128)
+    assert decoded.source == images.FROM_RAW_PREVIEW
+    assert (decoded.width, decoded.height) == image_files.RAW_SIZE  # the photo's size, not the preview's
+    assert _close(_pixel(decoded.image, (64, 48)), BLUE, LOSSY_TOLERANCE)
+    assert _close(_pixel(open_image(dng, target_size=128), (64, 48)), BLUE, LOSSY_TOLERANCE)
+
+
+@pytest.mark.parametrize(
+    ("target_size", "embedded_thumbnail", "size"),
+    [
+        pytest.param(160, True, (256, 192), id="preview-too-small-half-size"),
+        pytest.param(64, False, (256, 192), id="previews-turned-off"),
+        pytest.param(None, True, image_files.RAW_SIZE, id="full-size-wanted"),
+    ],
+)
+def test_raw_is_demosaiced_when_the_preview_cannot_stand_in(
+    tmp_path: Path, target_size: int | None, embedded_thumbnail: bool, size: tuple[int, int]
+) -> None:
+    dng = image_files.write_dng(tmp_path / "IMG_0002.dng", preview_size=(128, 96))
+    decoded = _decoded_raw(dng, target_size=target_size, embedded_thumbnail=embedded_thumbnail)
+    assert decoded.source == images.FROM_RAW
+    assert decoded.image.mode == "RGB" and decoded.image.size == size
+    red, green, blue = _pixel(decoded.image, (size[0] // 2, size[1] // 2))
+    assert red > 200 and red > 3 * max(green, blue), (red, green, blue)  # the sensor's red
+
+
+def test_raw_over_the_pixel_cap_or_broken_is_an_image_load_error(tmp_path: Path) -> None:
+    dng = image_files.write_dng(tmp_path / "big.dng", preview_size=(256, 192))
+    with pytest.raises(ImageLoadError, match=r"exceeds --max-megapixels 0\.1"):
+        _decoded_raw(dng, max_megapixels=0.1, target_size=64)
+    broken = dng.read_bytes()[:600]  # the header survives, the sensor data does not
+    with pytest.raises(ImageLoadError) as info:
+        decode_image_bytes(broken, name="cut.dng", target_size=64)
+    assert not isinstance(info.value, MissingExtraError)
+    assert "RAW" in info.value.reason or "not an image" in info.value.reason
 
 
 # ---------------------------------------------------------------- preprocess

@@ -13,14 +13,8 @@ from typer.testing import CliRunner
 
 from indexer import errors
 from indexer.store.index_dir import IMAGES_FAISS
-from indexer.store.vectors import (
-    MIN_POINTS_PER_LIST,
-    VectorStore,
-    VectorStoreError,
-    build_flat,
-    build_ivf,
-    gpu_available,
-)
+from indexer.store.index_types import MIN_POINTS_PER_LIST, build_flat, build_ivf
+from indexer.store.vectors import VectorStore, VectorStoreError, gpu_available
 from mmsearch import Engine
 from mmsearch.cli import app
 

@@ -390,21 +390,42 @@ def test_own_text_lifts_a_document_whose_image_is_equally_similar(
     assert engine.doc_text(hits["twin_a.png"].id) == QUERY
 
 
-def test_fused_score_is_linear_in_the_mean_aligned_text_score(
-    engine: Engine, encoder: Encoder, gallery: dict[str, Path]
+# Own texts of the fusion test: one that says exactly what the query says, one that contradicts it.
+OWN_TEXTS = {"twin_a": QUERY, "red0": "a green image"}
+FUSION_WEIGHTS = (0.0, 0.2, 0.5, 1.0)
+
+
+def test_fused_score_is_the_weighted_sum_of_image_and_shifted_own_text_similarity(
+    encoder: Encoder, gallery: dict[str, Path], tmp_path: Path
 ) -> None:
-    """(1-w) * image + w * (text - mean of random text/text pairs + mean of random text/image
-    pairs), computed here from the vectors and the recorded means."""
-    cal = engine.calibration()
-    assert cal is not None and cal.text_doc is not None
-    query = encoder.encode_texts([QUERY])[0]
-    s_img = float(engine.encode_query_image(gallery["twin_a"]) @ query)
-    s_txt = float(encoder.encode_texts([QUERY])[0] @ query)
-    aligned = s_txt - cal.text_doc.mean + cal.text_image.mean
-    for weight in (0.2, 0.7, 1.0):
-        hits = engine.search_text(QUERY, k=10, text_weight=weight)
-        twin_a = next(h for h in hits if h.path.endswith("twin_a.png"))
-        assert twin_a.score == pytest.approx((1 - weight) * s_img + weight * aligned, abs=1e-3)
+    """The documented rule (search --help, benchmarks/FUSION.md): a sentence query scores an image
+    with own text (1 - w) * image similarity + w * own-text similarity, the text similarity first
+    shifted by the index's random-pair means (text/image minus text/own-text), matching or not."""
+    index = tmp_path / "index"
+    captions = {str(gallery[name]): text for name, text in OWN_TEXTS.items()}
+    index_folders([gallery["red0"].parent], index, encoder, captions=captions)
+    with Engine.open(index, device="cpu") as engine:
+        cal = engine.calibration()
+        assert cal is not None and cal.text_doc is not None
+        shift = cal.text_image.mean - cal.text_doc.mean
+        query = engine.encode_query_text(QUERY)
+        scores = {
+            w: {Path(h.path).stem: h.score for h in engine.search_text(QUERY, k=len(gallery), text_weight=w)}
+            for w in FUSION_WEIGHTS
+        }
+        for name, own_text in OWN_TEXTS.items():
+            image_similarity = float(engine.encode_query_image(gallery[name]) @ query)
+            text_similarity = float(engine.encode_query_text(own_text) @ query)
+            for w in FUSION_WEIGHTS:
+                expected = (1 - w) * image_similarity + w * (text_similarity + shift)
+                assert scores[w][name] == pytest.approx(expected, abs=1e-3), (name, w)
+    # Known by hand: an own text equal to the query has similarity 1, so at w = 1 twin_a scores
+    # 1 + shift; red0's contradicting text pulls it below its image score (not "never below").
+    assert scores[1.0]["twin_a"] == pytest.approx(1.0 + shift, abs=1e-3)
+    assert scores[0.5]["red0"] < scores[0.0]["red0"] - 0.05
+    # Images without own text keep their image similarity at every weight.
+    for name in ("red1", "green0", "twin_b"):
+        assert {scores[w][name] for w in FUSION_WEIGHTS} == {scores[0.0][name]}
 
 
 # -- one search entry ---------------------------------------------------------------------------

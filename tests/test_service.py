@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -179,6 +182,7 @@ def test_health_stats_and_openapi(client: TestClient, engine: Engine) -> None:
         ("/index", "post"),
         ("/health", "get"),
         ("/stats", "get"),
+        ("/stats/batching", "get"),
     }
     assert {(p, m) for p, ops in paths.items() for m in ops} == expected
     vector = schema["components"]["schemas"]["VectorSearchRequest"]["properties"]["vector"]
@@ -536,6 +540,7 @@ def test_a_token_is_required_everywhere_but_health_and_the_page(engine: Engine) 
     assert client.get("/").status_code == 200
     requests: list[tuple[str, str, dict[str, Any]]] = [
         ("GET", "/stats", {}),
+        ("GET", "/stats/batching", {}),
         ("GET", "/search", {"params": {"q": "a red image"}}),
         ("GET", "/texts/search", {"params": {"q": "a red image"}}),
         ("POST", "/search/image", {"data": {"id": "1"}}),
@@ -760,6 +765,208 @@ def test_many_clients_get_the_engines_answers(engine: Engine, gallery: Gallery) 
     assert [p for worker in results for p in worker] == []
 
 
+# Batching (mmsearch/service/batching.py). A long wait makes "arrived together" certain on a busy
+# machine; max_batch caps the batch at the number of requests, so it closes as soon as all came.
+TOGETHER = 8
+LONG_WAIT_MS = 2000.0
+LONE_WAIT_MS = 300.0
+SLACK_S = 1.0  # scheduling slack on a shared two-core machine
+# Scores agree to this: a batch's forward pass and FAISS batch may round the last float bit
+# differently, which can move a 4-decimal score by one unit (the ids and their order stay).
+SCORE_TOLERANCE = 1e-4
+
+
+@dataclass
+class Batches:
+    """Every Engine.search_batch call an app made: when, and the sentences in it."""
+
+    calls: list[tuple[float, list[str]]]
+
+    @property
+    def largest(self) -> int:
+        return max((len(texts) for _, texts in self.calls), default=0)
+
+
+def record_batches(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Batches:
+    """Wrap the engine's search_batch (before create_app, which binds it) to record calls."""
+    batches = Batches([])
+    original = engine.search_batch
+
+    def search_batch(queries: Any) -> Any:
+        batches.calls.append((time.monotonic(), [str(q.terms[0].value) for q in queries]))
+        return original(queries)
+
+    monkeypatch.setattr(engine, "search_batch", search_batch)
+    return batches
+
+
+def same_answer(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> bool:
+    """Same hits in the same order, with scores equal to SCORE_TOLERANCE."""
+    keys = [{k: v for k, v in hit.items() if k != "score"} for hit in got]
+    if keys != [{k: v for k, v in hit.items() if k != "score"} for hit in want]:
+        return False
+    return all(abs(g["score"] - w["score"]) <= SCORE_TOLERANCE for g, w in zip(got, want, strict=True))
+
+
+def ask_together(base: str, requests: list[tuple[str, str]]) -> list[httpx.Response]:
+    """(path, sentence) requests sent by as many threads released at the same moment."""
+    barrier = threading.Barrier(len(requests))
+
+    def ask(request: tuple[str, str]) -> httpx.Response:
+        path, sentence = request
+        barrier.wait()
+        return httpx.get(f"{base}{path}", params={"q": sentence, "k": 5}, timeout=60)
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(ask, requests))
+
+
+def test_sentences_arriving_together_are_encoded_together_and_answered_as_in_process(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """8 simultaneous /search and /texts/search requests against a real uvicorn: one batch
+    answers several of them, and each answer is the in-process engine's."""
+    sentences = [caption_for(c) for c in COLORS] + [
+        "a red or blue picture",
+        "something yellow",
+        "green",
+        "a cat",
+    ]
+    requests = [("/search" if n % 2 else "/texts/search", s) for n, s in enumerate(sentences)]
+    expected = {("/search", s): [asdict(h) for h in engine.search_text(s, k=5)] for s in sentences} | {
+        ("/texts/search", s): [asdict(h) for h in engine.search_texts(s, k=5)] for s in sentences
+    }
+    batches = record_batches(engine, monkeypatch)
+    app = create_app(engine, ServiceSettings(max_batch=TOGETHER, batch_wait_ms=LONG_WAIT_MS))
+    with serve(app) as base:
+        responses = ask_together(base, requests)
+        stats = httpx.get(f"{base}/stats/batching").json()
+    for request, response in zip(requests, responses, strict=True):
+        assert response.status_code == 200, response.text
+        results = response.json()["results"]
+        got = strip_urls(results) if request[0] == "/search" else results
+        assert same_answer(got, expected[request]), (request, got, expected[request])
+    assert batches.largest > 1, batches.calls
+    assert sorted(t for _, texts in batches.calls for t in texts) == sorted(sentences)
+    assert stats["queries"] == TOGETHER and stats["largest_batch"] == batches.largest
+    assert stats["batches"] == len(batches.calls) and stats["max_batch"] == TOGETHER
+
+
+def test_a_bad_sentence_gets_its_own_422_and_its_batch_mates_their_answers(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blank sentence passes the schema (min_length 1) and is refused by the engine inside
+    the batch: that request gets 422, the seven others 200 with the in-process answers."""
+    good = [caption_for(c) for c in COLORS] + ["a red or blue picture", "something yellow", "green"]
+    expected = {s: [asdict(h) for h in engine.search_text(s, k=5)] for s in good}
+    batches = record_batches(engine, monkeypatch)
+    app = create_app(engine, ServiceSettings(max_batch=TOGETHER, batch_wait_ms=LONG_WAIT_MS))
+    bad = "   "
+    sentences = [*good[:3], bad, *good[3:]]
+    with serve(app) as base:
+        responses = ask_together(base, [("/search", s) for s in sentences])
+    for sentence, response in zip(sentences, responses, strict=True):
+        if sentence == bad:
+            assert_error(response, 422, "empty query")
+        else:
+            assert response.status_code == 200, response.text
+            assert same_answer(strip_urls(response.json()["results"]), expected[sentence])
+    shared = [texts for _, texts in batches.calls if bad in texts]
+    assert shared and len(shared[0]) > 1, batches.calls  # refused inside a batch, not alone
+
+
+def test_a_lone_sentence_waits_for_company_no_longer_than_the_bound(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches = record_batches(engine, monkeypatch)
+    app = create_app(engine, ServiceSettings(batch_wait_ms=LONE_WAIT_MS))
+    bound_s = LONE_WAIT_MS / 1000
+    with serve(app) as base, httpx.Client(base_url=base, timeout=60) as http:
+        assert http.get("/search", params={"q": "a red image"}).status_code == 200  # warm
+        sent = time.monotonic()
+        response = http.get("/search", params={"q": "a blue image"})
+        answered = time.monotonic()
+    assert response.status_code == 200
+    called, texts = batches.calls[-1]
+    assert texts == ["a blue image"]
+    assert bound_s * 0.9 <= called - sent <= bound_s + SLACK_S  # waited for company, then gave up
+    assert answered - sent <= bound_s + SLACK_S + 2.0  # + the search itself, on a busy machine
+
+
+WORKERS = 2
+WORKERS_START_TIMEOUT_S = 300  # three model loads (parent and two workers) on a busy machine
+
+
+def worker_processes(parent: int) -> list[int]:
+    """The processes uvicorn spawned for `serve --workers` (not a resource tracker beside them)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"spawn_main" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_worker_processes_share_one_index_on_disk(writable: Writable) -> None:
+    """`serve --workers 2`: both processes answer as the in-process engine does, and after a
+    DELETE through one of them no answer from either shows the removed image."""
+    engine = writable.engine
+    sentences = [caption_for(c) for c in COLORS] * 4
+    expected = {s: [asdict(h) for h in engine.search_text(s, k=5)] for s in set(sentences)}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "MMSEARCH_TOKEN"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    command = [sys.executable, "-m", "mmsearch.cli", "serve", "--db", str(engine.index_dir)]
+    command += ["--port", str(port), "--workers", str(WORKERS), "--log-level", "warning"]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + WORKERS_START_TIMEOUT_S
+        while len(worker_processes(server.pid)) < WORKERS or not _answers(f"{base}/health"):
+            assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
+            assert time.monotonic() < deadline, "serve --workers did not start"
+            time.sleep(0.5)
+        before = ask_together(base, [("/search", s) for s in sentences])
+        for sentence, response in zip(sentences, before, strict=True):
+            assert response.status_code == 200, response.text
+            assert same_answer(strip_urls(response.json()["results"]), expected[sentence])
+        removed = before[0].json()["results"][0]["id"]
+        assert httpx.delete(f"{base}/images/{removed}", timeout=60).status_code == 200
+        after = ask_together(base, [("/search", s) for s in sentences])
+        assert all(r.status_code == 200 for r in after)
+        assert all(removed not in {hit["id"] for hit in r.json()["results"]} for r in after)
+        assert len(worker_processes(server.pid)) == WORKERS  # none died on the way
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_serve_batching_defaults_match_the_service_settings() -> None:
+    """The CLI repeats two defaults (the service package imports FastAPI; the CLI must not)."""
+    from mmsearch.cli import SERVE_BATCH_WAIT_MS, SERVE_MAX_BATCH
+    from mmsearch.service.settings import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS
+
+    assert (SERVE_MAX_BATCH, SERVE_BATCH_WAIT_MS) == (DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS)
+    assert ServiceSettings().max_batch == DEFAULT_MAX_BATCH
+
+
 def test_readers_do_not_wait_for_a_writer_and_see_its_commit(writable: Writable) -> None:
     """While a writer holds the lock with rows inserted but not committed, searches answer at once;
     after it commits, the next search sees the new image (the FAISS snapshot is swapped in)."""
@@ -810,6 +1017,7 @@ FUZZ_EXAMPLES = 25  # per operation and mode: ~500 requests in all, a few second
 OPERATIONS = [
     ("GET", "/health"),
     ("GET", "/stats"),
+    ("GET", "/stats/batching"),
     ("GET", "/search"),
     ("POST", "/search/image"),
     ("POST", "/search/vector"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from support import serve
 
 from indexer.indexing.pipeline import add_texts, index_folders
 from indexer.models.encoder import load_encoder
-from mmsearch.engine import Engine
+from mmsearch.engine import Engine, ImageHit, TextHit
 from mmsearch.service import ServiceSettings, create_app
 
 sync_api = pytest.importorskip(
@@ -42,6 +42,7 @@ CHROMIUM_ARGS = [
 TIMEOUT_MS = 20_000
 TOKEN = "page-token-0123456789abcdef"
 COPIES = 3  # images per colour
+PAGE_K = 24  # the page's default "Results" choice
 
 
 def find_chromium() -> str:
@@ -105,8 +106,40 @@ def page(browser_context: Any) -> Iterator[Any]:
     assert errors == [], f"JavaScript errors on the page: {errors}"
 
 
-def first_result_id(page: Any) -> int:
-    return int(page.get_attribute("#results li.result >> nth=0", "data-id"))
+@dataclass(frozen=True)
+class Shown:
+    """One result as the page shows it: the card's image id, the file or caption text, the score."""
+
+    id: int
+    label: str
+    score: str
+
+
+def shown(page: Any, items: str, label: str) -> list[Shown]:
+    """A result list top to bottom: `items` selects its entries, `label` the text in each."""
+    rows = page.eval_on_selector_all(
+        items,
+        "(items, label) => items.map((li) => [li.dataset.id, li.querySelector(label).textContent,"
+        " li.querySelector('.score').textContent])",
+        label,
+    )
+    return [Shown(int(id_), text, score) for id_, text, score in rows]
+
+
+def shown_images(page: Any) -> list[Shown]:
+    return shown(page, "#results li.result", ".name")
+
+
+def shown_captions(page: Any) -> list[Shown]:
+    return shown(page, "#captions li.caption", ".text")
+
+
+def as_shown(hits: Sequence[ImageHit] | Sequence[TextHit]) -> list[Shown]:
+    """What the page must show for the engine's hits: file name (or caption) and a 3-digit score."""
+    return [
+        Shown(h.id, Path(h.path).name if isinstance(h, ImageHit) else h.text, f"{h.score:.3f}")
+        for h in hits
+    ]
 
 
 # Predicates are written as functions: Playwright evaluates a bare expression with eval() on
@@ -127,52 +160,71 @@ def image_id_of(engine: Engine, path: Path) -> int:
     return next(h.id for h in engine.search_image(path, k=1))
 
 
-def test_search_by_sentence_by_upload_and_by_click(site: Site, page: Any, tmp_path: Path) -> None:
+def names(paths: Sequence[Path]) -> set[str]:
+    return {p.name for p in paths}
+
+
+def shows_similar_to_file(page: Any, site: Site, photo: Path) -> list[Shown]:
+    """After a gallery file was picked or dropped: the engine's answer for it, its own indexed
+    copy first and the rest of its colour next, and the file named in the query line."""
+    wait_for_first(page, image_id_of(site.engine, photo))
+    shown = shown_images(page)
+    assert shown == as_shown(site.engine.search_image(photo, k=PAGE_K))
+    assert shown[0].label == photo.name
+    assert {s.label for s in shown[:COPIES]} == names(site.photos[photo.parent.name])
+    assert page.inner_text("#query-label") == f"Similar to your image “{photo.name}”"
+    return shown
+
+
+def test_search_by_sentence_by_upload_and_by_click(site: Site, page: Any) -> None:
     engine = site.engine
+    everything = len(COLORS) * COPIES
     with serve(create_app(engine)) as base:
         page.goto(base + "/")
         page.wait_for_function("() => document.querySelector('#stats').textContent.includes('12 images')")
+        assert page.inner_text("#stats") == f"{everything} images · {len(COLORS)} captions"
 
-        # Type a sentence: the engine's best red image comes first, with its thumbnail and score.
-        expected = engine.search_text("a red image", k=24)
-        assert Path(expected[0].path).parent.name == "red"
+        # Type a sentence: every image, a red file first, each with its name and score.
         page.fill("#q", "a red image")
         page.press("#q", "Enter")
+        expected = engine.search_text("a red image", k=PAGE_K)
         wait_for_first(page, expected[0].id)
-        cards = page.locator("#results li.result")
-        assert cards.count() == len(expected) == 12
-        shown = [int(cards.nth(i).get_attribute("data-id")) for i in range(cards.count())]
-        assert shown == [h.id for h in expected]
-        assert page.inner_text("#results li.result >> nth=0 >> .score") == f"{expected[0].score:.3f}"
-        assert page.inner_text("#results li.result >> nth=0 >> .name") == Path(expected[0].path).name
-        assert "12 images in" in page.inner_text("#status")
+        shown = shown_images(page)
+        assert len(shown) == everything
+        assert shown == as_shown(expected)
+        assert {s.label for s in shown[:COPIES]} == names(site.photos["red"])
+        assert page.inner_text("#status").startswith(f"{everything} images in ")
+        assert page.is_hidden("#query-line") and shown_captions(page) == []
         all_loaded = "() => [...document.querySelectorAll('#results img')].every((i) => i.naturalWidth)"
         page.wait_for_function(all_loaded)
-        page.screenshot(path=str(tmp_path / "text-search.png"), full_page=True)
 
-        # Pick a file: its own indexed copy comes first, then its colour.
+        # Pick a file: its own indexed copy first, then the rest of its colour.
         upload = site.photos["blue"][1]
         page.set_input_files("#file", str(upload))
-        wait_for_first(page, image_id_of(engine, upload))
-        assert page.is_visible("#query-line") and upload.name in page.inner_text("#query-label")
-        neighbours = [int(cards.nth(i).get_attribute("data-id")) for i in range(COPIES)]
-        blue_ids = {image_id_of(engine, p) for p in site.photos["blue"]}
-        assert set(neighbours) == blue_ids
+        shown = shows_similar_to_file(page, site, upload)
 
-        # Click a result: search by that indexed image.
-        clicked = int(cards.nth(COPIES).get_attribute("data-id"))
-        cards.nth(COPIES).locator("button.thumb").click()
-        wait_for_first(page, clicked)
-        assert "Similar to" in page.inner_text("#query-label")
+        # Click a result: search by that indexed image, named in the query line.
+        clicked = shown[COPIES]
+        page.locator("#results li.result").nth(COPIES).locator("button.thumb").click()
+        wait_for_first(page, clicked.id)
+        shown = shown_images(page)
+        assert shown == as_shown(engine.search_by_id(clicked.id, k=PAGE_K))
+        assert shown[0].label == clicked.label
+        assert page.inner_text("#query-label") == f"Similar to {clicked.label}"
 
-        # Image to text: the clicked image's colour caption is shown first.
-        clicked_color = Path(engine.get_image(clicked).path).parent.name
+        # Image to text: the captions view lists every caption, the clicked colour's first.
+        clicked_color = Path(engine.get_image(clicked.id).path).parent.name
         page.check("input[name=to][value=text]")
         page.wait_for_selector("#captions li.caption")
-        assert page.inner_text("#captions li.caption >> nth=0 >> .text") == caption_for(clicked_color)
-        page.screenshot(path=str(tmp_path / "captions.png"), full_page=True)
+        captions = shown_captions(page)
+        assert captions == as_shown(engine.search_by_id(clicked.id, k=PAGE_K, to="text"))
+        assert captions[0].label == caption_for(clicked_color)
+        assert sorted(c.label for c in captions) == sorted(caption_for(c) for c in COLORS)
+        assert shown_images(page) == []
+        assert page.inner_text("#status").startswith(f"{len(COLORS)} captions in ")
         page.check("input[name=to][value=image]")
-        wait_for_first(page, clicked)
+        wait_for_first(page, clicked.id)
+        assert shown_captions(page) == [] and len(shown_images(page)) == everything
 
         # Drag and drop a file onto the page.
         dropped = site.photos["yellow"][2]
@@ -185,14 +237,10 @@ def test_search_by_sentence_by_upload_and_by_click(site: Site, page: Any, tmp_pa
             }""",
             [dropped.name, base64.b64encode(dropped.read_bytes()).decode()],
         )
-        wait_for_first(page, image_id_of(engine, dropped))
-        page.screenshot(path=str(tmp_path / "search-by-image.png"), full_page=True)
-
-    for name in ("text-search.png", "captions.png", "search-by-image.png"):
-        assert (tmp_path / name).stat().st_size > 10_000
+        shows_similar_to_file(page, site, dropped)
 
 
-def test_errors_are_shown_on_the_page(site: Site, page: Any, tmp_path: Path) -> None:
+def test_errors_are_shown_on_the_page(site: Site, page: Any) -> None:
     with serve(create_app(site.engine)) as base:
         page.goto(base + "/")
         page.set_input_files(
@@ -207,7 +255,8 @@ def test_errors_are_shown_on_the_page(site: Site, page: Any, tmp_path: Path) -> 
         page.wait_for_function(
             "() => document.querySelector('#error').textContent.includes('Type a sentence')"
         )
-        page.screenshot(path=str(tmp_path / "error.png"), full_page=True)
+        assert page.inner_text("#error") == "Type a sentence describing the picture, or drop an image."
+        assert shown_images(page) == [] and page.inner_text("#status") == ""
 
 
 def test_a_token_protected_server_asks_for_the_token(site: Site, page: Any) -> None:

@@ -17,6 +17,7 @@ fusion head, the scores it gives random (sentence, document with own text) pairs
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from indexer.store import catalog
 from indexer.store.vectors import VectorStore
 
 if TYPE_CHECKING:
-    from indexer.indexing.fusion_head import FusionHead
+    from indexer.models.fusion_head import FusionHead
 
 CALIBRATION_KEY = "calibration"
 CALIBRATION_FORMAT = 1
@@ -370,9 +371,16 @@ def _vectors(store: VectorStore, ids: np.ndarray) -> np.ndarray:
 
 
 def read_calibration(session: Session) -> Calibration | None:
-    """The stored calibration, or None (never computed, or written by another format)."""
-    text = catalog.read_info(session).get(CALIBRATION_KEY)
-    return Calibration.from_json(text) if text else None
+    """The stored calibration, or None (never computed, or written by another format).
+
+    Read on every query: one row by key, and the JSON parsed once per distinct text."""
+    text = catalog.read_info_value(session, CALIBRATION_KEY)
+    return _parsed_calibration(text) if text else None
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_calibration(text: str) -> Calibration | None:
+    return Calibration.from_json(text)
 
 
 def write_calibration(session: Session, calibration: Calibration) -> None:

@@ -1,34 +1,50 @@
 """Load and encode stages: decode files in worker threads while the model encodes earlier batches.
 
 Decoding (Pillow releases the GIL) overlaps encoding through a bounded look-ahead queue, so
-memory stays flat however large the folder is. Bad files are skipped and reported, never fatal.
+memory stays flat however large the folder is. Bad files are skipped and reported, never fatal,
+and so is a file whose decoding outlasts the time limit (DecodePool).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import queue
 import stat
+import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+from indexer.media import caption_files, formats
 from indexer.media import own_text as doc_text
 from indexer.media.content_id import content_id
 from indexer.media.images import (
+    DECODE_TIMEOUT_FLAG,
+    DEFAULT_DECODE_TIMEOUT_S,
     DEFAULT_MAX_MEGAPIXELS,
     ImageLoadError,
     MissingExtraError,
     decode_bytes,
 )
 from indexer.media.scan import FileEntry
-from indexer.models.encoder import Encoder
+
+if TYPE_CHECKING:
+    import torch  # imported by the first batch that is encoded: a no-change run never needs it
+
+    from indexer.models.encoder import Encoder
 
 # Batches decoded ahead of the encoder: enough to hide decode latency, bounded for memory.
 LOOKAHEAD_BATCHES = 2
+# Decoders given up on that may still run at once, each holding a file and a decoder's memory;
+# past this many the pool runs short-handed until one of them returns, instead of growing.
+MAX_ABANDONED_DECODERS = 4
+# How often a wait for a file that has not started decoding yet looks at the pool again.
+START_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -73,26 +89,31 @@ def load_file(
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     embedded_thumbnail: bool = True,
     caption: str | None = None,
+    sidecar: str | None = None,
 ) -> LoadedImage | Skipped:
     """Read, hash, decode and preprocess one file; any failure becomes a Skipped with a reason.
 
-    caption: text given for this file at index time; without it the image's own text comes from
-    a sidecar or its metadata (indexer.media.own_text).
+    A file without an image extension is first classified by its header bytes, and a non-image
+    is skipped without reading the rest. caption: text given for this file at index time;
+    sidecar: the caption file the scan found beside it (indexer.media.caption_files); without
+    either, the image's own text comes from its metadata (indexer.media.own_text).
 
     The whole file is read, not memory-mapped: a file truncated by another program while mapped
     would kill the indexer with SIGBUS instead of becoming one skipped line.
     """
-    if not entry.image_type:
-        return Skipped(
-            entry.path,
-            f"not an image file type ({os.path.splitext(entry.path)[1] or 'no extension'})",
-        )
+    if entry.problem is not None:
+        return Skipped(entry.path, entry.problem, retry=True)
     try:
         # stat first: opening a FIFO blocks until a writer comes, reading a device never ends.
         if not stat.S_ISREG(os.stat(entry.path).st_mode):
             return Skipped(entry.path, "not a regular file")
         with open(entry.path, "rb") as fh:
-            data = fh.read()
+            header = b"" if entry.image_extension else fh.read(formats.SNIFF_BYTES)
+            if not entry.image_extension and not formats.looks_like_image(
+                header, formats.extension(entry.path)
+            ):
+                return Skipped(entry.path, formats.not_image_reason(entry.path, header))
+            data = header + fh.read()
     except FileNotFoundError:
         return Skipped(entry.path, "file vanished while indexing", retry=True)
     except PermissionError:
@@ -100,7 +121,7 @@ def load_file(
     except OSError as exc:
         return Skipped(entry.path, f"unreadable: {exc.strerror or exc}", retry=True)
     try:
-        own = doc_text.caption_or_sidecar(entry.path, caption=caption)
+        own = doc_text.caption_or_sidecar(caption=caption, sidecar=sidecar)
         metadata: list[str | None] = []
         decoded = decode_bytes(
             data,
@@ -123,6 +144,137 @@ def load_file(
     )
 
 
+LoadResult = LoadedImage | Skipped
+
+
+@dataclass(eq=False)
+class _Job:
+    """One file's load, and what a consumer needs to wait for it or to give up on it."""
+
+    entry: FileEntry
+    load: Callable[[], LoadResult]
+    done: threading.Event = field(default_factory=threading.Event)
+    started_at: float | None = None  # time.monotonic() when a thread took it
+    outcome: LoadResult | None = None
+    error: BaseException | None = None  # a bug in load: re-raised to the consumer
+    abandoned: bool = False  # the consumer stopped waiting; its outcome is dropped
+
+
+class DecodePool:
+    """Daemon threads that load files, giving up on any file that takes longer than timeout_s.
+
+    Python cannot stop a thread, so the pool stops *waiting*: the file is reported as skipped,
+    its thread is left to finish in the background (its result dropped) and a new thread takes
+    its place, with at most MAX_ABANDONED_DECODERS left running at once. Past that the pool runs
+    short-handed until one returns; if no thread is left for timeout_s, files not yet started
+    are reported as not decoded, so the run still ends. The threads are daemons: a decoder that
+    never returns cannot keep the process alive after the run.
+    """
+
+    def __init__(self, workers: int, *, timeout_s: float) -> None:
+        if workers < 1 or not timeout_s > 0:
+            raise ValueError(f"need workers >= 1 and timeout_s > 0, got {workers}, {timeout_s}")
+        self._workers = workers
+        self._timeout_s = timeout_s
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._live = 0  # threads taking jobs
+        self._abandoned = 0  # threads still running a job the pool gave up on
+        self._idle_since: float | None = None  # when the last live thread was given up on
+        self._closed = False
+        with self._lock:
+            for _ in range(workers):
+                self._start_thread()
+
+    def submit(self, entry: FileEntry, load: Callable[[], LoadResult]) -> _Job:
+        """Queue a file's load; pass the job to result() for its outcome."""
+        job = _Job(entry, load)
+        self._jobs.put(job)
+        return job
+
+    def result(self, job: _Job) -> LoadResult:
+        """The job's outcome, or a Skipped once it has run for timeout_s (or can never start)."""
+        while not job.done.wait(self._wait_s(job)):
+            with self._lock:
+                if job.done.is_set():
+                    break
+                skipped = self._give_up_if_due(job)
+            if skipped is not None:
+                return skipped
+        if job.error is not None:
+            raise job.error
+        assert job.outcome is not None  # done is set only after one of the two
+        return job.outcome
+
+    def close(self) -> None:
+        """Let every thread end once its current job is done; queued jobs are dropped."""
+        with self._lock:
+            self._closed = True
+            threads = self._live + self._abandoned
+        for _ in range(threads):
+            self._jobs.put(None)
+
+    def _wait_s(self, job: _Job) -> float:
+        started = job.started_at
+        if started is None:
+            return START_POLL_S
+        return max(0.0, started + self._timeout_s - time.monotonic())
+
+    def _give_up_if_due(self, job: _Job) -> Skipped | None:
+        """Abandon a job past its time limit, or one no thread can start; holds the lock."""
+        now = time.monotonic()
+        if job.started_at is not None and now - job.started_at >= self._timeout_s:
+            self._abandon(job, now)
+            reason = f"decoding took longer than {DECODE_TIMEOUT_FLAG} {self._timeout_s:g} s"
+            # retry: a busy machine can be the cause; the next run (maybe with a longer limit)
+            # tries again rather than remembering the file as bad.
+            return Skipped(job.entry.path, reason, retry=True)
+        idle = self._idle_since
+        if job.started_at is None and idle is not None and now - idle >= self._timeout_s:
+            job.abandoned = True  # a thread that frees up later must not start it
+            reason = (
+                f"not decoded: {self._abandoned} decoders are still busy with files "
+                f"that took longer than {DECODE_TIMEOUT_FLAG} {self._timeout_s:g} s"
+            )
+            return Skipped(job.entry.path, reason, retry=True)
+        return None
+
+    def _abandon(self, job: _Job, now: float) -> None:
+        job.abandoned = True
+        self._live -= 1
+        self._abandoned += 1
+        if self._abandoned <= MAX_ABANDONED_DECODERS:
+            self._start_thread()
+        elif self._live == 0:
+            self._idle_since = now
+
+    def _start_thread(self) -> None:
+        """One more thread taking jobs; the caller holds the lock."""
+        self._live += 1
+        self._idle_since = None
+        threading.Thread(target=self._work, name="decode", daemon=True).start()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            with self._lock:
+                if job.abandoned or self._closed:
+                    continue
+                job.started_at = time.monotonic()
+            try:
+                job.outcome = job.load()
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                job.error = exc
+            with self._lock:
+                job.done.set()
+                if not job.abandoned:
+                    continue
+                self._abandoned -= 1  # this thread was given up on and replaced, or not
+                if self._closed or self._live >= self._workers:
+                    return
+                self._live += 1  # the pool ran short-handed: rejoin it
+                self._idle_since = None
+
+
 def _chunks(entries: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]]:
     chunk: list[FileEntry] = []
     for entry in entries:
@@ -142,38 +294,50 @@ def encode_files(
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     embedded_thumbnail: bool = True,
     captions: Mapping[str, str] | None = None,
+    sidecars: Container[str] = frozenset(),
     workers: int | None = None,
+    decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S,
 ) -> Iterator[EncodedBatch]:
-    """Yield encoded batches in input order; decoding runs `LOOKAHEAD_BATCHES` ahead in threads."""
-    workers = workers or os.cpu_count() or 1
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        pending: deque[list[Future[LoadedImage | Skipped]]] = deque()
-        chunks = _chunks(entries, batch_size)
-        for chunk in chunks:
+    """Yield encoded batches in input order; decoding runs `LOOKAHEAD_BATCHES` ahead in threads.
+
+    sidecars: the caption files a folder scan found (none is looked for on disk).
+    """
+    pool = DecodePool(workers or os.cpu_count() or 1, timeout_s=decode_timeout_s)
+    try:
+        pending: deque[list[_Job]] = deque()
+        for chunk in _chunks(entries, batch_size):
             pending.append(
                 [
                     pool.submit(
-                        load_file,
                         e,
-                        encoder,
-                        max_megapixels=max_megapixels,
-                        embedded_thumbnail=embedded_thumbnail,
-                        caption=captions.get(e.path) if captions else None,
+                        functools.partial(
+                            load_file,
+                            e,
+                            encoder,
+                            max_megapixels=max_megapixels,
+                            embedded_thumbnail=embedded_thumbnail,
+                            caption=captions.get(e.path) if captions else None,
+                            sidecar=caption_files.sidecar_among(e.path, sidecars),
+                        ),
                     )
                     for e in chunk
                 ]
             )
             if len(pending) > LOOKAHEAD_BATCHES:
-                yield _encode_ready(pending.popleft(), encoder)
+                yield _encode_ready(pool, pending.popleft(), encoder)
         while pending:
-            yield _encode_ready(pending.popleft(), encoder)
+            yield _encode_ready(pool, pending.popleft(), encoder)
+    finally:
+        pool.close()
 
 
-def _encode_ready(futures: list[Future[LoadedImage | Skipped]], encoder: Encoder) -> EncodedBatch:
-    results = [f.result() for f in futures]
+def _encode_ready(pool: DecodePool, jobs: list[_Job], encoder: Encoder) -> EncodedBatch:
+    results = [pool.result(job) for job in jobs]
     images = [r for r in results if isinstance(r, LoadedImage)]
     skipped = [r for r in results if isinstance(r, Skipped)]
     if images:
+        import torch
+
         vectors = encoder.encode_pixels(torch.stack([img.pixels for img in images]))
     else:
         vectors = np.zeros((0, encoder.info.dim), dtype=np.float32)

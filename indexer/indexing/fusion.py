@@ -8,7 +8,7 @@ Two methods (`Fusion.method`, `--fusion linear|learned`):
 - linear: a document with own text scores (1 - w) * image similarity + w * own-text similarity,
   with w = `Fusion.text_weight` (DEFAULT_TEXT_WEIGHT) and the own-text similarity first shifted
   onto the image scale by the difference of random-pair means (the modality gap).
-- learned: a tiny gate trained with the model (indexer.indexing.fusion_head) picks, per query and
+- learned: a tiny gate trained with the model (indexer.models.fusion_head) picks, per query and
   candidate, the share of the own text, and aligns own-text similarities itself. It is trained
   for sentence queries; an image query uses the linear rule.
 
@@ -22,6 +22,7 @@ benchmarks/FUSION.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -31,7 +32,8 @@ from indexer.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from indexer.indexing.calibration import ScoreStats
-    from indexer.indexing.fusion_head import FusionHead
+    from indexer.models.fusion_head import FusionHead
+    from indexer.store.search_params import SearchParams
     from indexer.store.vectors import SearchResult, VectorStore
 
 QueryModality = Literal["text", "image"]
@@ -203,6 +205,7 @@ def score_documents(
     fusion: Fusion,
     channels: Channels | None,
     allowed_ids: np.ndarray | None = None,
+    params: SearchParams | None = None,
     head: FusionHead | None = None,
 ) -> Scored:
     """Top-k documents for a query vector (dim,), fusing own-text similarity when there is any;
@@ -211,13 +214,60 @@ def score_documents(
     Both stores give a candidate pool; the union is scored exactly. The work is bounded by the
     pool size, never by the size of the collection: membership is looked up per candidate.
     """
+    return score_documents_batch(
+        vector[None, :],
+        images,
+        doc_texts,
+        k,
+        fusion=fusion,
+        channels=[channels],
+        allowed_ids=allowed_ids,
+        params=params,
+        head=head,
+    )[0]
+
+
+def score_documents_batch(
+    vectors: np.ndarray,
+    images: VectorStore,
+    doc_texts: VectorStore,
+    k: int,
+    *,
+    fusion: Fusion,
+    channels: Sequence[Channels | None],
+    allowed_ids: np.ndarray | None = None,
+    params: SearchParams | None = None,
+    head: FusionHead | None = None,
+) -> list[Scored]:
+    """score_documents for query vectors (n, dim) sharing k, fusion, head and filter: each
+    store is searched once for all n (one FAISS batch), then each query is fused alone;
+    channels[i] is query i's (queries of different modalities compare on different channels)."""
     pool = max(k * CANDIDATE_FACTOR, MIN_CANDIDATES)
-    query = vector[None, :]  # (1, dim)
     fuse = (head is not None or fusion.text_weight > 0) and len(doc_texts) > 0
-    by_image = images.search(query, pool if fuse else k, allowed_ids=allowed_ids)[0]
+    by_image = images.search(vectors, pool if fuse else k, allowed_ids=allowed_ids, params=params)
     if not fuse:
-        return plain(by_image.ids[:k], by_image.scores[:k])
-    by_text = doc_texts.search(query, pool, allowed_ids=allowed_ids)[0]
+        return [plain(found.ids[:k], found.scores[:k]) for found in by_image]
+    by_text = doc_texts.search(vectors, pool, allowed_ids=allowed_ids)
+    return [
+        _fuse_candidates(vector, images, doc_texts, k, found_image, found_text, fusion, query_channels, head)
+        for vector, found_image, found_text, query_channels in zip(
+            vectors, by_image, by_text, channels, strict=True
+        )
+    ]
+
+
+def _fuse_candidates(
+    vector: np.ndarray,
+    images: VectorStore,
+    doc_texts: VectorStore,
+    k: int,
+    by_image: SearchResult,
+    by_text: SearchResult,
+    fusion: Fusion,
+    channels: Channels | None,
+    head: FusionHead | None,
+) -> Scored:
+    """The union of one query's two candidate pools scored exactly and fused, top k first."""
     ids = np.union1d(by_image.ids, by_text.ids)
     image_scores = _candidate_scores(vector, images, ids, by_image)
     has_image = ~np.isnan(image_scores)  # own text of an image a writer is still committing

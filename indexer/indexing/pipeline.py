@@ -2,16 +2,21 @@
 
 Re-running on the same folders encodes only new or changed files (size + mtime, confirmed by
 content hash), recognises moved files by hash, and removes rows of files that disappeared.
+Whether a file is an image is decided once, by its bytes, when it is new or changed (its
+extension alone for known image types); the answer is remembered with the file's size and
+mtime, as an image row or a skipped row, so an unchanged file is never opened again.
 Progress is committed every few seconds, so a killed run loses at most that much work.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import select
@@ -22,16 +27,20 @@ from indexer.indexing import calibration
 from indexer.indexing.calibration import Calibration
 from indexer.indexing.decode_pool import EncodedBatch, Skipped, encode_files
 from indexer.indexing.fusion import DEFAULT_FUSION_METHOD, FusionMethod
-from indexer.indexing.fusion_head import FusionHead, FusionHeadError, NoFusionHeadError, load_fusion_head
+from indexer.indexing.ray_encode import RayTarget, encode_files_ray
+from indexer.media import caption_files, formats
 from indexer.media import own_text as doc_text
 from indexer.media.content_id import algorithm_key, content_id_like, file_content_id
-from indexer.media.images import DEFAULT_MAX_MEGAPIXELS
+from indexer.media.images import DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_MEGAPIXELS
 from indexer.media.scan import FileEntry, ScanOptions, scan_folder
 from indexer.models.devices import indexing_threads, torch_threads
-from indexer.models.encoder import Encoder
-from indexer.store import catalog
+from indexer.models.fusion_head import FusionHead, FusionHeadError, NoFusionHeadError, load_fusion_head
+from indexer.store import catalog, index_types
 from indexer.store.catalog import DocTextRow, ImageRecord, ImageRow, SkippedRow, TextRow
 from indexer.store.index_dir import FUSION_KEY, IndexWriter
+
+if TYPE_CHECKING:
+    from indexer.models.encoder import Encoder  # torch-free callers pass a LazyEncoder
 
 # A killed run loses at most this much encoding; each commit rewrites the FAISS file.
 COMMIT_INTERVAL_S = 5.0
@@ -57,6 +66,8 @@ class IndexReport:
     captions_unmatched: int = 0  # given captions naming no image found under the folders
     calibrated: bool = False  # the random-pair score calibration was (re)computed
     fusion: str | None = None  # the fusion method the index records (None: none recorded, linear)
+    # The image vectors were rebuilt into another index type (or re-tuned) at the end of the run.
+    rebuilt: index_types.OptimizeReport | None = None
     elapsed_s: float = 0.0
 
     @property
@@ -78,10 +89,21 @@ class IndexReport:
             "captions_unmatched": self.captions_unmatched,
             "calibrated": self.calibrated,
             "fusion": self.fusion,
+            "rebuilt": None if self.rebuilt is None else _rebuild_summary(self.rebuilt),
             "indexed": self.new + self.changed,
             "elapsed_s": round(self.elapsed_s, 3),
             "images_per_s": round(self.images_per_s, 2),
         }
+
+
+def _rebuild_summary(report: index_types.OptimizeReport) -> dict[str, object]:
+    return {
+        "before": report.before,
+        "after": report.after,
+        "reason": report.reason,
+        "recall": report.recall,
+        "seconds": round(report.seconds, 3),
+    }
 
 
 @dataclass(frozen=True)
@@ -98,6 +120,15 @@ class IndexOptions:
     exif_thumbnails: bool = True
     # Torch intra-op threads while encoding; None: indexer.models.devices.indexing_threads().
     torch_threads: int | None = None
+    # A file whose read + decode takes longer is skipped and named (decode_pool.DecodePool).
+    decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S
+    # Decode and encode on Ray Data instead of this process's decode pool (same vectors, same ids).
+    ray: RayTarget | None = None
+    # Index type policy of a new index (index_types.POLICIES; None: auto for a new index, the
+    # recorded one for an existing index) and the memory budget auto chooses by (bytes).
+    index_type: str | None = None
+    memory_budget: int | None = None
+    faiss_gpu: bool = False  # build a new index type on the GPU when FAISS sees one
     # The fusion method to record (`--fusion`); None keeps the index's, and a new index gets
     # DEFAULT_FUSION_METHOD when its model has a fusion head, else linear.
     fusion: FusionMethod | None = None
@@ -109,7 +140,7 @@ class _Plan:
     replaced: dict[str, int] = field(default_factory=dict)  # path -> old row id (changed files)
     vanished: list[ImageRow] = field(default_factory=list)
     unchanged: list[tuple[FileEntry, int]] = field(default_factory=list)  # (file, row id)
-    sidecars: dict[str, int] = field(default_factory=dict)  # sidecar .txt path -> mtime_ns
+    sidecars: dict[str, int] = field(default_factory=dict)  # sidecar .txt path -> mtime_ns (scanned)
     captions: Mapping[str, str] = field(default_factory=dict)  # absolute path -> given caption
     _roots: dict[str, str] | None = None
 
@@ -148,7 +179,9 @@ def index_folders(
             by_path.setdefault(entry.path, entry)  # overlapping folders must not list a file twice
     entries = list(by_path.values())
     report = IndexReport()
-    with IndexWriter(index_dir, encoder.info) as writer:
+    new_index_info = index_types.policy_rows(options.index_type or index_types.AUTO, options.memory_budget)
+    with IndexWriter(index_dir, encoder.info, new_index_info=new_index_info) as writer:
+        _apply_index_type(writer, options)
         report.repaired = writer.repaired
         report.fusion = _record_fusion(writer, encoder, options.fusion)
         with writer.session() as session:
@@ -160,9 +193,25 @@ def index_folders(
         if on_total:
             on_total(len(plan.to_encode))
         _encode_and_commit(writer, encoder, plan, options, report, on_progress)
+        report.rebuilt = index_types.maintain(writer, use_gpu=options.faiss_gpu)
         report.calibrated = _calibrate_if_needed(writer, encoder)
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+def _apply_index_type(writer: IndexWriter, options: IndexOptions) -> None:
+    """A new index got its policy when created; an existing one keeps its own (optimize changes
+    it), and records a new memory budget."""
+    if writer.created:
+        return
+    record = index_types.read_record(writer)
+    if options.index_type is not None and options.index_type != record.policy:
+        raise PipelineError(
+            f"{writer.index_dir} uses --index-type {record.policy}; --index-type applies to a new "
+            f"index: change this one with `mmsearch optimize --index-type {options.index_type}`"
+        )
+    if options.memory_budget is not None:
+        index_types.set_policy(writer, record.policy, options.memory_budget)
 
 
 def _record_fusion(writer: IndexWriter, encoder: Encoder, asked: FusionMethod | None) -> str | None:
@@ -197,13 +246,14 @@ def _check_folder(root: Path) -> Path:
 
 
 def _scan_nonempty(folder: Path, options: ScanOptions) -> list[FileEntry]:
-    """The folder's files; none with an image extension is an error, not "everything was deleted".
+    """The folder's files; none that is an image is an error, not "everything was deleted".
 
     An unmounted drive or a mistyped path looks like an empty folder; indexing it would drop
     every row under it, so the index is left untouched and removal has to be asked for.
     """
     entries = list(scan_folder(folder, options))
-    if not any(e.image_type for e in entries):
+    readable = [e for e in entries if e.problem is None]
+    if not any(e.image_extension for e in readable) and not any(map(_header_says_image, readable)):
         raise PipelineError(
             f"{folder}: no image files found, nothing to index (the index is unchanged); "
             f"to drop this folder's images from the index run `mmsearch remove {folder}`"
@@ -211,26 +261,41 @@ def _scan_nonempty(folder: Path, options: ScanOptions) -> list[FileEntry]:
     return entries
 
 
+def _header_says_image(entry: FileEntry) -> bool:
+    """Read a file's first bytes (only when no file of a folder has an image extension)."""
+    try:
+        if not stat.S_ISREG(os.stat(entry.path).st_mode):
+            return False
+        with open(entry.path, "rb") as fh:
+            return formats.looks_like_image(fh.read(formats.SNIFF_BYTES), formats.extension(entry.path))
+    except OSError:
+        return False
+
+
 def _classify(
     session: Session, folders: list[Path], entries: list[FileEntry], report: IndexReport
 ) -> _Plan:
-    """Split scanned files into unchanged / to encode, and find rows whose file disappeared."""
+    """Split scanned files into unchanged / to encode, and find rows whose file disappeared.
+
+    Nothing is opened here: a file already known (as an image or as a skipped file) with the
+    same size and mtime keeps that verdict; any other file is decided by the decode workers.
+    """
     known: dict[str, ImageRow] = {}
     for folder in folders:
         known.update({row.path: row for row in catalog.images_under(session, str(folder))})
     bad = {row.path: row for folder in folders for row in _skipped_under(session, str(folder))}
-    seen = {e.path for e in entries}
+    for entry in entries:
+        if entry.problem is not None:  # a dangling link: named every run, remembered never
+            report.skipped.append(Skipped(entry.path, entry.problem, retry=True))
+    candidates = [e for e in entries if e.problem is None]
+    seen = {e.path for e in candidates}
     plan = _Plan(vanished=[row for path, row in known.items() if path not in seen])
     for path in [p for p in bad if p not in seen]:
         session.delete(bad[path])
-    sidecars = {c for e in entries if e.image_type for c in doc_text.sidecar_paths(e.path)}
-    for entry in entries:
-        if not entry.image_type and entry.path in sidecars:
-            plan.sidecars[entry.path] = entry.mtime_ns  # an image's own text, not a skipped file
-            continue
-        if not entry.image_type:
-            report.skipped.append(Skipped(entry.path, _not_image_reason(entry.path)))
-            continue
+    plan.sidecars = _sidecars(candidates)
+    for entry in candidates:
+        if entry.path in plan.sidecars:
+            continue  # an image's own text, not a file to index
         row = known.get(entry.path)
         if row is not None and (row.size, row.mtime_ns) == (entry.size, entry.mtime_ns):
             report.unchanged += 1
@@ -252,8 +317,17 @@ def _classify(
     return plan
 
 
-def _not_image_reason(path: str) -> str:
-    return f"not an image file type ({os.path.splitext(path)[1] or 'no extension'})"
+def _sidecars(entries: list[FileEntry]) -> dict[str, int]:
+    """Caption files (caption_files.sidecar_paths) of scanned files -> their mtime_ns.
+
+    A .txt file is a sidecar when a file it can belong to was scanned beside it; any other
+    .txt file is classified like every other file (and reported as not an image).
+    """
+    texts = {e.path: e.mtime_ns for e in entries if e.path.endswith(caption_files.SIDECAR_SUFFIX)}
+    if not texts:
+        return {}
+    owned = (caption_files.sidecar_among(e.path, texts) for e in entries if e.path not in texts)
+    return {path: texts[path] for path in owned if path is not None}
 
 
 def _skipped_under(session: Session, root: str) -> list[SkippedRow]:
@@ -328,15 +402,32 @@ def _encode_and_commit(
     report: IndexReport,
     on_progress: ProgressFn | None,
 ) -> None:
-    """Encode in batches; commit FAISS + SQLite together every COMMIT_INTERVAL_S."""
-    batches = encode_files(
-        plan.to_encode,
-        encoder,
-        batch_size=options.batch_size,
-        max_megapixels=options.max_megapixels,
-        embedded_thumbnail=options.exif_thumbnails,
-        captions=plan.captions,
-        workers=options.workers,
+    """Encode in batches; commit vectors + catalogue together every COMMIT_INTERVAL_S."""
+    if not plan.to_encode:
+        return  # nothing to encode: the model (and torch) are not needed
+    batches = (
+        encode_files(
+            plan.to_encode,
+            encoder,
+            batch_size=options.batch_size,
+            max_megapixels=options.max_megapixels,
+            embedded_thumbnail=options.exif_thumbnails,
+            captions=plan.captions,
+            sidecars=plan.sidecars,
+            workers=options.workers,
+            decode_timeout_s=options.decode_timeout_s,
+        )
+        if options.ray is None
+        else encode_files_ray(
+            plan.to_encode,
+            encoder,
+            target=options.ray,
+            batch_size=options.batch_size,
+            max_megapixels=options.max_megapixels,
+            embedded_thumbnail=options.exif_thumbnails,
+            captions=plan.captions,
+            sidecars=plan.sidecars,
+        )
     )
     session = writer.session()
     pending_ids: list[int] = []
@@ -501,7 +592,12 @@ def _refresh_own_texts(
         old = [row_id for _, row_id in stale if row_id in stored]
         catalog.delete_doc_texts(session, old)
         found = [
-            (row_id, doc_text.own_text(entry.path, caption=plan.captions.get(entry.path)))
+            (
+                row_id,
+                doc_text.own_text(
+                    entry.path, caption=plan.captions.get(entry.path), sidecars=plan.sidecars
+                ),
+            )
             for entry, row_id in stale
         ]
         fresh = _add_own_texts(session, encoder, [(i, t) for i, t in found if t], report)
@@ -590,6 +686,8 @@ def remove_images(index_dir: Path, paths: Sequence[Path]) -> int:
         ids = list(dict.fromkeys(ids))  # a file named twice (or inside a named folder) counts once
         catalog.delete_images(session, ids)
         writer.commit_vectors(session, removed_images=ids)
+        if ids:
+            index_types.maintain(writer)  # e.g. HNSW past its tombstone share
     return len(ids)
 
 

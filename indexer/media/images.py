@@ -16,35 +16,36 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
-import torch
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from indexer.errors import InvalidInputError
+from indexer.media import formats
+from indexer.media.formats import HEIF_EXTENSIONS, JXL_EXTENSIONS, RAW_EXTENSIONS
+from indexer.media.formats import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS  # re-exported, as before
+from indexer.media.formats import PILLOW_FORMATS as PILLOW_FORMATS  # re-exported, as before
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
-)
-HEIF_EXTENSIONS: frozenset[str] = frozenset({".heic", ".heif"})
+if TYPE_CHECKING:
+    import torch  # imported where a tensor is made: decoding alone never needs torch
+
 HEIF_EXTRA_REASON = "HEIC/HEIF needs the optional extra: pip install 'mmsearch[heif]'"
+JXL_EXTRA_REASON = "JPEG XL needs the optional extra: pip install 'mmsearch[jxl]'"
+RAW_EXTRA_REASON = "camera RAW needs the optional extra: pip install 'mmsearch[raw]'"
 
 # 100 MP admits every phone and nearly every camera (102 MP medium format is the rare exception)
 # while refusing headers whose RGB decode would need more than ~300 MB per image.
 DEFAULT_MAX_MEGAPIXELS = 100.0
 PIXELS_PER_MEGAPIXEL = 1_000_000
 MAX_MEGAPIXELS_FLAG = "--max-megapixels"
+# A 100 MP TIFF or a full-size RAW demosaic takes a few seconds on two busy cores; a file that
+# keeps a decoder busy ten times longer is broken or crafted, and must not stall a run.
+DEFAULT_DECODE_TIMEOUT_S = 30.0
+DECODE_TIMEOUT_FLAG = "--decode-timeout"
 
-# Pillow formats behind IMAGE_EXTENSIONS. Restricting Image.open to them keeps uploads away
-# from the rest of Pillow's plugins (EPS, for one, hands the file to Ghostscript).
-PILLOW_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 HEIF_FORMAT = "HEIF"  # registered by pillow_heif
-# ISO-BMFF major brands (bytes 8-12, after "ftyp") of HEIC/HEIF stills and sequences.
-HEIF_BRANDS: frozenset[bytes] = frozenset(
-    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"heif", b"mif1", b"msf1"}
-)
-HEADER_BYTES = 12  # enough to read an ISO-BMFF "ftyp" box's major brand
+JXL_FORMAT = "JXL"  # registered by pillow_jxl (the jxl extra)
 
 # JPEG DCT scaling shrinks by 2, 4 or 8 only, so draft mode pays off from twice the target.
 DRAFT_MIN_RATIO = 2
@@ -56,6 +57,10 @@ DRAFT_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO"})
 # letterboxed or stale (edited without updating it) and is not used.
 THUMBNAIL_ASPECT_TOLERANCE = 0.02
 FROM_EXIF_THUMBNAIL = "exif thumbnail"  # DecodedImage.source when the preview stood in
+FROM_RAW_PREVIEW = "raw preview"  # a camera RAW's embedded preview stood in for its sensor data
+FROM_RAW = "raw"  # a camera RAW demosaiced by LibRaw (at half size when that is big enough)
+# LibRaw's sizes.flip -> the EXIF orientation with the same meaning (3: 180, 5: 90 CCW, 6: 90 CW).
+RAW_FLIP_ORIENTATION: dict[int, int] = {3: 3, 5: 8, 6: 6}
 EXIF_HEADER = b"Exif\x00\x00"  # APP1 payload prefix; IFD offsets count from just after it
 # A file whose data does not end with the JPEG end-of-image marker (zero padding allowed) may be
 # truncated: it is decoded in full, so that damage is reported, never hidden behind its preview.
@@ -97,6 +102,9 @@ DECODE_ERRORS: tuple[type[Exception], ...] = (
     struct.error,
 )
 
+# pillow-heif and pillow-jxl-plugin raise RuntimeError for data their C library rejects.
+EXTRA_PLUGIN_ERRORS: tuple[type[Exception], ...] = (RuntimeError,)
+
 
 class ImageLoadError(InvalidInputError):
     """Raised for any file that cannot become an RGB image; carries path and a short reason."""
@@ -119,8 +127,9 @@ class MissingExtraError(ImageLoadError):
 class DecodedImage:
     """An upright RGB image, possibly reduced for the model, and the file's full upright size.
 
-    source says which pixels were decoded: "full", "draft" (libjpeg DCT scaling) or
-    "exif thumbnail" (the preview cameras embed); width and height are always the photo's own.
+    source says which pixels were decoded: "full", "draft" (libjpeg DCT scaling),
+    "exif thumbnail" (the preview cameras embed), "raw preview" or "raw" (a camera RAW's
+    embedded preview or its demosaiced sensor data); width and height are always the photo's own.
     """
 
     image: Image.Image
@@ -240,12 +249,22 @@ def _decode(
     inspect: Callable[[ImageFile.ImageFile], None] | None = None,
 ) -> DecodedImage:
     """Shared body of open_image and decode_bytes: sniff, guard, decode, convert."""
-    heif_expected = _looks_like_heif(fp.read(HEADER_BYTES)) or suffix.lower() in HEIF_EXTENSIONS
+    header = fp.read(formats.SNIFF_BYTES)
+    suffix = suffix.lower()
+    fp.seek(0)
+    if _raw_expected(header, suffix):
+        return _decode_raw(
+            fp,
+            source,
+            max_megapixels=max_megapixels,
+            target_size=target_size,
+            embedded_thumbnail=embedded_thumbnail,
+        )
     complete = embedded_thumbnail and target_size is not None and _ends_with_eoi(fp)
     fp.seek(0)
-    formats = _allowed_formats(want_heif=heif_expected)
+    plugins, missing_extra = _pillow_plugins(header, suffix)
     try:
-        with Image.open(fp, formats=formats) as img:
+        with Image.open(fp, formats=plugins) as img:
             _check_pixels(img.size, source, max_megapixels)
             if inspect is not None:
                 inspect(img)
@@ -267,12 +286,12 @@ def _decode(
     except ImageLoadError:
         raise  # already names the file and the reason (a ValueError, as DECODE_ERRORS would catch)
     except UnidentifiedImageError as exc:
-        if heif_expected and HEIF_FORMAT not in formats:
-            raise MissingExtraError(source, HEIF_EXTRA_REASON) from exc
+        if missing_extra is not None:
+            raise MissingExtraError(source, missing_extra) from exc
         raise ImageLoadError(source, "not an image (unrecognised format)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageLoadError(source, _pillow_bomb_reason(exc, max_megapixels)) from exc
-    except DECODE_ERRORS as exc:
+    except (*DECODE_ERRORS, *EXTRA_PLUGIN_ERRORS) as exc:
         raise ImageLoadError(source, "truncated or corrupt image data") from exc
     return DecodedImage(_to_rgb(upright, source), width, height, kind)
 
@@ -346,16 +365,93 @@ def _can_stand_in(preview: tuple[int, int], photo: tuple[int, int], target_size:
     return abs(pw / ph - photo_aspect) <= THUMBNAIL_ASPECT_TOLERANCE * photo_aspect
 
 
-def _looks_like_heif(header: bytes) -> bool:
-    """True for an ISO-BMFF file whose major brand is HEIC/HEIF (not AVIF or MP4)."""
-    return header[4:8] == b"ftyp" and header[8:12] in HEIF_BRANDS
+def _raw_expected(header: bytes, suffix: str) -> bool:
+    """A RAW by signature, or by extension unless the bytes are another format Pillow reads.
+
+    NEF, ARW and DNG files are TIFF containers: their extension is what says RAW.
+    """
+    if formats.looks_like_raw(header):
+        return True
+    if suffix not in RAW_EXTENSIONS:
+        return False
+    return formats.looks_like_tiff(header) or not formats.looks_like_image(header)
 
 
-def _allowed_formats(*, want_heif: bool) -> tuple[str, ...]:
-    """Pillow formats to try; HEIF only once pillow_heif is registered (Pillow raises otherwise)."""
-    if want_heif and _register_heif():
-        return (HEIF_FORMAT, *PILLOW_FORMATS)
-    return PILLOW_FORMATS
+def _decode_raw(
+    fp: BinaryIO,
+    source: Path | str,
+    *,
+    max_megapixels: float,
+    target_size: int | None,
+    embedded_thumbnail: bool,
+) -> DecodedImage:
+    """A camera RAW through LibRaw: its embedded preview when big enough, else demosaiced."""
+    rawpy = _import_rawpy()
+    if rawpy is None:
+        raise MissingExtraError(source, RAW_EXTRA_REASON)
+    try:
+        with rawpy.imread(fp) as raw:
+            stored = (raw.sizes.width, raw.sizes.height)
+            _check_pixels(stored, source, max_megapixels)
+            orientation = RAW_FLIP_ORIENTATION.get(raw.sizes.flip, 1)
+            width, height = stored[::-1] if orientation in SIDEWAYS_ORIENTATIONS else stored
+            preview = None
+            if embedded_thumbnail and target_size is not None:
+                preview = _raw_preview(raw, rawpy, stored, target_size)
+            if preview is not None:
+                return DecodedImage(
+                    _to_rgb(_transposed(preview, orientation), source), width, height, FROM_RAW_PREVIEW
+                )
+            half = target_size is not None and min(stored) >= DRAFT_MIN_RATIO * target_size
+            # (H, W, 3) uint8, already turned upright by LibRaw; half size skips demosaicing.
+            pixels = raw.postprocess(half_size=half, use_camera_wb=True, output_bps=8)
+    except ImageLoadError:
+        raise
+    except rawpy.LibRawFileUnsupportedError as exc:
+        raise ImageLoadError(source, "not an image (unrecognised RAW format)") from exc
+    except (rawpy.LibRawError, *DECODE_ERRORS) as exc:
+        raise ImageLoadError(source, "truncated or corrupt RAW data") from exc
+    return DecodedImage(Image.fromarray(pixels, "RGB"), width, height, FROM_RAW)
+
+
+def _raw_preview(raw: Any, rawpy: Any, photo: tuple[int, int], target_size: int) -> Image.Image | None:
+    """The camera's embedded preview when it can stand in for the photo (as _exif_thumbnail)."""
+    try:
+        thumb = raw.extract_thumb()
+        if thumb.format == rawpy.ThumbFormat.BITMAP:  # (H, W, 3) uint8
+            bitmap = Image.fromarray(thumb.data)
+            return bitmap if _can_stand_in(bitmap.size, photo, target_size) else None
+        with Image.open(io.BytesIO(thumb.data), formats=("JPEG",)) as preview:
+            if not _can_stand_in(preview.size, photo, target_size):
+                return None
+            _draft(preview, target_size)  # full-size previews (most CR2, ARW) decode at 1/2-1/8
+            preview.load()
+            return preview.copy() if preview.mode in ("RGB", "L") else preview.convert("RGB")
+    except (rawpy.LibRawError, *PREVIEW_ERRORS):
+        return None  # no preview, or a broken one: demosaic the RAW data instead
+
+
+@functools.cache
+def _import_rawpy() -> Any:
+    """The rawpy module (the raw extra), or None when it is not installed."""
+    try:
+        import rawpy  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    return rawpy
+
+
+def _pillow_plugins(header: bytes, suffix: str) -> tuple[tuple[str, ...], str | None]:
+    """Pillow formats to try, and the reason to give if the file needs an extra that is missing.
+
+    HEIF and JPEG XL are tried only once their plugin is registered (Pillow raises otherwise).
+    """
+    tried = formats.pillow_formats_for(suffix)
+    if formats.looks_like_heif(header) or suffix in HEIF_EXTENSIONS:
+        return ((HEIF_FORMAT, *tried), None) if _register_heif() else (tried, HEIF_EXTRA_REASON)
+    if formats.looks_like_jxl(header) or suffix in JXL_EXTENSIONS:
+        return ((JXL_FORMAT, *tried), None) if _register_jxl() else (tried, JXL_EXTRA_REASON)
+    return tried, None
 
 
 @functools.cache
@@ -366,6 +462,16 @@ def _register_heif() -> bool:
     except ImportError:
         return False
     pillow_heif.register_heif_opener()
+    return True
+
+
+@functools.cache
+def _register_jxl() -> bool:
+    """Register the JPEG XL plugin (importing it does) on first JXL file; False when missing."""
+    try:
+        import pillow_jxl  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+    except ImportError:
+        return False
     return True
 
 
@@ -515,11 +621,34 @@ def preprocess(image: Image.Image, config: PreprocessConfig) -> torch.Tensor:
     mean = np.asarray(config.mean, dtype=np.float32)
     std = np.asarray(config.std, dtype=np.float32)
     normalised = (pixels - mean) / std  # (S, S, 3)
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))  # (3, S, S)
+
+
+def model_input_image(image: Image.Image, config: PreprocessConfig) -> Image.Image:
+    """RGB image -> the (S, S) image `preprocess` normalises: what the model sees, as pixels.
+
+    Training keeps these (and augments them); `normalise_uint8` then gives exactly what
+    `preprocess` would have given for the original image.
+    """
+    return _resize(image, config)
+
+
+def normalise_uint8(pixels: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+    """(B, S, S, 3) uint8 model-input images -> (B, 3, S, S) float32, as `preprocess` computes."""
+    import torch
+
+    unit = pixels.to(torch.float32) / UINT8_MAX  # (B, S, S, 3) in [0, 1]
+    mean = torch.tensor(config.mean, dtype=torch.float32)
+    std = torch.tensor(config.std, dtype=torch.float32)
+    return ((unit - mean) / std).permute(0, 3, 1, 2).contiguous()  # (B, 3, S, S)
 
 
 def preprocess_batch(images: Sequence[Image.Image], config: PreprocessConfig) -> torch.Tensor:
     """RGB images -> (B, 3, S, S) float32; an empty batch gives B = 0 rather than an error."""
+    import torch
+
     if not images:
         return torch.empty((0, 3, config.image_size, config.image_size), dtype=torch.float32)
     return torch.stack([preprocess(image, config) for image in images])  # (B, 3, S, S)

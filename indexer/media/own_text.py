@@ -1,27 +1,29 @@
 """An image's own text: a caption given at add time, a sidecar .txt, or embedded metadata.
 
-Precedence, first found wins: the given caption, then a sidecar (`photo.txt` or `photo.jpg.txt`
-beside `photo.jpg`), then what the file itself says (EXIF ImageDescription / XPComment /
-XPKeywords, XMP dc:description / dc:subject, IPTC caption / keywords), descriptions first and
-keywords after. The text is embedded with the text tower and fused with the image at query time.
+Precedence, first found wins: the given caption, then a sidecar (`photo.txt`, or `photo.jpg.txt`,
+beside `photo.jpg`: indexer.media.caption_files), then what the file itself says (EXIF
+ImageDescription / XPComment / XPKeywords, XMP dc:description / dc:subject, IPTC caption /
+keywords), descriptions first and keywords after. The text is embedded with the text tower and
+fused with the image at query time.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from PIL import Image, ImageFile, IptcImagePlugin, UnidentifiedImageError
 
-from indexer.errors import InvalidInputError
-from indexer.media.images import DECODE_ERRORS, PILLOW_FORMATS
+from indexer.media import caption_files
+from indexer.media.caption_files import SIDECAR_SUFFIX as SIDECAR_SUFFIX  # re-exported, as before
+from indexer.media.caption_files import CaptionFileError, Line
+from indexer.media.formats import PILLOW_FORMATS
+from indexer.media.images import DECODE_ERRORS
 
-SIDECAR_SUFFIX = ".txt"
 # Captions longer than this say nothing more to a text tower that reads a few dozen tokens.
 MAX_OWN_TEXT_CHARS = 1000
 MAX_SIDECAR_BYTES = 64 * 1024
@@ -64,8 +66,7 @@ CAPTION_PATH_KEYS = ("image", "path", "file")
 CAPTION_TEXT_KEYS = ("caption", "text")
 
 
-class CaptionsFileError(InvalidInputError):
-    """A --captions file that cannot be read; the message names the file and line."""
+CaptionsFileError = CaptionFileError  # the name --captions errors had before the shared reader
 
 
 @dataclass(frozen=True)
@@ -79,23 +80,31 @@ class OwnText:
 
 def sidecar_paths(image_path: str) -> tuple[str, str]:
     """Where a sidecar of `photo.jpg` may be: `photo.txt`, then `photo.jpg.txt`."""
-    stem, _ = os.path.splitext(image_path)
-    return stem + SIDECAR_SUFFIX, image_path + SIDECAR_SUFFIX
+    return caption_files.sidecar_paths(image_path)
 
 
-def own_text(image_path: str, *, caption: str | None = None) -> OwnText | None:
-    """The image's own text by precedence (given caption, sidecar, metadata), or None."""
-    found = caption_or_sidecar(image_path, caption=caption)
+def own_text(
+    image_path: str, *, caption: str | None = None, sidecars: Container[str] | None = None
+) -> OwnText | None:
+    """The image's own text by precedence (given caption, sidecar, metadata), or None.
+
+    sidecars: the sidecar files a folder scan listed, so none is looked for on disk; None looks.
+    """
+    if sidecars is None:
+        sidecar = caption_files.find_sidecar(image_path)
+    else:
+        sidecar = caption_files.sidecar_among(image_path, sidecars)
+    found = caption_or_sidecar(caption=caption, sidecar=sidecar)
     if found is not None:
         return found
     return metadata_own_text(embedded_text(image_path))
 
 
-def caption_or_sidecar(image_path: str, *, caption: str | None = None) -> OwnText | None:
+def caption_or_sidecar(*, caption: str | None, sidecar: str | None) -> OwnText | None:
     """The first two sources of own text; the indexer reads the third (metadata) while decoding."""
     if caption is not None and (text := clean_text(caption)):
         return OwnText(text, "caption")
-    return read_sidecar(image_path)
+    return read_sidecar(sidecar) if sidecar is not None else None
 
 
 def metadata_own_text(text: str | None) -> OwnText | None:
@@ -103,27 +112,25 @@ def metadata_own_text(text: str | None) -> OwnText | None:
     return OwnText(text, "metadata", None) if text else None
 
 
-def read_sidecar(image_path: str) -> OwnText | None:
-    """The first non-empty sidecar text file beside the image, or None."""
-    for candidate in sidecar_paths(image_path):
-        try:
-            with open(candidate, "rb") as fh:
-                data = fh.read(MAX_SIDECAR_BYTES)
-                mtime_ns = os.fstat(fh.fileno()).st_mtime_ns
-        except OSError:
-            continue  # absent or unreadable: not a sidecar
-        text = clean_text(data.decode("utf-8", errors="replace"))
-        if text:
-            return OwnText(text, "sidecar", mtime_ns)
-    return None
+def read_sidecar(sidecar: str) -> OwnText | None:
+    """A sidecar's captions as one own text (its lines joined), or None when empty or unreadable.
+
+    Undecodable bytes are replaced, not refused: a stray Latin-1 byte must not cost a photo
+    its description, and an indexing run never stops over a sidecar.
+    """
+    try:
+        mtime_ns = os.stat(sidecar).st_mtime_ns  # before reading: an edit after it shows next run
+        lines = caption_files.sidecar_captions(sidecar, strict=False, max_bytes=MAX_SIDECAR_BYTES)
+    except (OSError, CaptionFileError):
+        return None  # vanished or unreadable since the scan: no sidecar text this run
+    text = clean_text(" ".join(lines))
+    return OwnText(text, "sidecar", mtime_ns) if text else None
 
 
 def sidecar_state(image_path: str, mtimes: dict[str, int]) -> int | None:
     """The mtime of the image's sidecar among scanned files (`mtimes`: path -> mtime_ns)."""
-    for candidate in sidecar_paths(image_path):
-        if candidate in mtimes:
-            return mtimes[candidate]
-    return None
+    sidecar = caption_files.sidecar_among(image_path, mtimes)
+    return mtimes[sidecar] if sidecar is not None else None
 
 
 def embedded_text(source: str | BinaryIO) -> str | None:
@@ -254,36 +261,23 @@ def read_captions(path: Path) -> dict[str, str]:
     relative to the JSONL file's folder) and its text ("caption" or "text"). Several lines for
     one image are joined with "; ".
     """
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise CaptionsFileError(f"{path}: no such captions file") from None
-    except UnicodeDecodeError:
-        raise CaptionsFileError(f"{path}: not UTF-8 text; re-save it as UTF-8") from None
     base = path.resolve().parent
     captions: dict[str, list[str]] = {}
-    for number, line in enumerate(lines, 1):
-        if line.strip():
-            image, text = _caption_line(line, path, number)
-            captions.setdefault(os.path.abspath(base / image), []).append(text)
+    for line, record in caption_files.iter_records(path):
+        image, text = _caption_of(record, path, line)
+        captions.setdefault(os.path.abspath(base / image), []).append(text)
     if not captions:
-        raise CaptionsFileError(
+        raise CaptionFileError(
             f'{path}: no captions (expected JSONL lines {{"image": ..., "caption": ...}})'
         )
     return {image: clean_text("; ".join(_unique(texts))) for image, texts in captions.items()}
 
 
-def _caption_line(line: str, path: Path, number: int) -> tuple[str, str]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise CaptionsFileError(f"{path}:{number}: invalid JSON: {exc.msg}") from None
-    if not isinstance(record, dict):
-        raise CaptionsFileError(f"{path}:{number}: expected a JSON object")
+def _caption_of(record: dict[str, object], path: Path, line: Line) -> tuple[str, str]:
     image = next((record[k] for k in CAPTION_PATH_KEYS if isinstance(record.get(k), str)), None)
     text = next((record[k] for k in CAPTION_TEXT_KEYS if isinstance(record.get(k), str)), None)
-    if not image or not text or not text.strip():
-        raise CaptionsFileError(
-            f'{path}:{number}: needs an "image" (or "path") and a "caption" (or "text") field'
+    if not isinstance(image, str) or not image or not isinstance(text, str) or not text.strip():
+        raise CaptionFileError(
+            f'{path}:{line.number}: needs an "image" (or "path") and a "caption" (or "text") field'
         )
     return os.path.expanduser(image), text

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.media.images import IMAGE_EXTENSIONS
+from indexer.media.formats import has_image_extension
 
 # Files and folders that operating systems and NAS boxes scatter next to photos.
 OS_METADATA_NAMES = frozenset(
@@ -18,13 +18,15 @@ OS_METADATA_NAMES = frozenset(
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One candidate image file found by the walk."""
+    """One file found by the walk: an image candidate, or a link that cannot be followed."""
 
     path: str  # absolute path
     root: str  # the folder the walk started from
     size: int
     mtime_ns: int
-    image_type: bool = True  # False: an extension no image decoder claims (reported, not decoded)
+    # True: the name says image (decoded directly); False: the file's first bytes decide.
+    image_extension: bool = True
+    problem: str | None = None  # set for a file that cannot be read at all (a dangling link)
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,11 @@ def _excluded(path: str, root: str, patterns: Sequence[str]) -> bool:
 
 
 def scan_folder(root: Path, options: ScanOptions = ScanOptions()) -> Iterator[FileEntry]:
-    """Yield image files under root in a stable order; follows symlinks but never loops."""
+    """Yield the files under root in a stable order; follows symlinks but never loops.
+
+    Every file is yielded (whether it is an image is decided later, by its bytes), and so is a
+    symlink whose target is missing, with its problem set, so that it can be reported.
+    """
     root_str = os.path.abspath(root)
     seen_dirs: set[tuple[int, int]] = set()
     stack = [root_str]
@@ -81,11 +87,25 @@ def scan_folder(root: Path, options: ScanOptions = ScanOptions()) -> Iterator[Fi
 
 
 def _file_entry(entry: os.DirEntry[str], root: str) -> FileEntry | str | None:
+    path = os.path.abspath(entry.path)
     try:
         if entry.is_dir(follow_symlinks=True):
             return "dir"
         st = entry.stat(follow_symlinks=True)
+    except OSError as exc:
+        return _broken_link(entry, path, root, exc)
+    return FileEntry(path, root, st.st_size, st.st_mtime_ns, has_image_extension(entry.name))
+
+
+def _broken_link(entry: os.DirEntry[str], path: str, root: str, error: OSError) -> FileEntry | None:
+    """A symlink whose target cannot be reached, to be reported; None for a file that vanished."""
+    try:
+        if not entry.is_symlink():
+            return None  # deleted between listing and stat: nothing to index or report
+        link = entry.stat(follow_symlinks=False)
+        target = os.readlink(entry.path)
     except OSError:
-        return None  # dangling symlink or vanished file: not a candidate
-    image_type = Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS
-    return FileEntry(os.path.abspath(entry.path), root, st.st_size, st.st_mtime_ns, image_type)
+        return None  # the link itself vanished
+    reason = error.strerror or str(error)
+    problem = f"broken symbolic link (-> {target}: {reason})"
+    return FileEntry(path, root, link.st_size, link.st_mtime_ns, image_extension=False, problem=problem)

@@ -15,6 +15,9 @@ MODEL_CONFIG_DIR = Path(__file__).with_name("configs")
 # CLIP's initial temperature 0.07 and its cap of 100 on the logit scale.
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
 MAX_LOGIT_SCALE = math.log(100.0)
+# Pretrained CLIP weights are destroyed by the from-scratch learning rate; fine-tuning uses
+# the small rate common for CLIP fine-tuning unless --lr says otherwise.
+FINETUNE_LR = 1e-5
 
 
 class ConfigError(InvalidInputError):
@@ -76,6 +79,45 @@ class ImageTowerConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """What the training loader may change in an image without changing what its captions say.
+
+    Defaults are safe for any corpus: no flips (a caption may say "left") and no hue shift (a
+    caption may name a colour). A model config for a corpus whose captions allow more says so.
+    """
+
+    enabled: bool = True
+    # Random resized crop, always square: the kept area and how far the crop's centre may move,
+    # as fractions of the image. Small enough that an object keeps its 3x3 grid cell: a cell
+    # boundary moves by at most ~4% of the side (1/6 * (1/sqrt(0.9) - 1) + 0.03).
+    crop_min_area: float = 0.9
+    crop_max_shift: float = 0.03
+    # Mirror the image and swap "left"/"right" in its caption; only where captions allow it.
+    flip: bool = False
+    # Colour jitter factors drawn from [1 - x, 1 + x]; hue shifts by up to `hue` of the circle.
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.3
+    hue: float = 0.0
+    blur_probability: float = 0.2
+    blur_max_radius: float = 0.8  # pixels at the model's input size
+    noise_probability: float = 0.3
+    noise_max_std: float = 8.0  # on the 0-255 scale
+    jpeg_probability: float = 0.3
+    jpeg_quality: tuple[int, int] = (40, 90)
+
+    def __post_init__(self) -> None:
+        """Refuse settings that would change what a caption says or break at the first batch."""
+        if not 0.0 < self.crop_min_area <= 1.0:
+            raise ConfigError(f"augment.crop_min_area must be in (0, 1], got {self.crop_min_area}")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ConfigError(f"augment.hue must be in [0, 0.5], got {self.hue}")
+        low, high = self.jpeg_quality
+        if not 1 <= low <= high <= 100:
+            raise ConfigError(f"augment.jpeg_quality must be 1 <= low <= high <= 100, got {low, high}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a DualEncoder from its safetensors weights."""
 
@@ -89,6 +131,10 @@ class ModelConfig:
     albert_config: dict[str, Any] | None = None
     resnet_config: dict[str, Any] | None = None
     name: str = "custom"
+    # What the model is meant to understand, in words (written into a trained folder's
+    # "trained_on"), and how its training data may be augmented without lying.
+    domain: str = ""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
@@ -102,7 +148,8 @@ class ModelConfig:
         text = _build(TextTowerConfig, data.pop("text", {}))
         image = _build(ImageTowerConfig, data.pop("image", {}))
         preprocess = PreprocessConfig.from_dict(data.pop("preprocess", {}))
-        return cls(text=text, image=image, preprocess=preprocess, **data)
+        augment = _build(AugmentConfig, data.pop("augment", {}))
+        return cls(text=text, image=image, preprocess=preprocess, augment=augment, **data)
 
 
 @dataclass(frozen=True)
@@ -120,6 +167,8 @@ class TrainConfig:
     # Weight of a second InfoNCE term between two captions of one image (0: off). It teaches the
     # text tower that captions of the same picture agree, which own-text fusion relies on.
     caption_agreement: float = 0.0
+    # None: the model config's augmentation (OpenCLIP: AugmentConfig's safe defaults).
+    augment: AugmentConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""

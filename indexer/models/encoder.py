@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -18,31 +17,32 @@ import torch
 from PIL import Image
 
 from indexer.media.images import PreprocessConfig, preprocess, preprocess_batch
-from indexer.models.devices import autocast_for, resolve_device
-from indexer.models.native import LoadedModel, ModelLoadError, is_model_dir, load_model_dir
+from indexer.models.devices import AUTO, Device, autocast_for
+from indexer.models.native import LoadedModel, load_model_dir
+from indexer.models.spec import DEFAULT_MODEL_DIR as DEFAULT_MODEL_DIR
+from indexer.models.spec import (
+    LEGACY_DEFAULT_MODEL_SUFFIX,
+    OPENCLIP_PREFIX,
+    ModelLoadError,
+    ModelSpec,
+    is_model_dir,
+    is_openclip_dir,
+)
+from indexer.models.spec import EncoderInfo as EncoderInfo  # re-exported: its home before spec.py
 from indexer.models.tokenizer import tokenize
 
-DEFAULT_MODEL_DIR = Path(__file__).with_name("default_model")
 TEXT_BATCH_SIZE = 256
-# Where the bundled model lived before indexer/ was split into subpackages; indexes record it.
-LEGACY_DEFAULT_MODEL_SUFFIX = ("indexer", "default_model")
-
-
-@dataclass(frozen=True)
-class EncoderInfo:
-    """What an index records about the model that filled it."""
-
-    kind: str  # "native" | "openclip"
-    source: str  # model directory, or openclip:ARCH spec
-    model_id: str  # content id of the weights
-    dim: int
 
 
 class Encoder(Protocol):
     """Anything that maps texts and preprocessed images into one normalised space."""
 
     info: EncoderInfo
-    preprocess_config: PreprocessConfig
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        """Image size (decoders draft to it) and normalisation of the model's input."""
+        ...
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """RGB image -> (3, S, S) float32 tensor for encode_pixels."""
@@ -60,7 +60,7 @@ class Encoder(Protocol):
 class NativeEncoder:
     """The ALBERT+ResNet dual encoder from a model directory."""
 
-    def __init__(self, loaded: LoadedModel, *, device: str) -> None:
+    def __init__(self, loaded: LoadedModel, *, device: Device) -> None:
         self.loaded = loaded
         self.device = device
         config = loaded.model.config
@@ -87,7 +87,7 @@ class NativeEncoder:
 
     def _encode_text_batch(self, texts: Sequence[str]) -> torch.Tensor:
         tokens = tokenize(self.loaded.tokenizer, texts, max_length=self.max_length)
-        tokens = {k: v.to(self.device) for k, v in tokens.items()}
+        tokens = {k: v.to(str(self.device)) for k, v in tokens.items()}
         with autocast_for(self.device):
             return self.loaded.model.encode_text(tokens["input_ids"], tokens["attention_mask"])
 
@@ -97,7 +97,7 @@ class NativeEncoder:
         if len(pixels) == 0:
             return self._empty()
         with autocast_for(self.device):
-            return as_faiss_array(self.loaded.model.encode_image(pixels.to(self.device)))
+            return as_faiss_array(self.loaded.model.encode_image(pixels.to(str(self.device))))
 
     def _empty(self) -> np.ndarray:
         return np.zeros((0, self.info.dim), dtype=np.float32)
@@ -138,25 +138,17 @@ def is_openclip_spec(spec: str | Path | None) -> bool:
     """True for `openclip:ARCH...` specs and for folders written by OpenCLIP fine-tuning."""
     if spec is None:
         return False
-    from indexer.models.openclip import OPENCLIP_PREFIX, is_openclip_dir  # no open_clip import here
-
     return str(spec).startswith(OPENCLIP_PREFIX) or is_openclip_dir(Path(spec))
 
 
 def model_spec(
     model: str | Path | None, *, checkpoint: Path | None = None, pretrained: str | None = None
 ) -> str | None:
-    """Fold the CLI's --checkpoint/--pretrained into one --model spec (what an index records)."""
+    """Fold --checkpoint/--pretrained into one --model string (what an index records); None stays
+    None. Kept for callers of the string form: new code parses a ModelSpec once instead."""
     if checkpoint is None and pretrained is None:
         return None if model is None else str(model)
-    if model is None or not str(model).startswith("openclip:"):
-        raise ModelLoadError(
-            "--checkpoint and --pretrained choose the weights of an OpenCLIP model: add "
-            "--model openclip:ARCH (e.g. --model openclip:ViT-B-32)"
-        )
-    from indexer.models.openclip import OpenClipSpec
-
-    return OpenClipSpec.parse(str(model), checkpoint=checkpoint, pretrained=pretrained).source()
+    return ModelSpec.parse(model, checkpoint=checkpoint, pretrained=pretrained).source()
 
 
 def bundled_model_moved(source: str | Path) -> str | Path:
@@ -168,28 +160,27 @@ def bundled_model_moved(source: str | Path) -> str | Path:
 
 
 def load_encoder(
-    spec: str | Path | None,
+    spec: ModelSpec | str | Path | None,
     *,
-    device: str = "auto",
+    device: Device | str = AUTO,
     checkpoint: Path | None = None,
     pretrained: str | None = None,
 ) -> Encoder:
-    """An encoder from a model spec: None (the bundled default), a model directory, openclip:ARCH
-    (with `checkpoint` or `pretrained`, or both folded into the spec), or a fine-tuned OpenCLIP folder.
-    """
-    resolved_device = resolve_device(device)
-    spec = model_spec(spec, checkpoint=checkpoint, pretrained=pretrained)
-    if spec is None:
-        if not is_model_dir(DEFAULT_MODEL_DIR):
-            raise ModelLoadError(
-                f"the bundled default model is missing from {DEFAULT_MODEL_DIR}; run "
-                "`make default-model` to train it, or pass --model DIR"
-            )
-        spec = DEFAULT_MODEL_DIR
-    if is_openclip_spec(spec):
+    """An encoder from a model spec, loaded now: a ModelSpec, or its string forms (None: the
+    bundled default, a model directory, openclip:ARCH with `checkpoint` or `pretrained`, or a
+    fine-tuned OpenCLIP folder)."""
+    target = Device.parse(device).resolve()
+    parsed = ModelSpec.parse(spec, checkpoint=checkpoint, pretrained=pretrained)
+    if parsed.is_openclip:
         from indexer.models.openclip import load_openclip_encoder  # optional extra, imported lazily
 
-        return load_openclip_encoder(spec, device=resolved_device)
+        return load_openclip_encoder(parsed, device=target)
+    assert parsed.folder is not None
+    if parsed.is_bundled and not is_model_dir(parsed.folder):
+        raise ModelLoadError(
+            f"the bundled default model is missing from {parsed.folder}; run "
+            "`make default-model` to train it, or pass --model DIR"
+        )
     with hub_offline():
-        loaded = load_model_dir(Path(spec), device=resolved_device)
-    return NativeEncoder(loaded, device=resolved_device)
+        loaded = load_model_dir(parsed.folder, device=target)
+    return NativeEncoder(loaded, device=target)

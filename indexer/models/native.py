@@ -6,8 +6,6 @@ the tokenizer files; loading rebuilds the modules from the config and never unpi
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,17 +17,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AlbertConfig, AlbertModel, AlbertTokenizer, ResNetConfig, ResNetModel
 
-from indexer.errors import ModelError
 from indexer.models.config import ModelConfig, write_json
+from indexer.models.devices import CPU, Device
+from indexer.models.spec import NATIVE_CONFIG_FILE as CONFIG_FILE
+from indexer.models.spec import NATIVE_FORMAT as MODEL_FORMAT
+from indexer.models.spec import NATIVE_WEIGHTS_FILE as WEIGHTS_FILE
+from indexer.models.spec import ModelLoadError, is_model_dir, read_folder_config
+from indexer.models.spec import native_weights_id as weights_id
 from indexer.models.tokenizer import load_tokenizer, save_tokenizer
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-MODEL_FORMAT = "mmsearch-dual-encoder/1"
-
-
-class ModelLoadError(ModelError):
-    """A model directory or init weights that cannot be loaded; the message says how to supply them."""
 
 
 class TextTower(nn.Module):
@@ -243,23 +238,15 @@ def save_model_dir(
     )
 
 
-def is_model_dir(directory: Path) -> bool:
-    """True for a folder that looks like a saved native model."""
-    return (directory / CONFIG_FILE).is_file() and (directory / WEIGHTS_FILE).is_file()
-
-
 def read_model_config(directory: Path) -> ModelConfig:
     """The ModelConfig embedded in a model directory."""
-    try:
-        data = json.loads((directory / CONFIG_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{directory}: unreadable {CONFIG_FILE}: {exc}") from exc
+    data = read_folder_config(directory / CONFIG_FILE)
     if data.get("format") != MODEL_FORMAT:
         raise ModelLoadError(f"{directory}: not an mmsearch model (format {data.get('format')!r})")
     return ModelConfig.from_dict(data["model"])
 
 
-def load_model_dir(directory: Path, *, device: str = "cpu") -> LoadedModel:
+def load_model_dir(directory: Path, *, device: Device | str = CPU) -> LoadedModel:
     """Rebuild a DualEncoder from its directory; safetensors only, nothing is unpickled."""
     directory = directory.resolve()
     if not is_model_dir(directory):
@@ -274,14 +261,5 @@ def load_model_dir(directory: Path, *, device: str = "cpu") -> LoadedModel:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, SafetensorError) as exc:
         raise ModelLoadError(f"{directory}: weights do not match config.json: {exc}") from exc
-    model.to(device).eval()
+    model.to(str(Device.parse(device).resolve())).eval()
     return LoadedModel(model, load_tokenizer(directory), directory, weights_id(directory))
-
-
-def weights_id(directory: Path) -> str:
-    """A content id for the weights, so an index can tell a retrained model from the one it used."""
-    digest = hashlib.sha256()
-    with open(directory / WEIGHTS_FILE, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"native:{digest.hexdigest()[:16]}"

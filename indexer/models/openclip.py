@@ -17,15 +17,12 @@ index time and query time preprocess identically.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote
 
 import numpy as np
 import torch
@@ -34,61 +31,25 @@ from safetensors.torch import save_file
 
 from indexer.media.images import PreprocessConfig
 from indexer.models.config import write_json
-from indexer.models.devices import autocast_for
-from indexer.models.encoder import TEXT_BATCH_SIZE, EncoderInfo, as_faiss_array, hub_offline
-from indexer.models.native import ModelLoadError
+from indexer.models.devices import CPU, Device, autocast_for
+from indexer.models.encoder import TEXT_BATCH_SIZE, as_faiss_array, hub_offline
+from indexer.models.spec import OPENCLIP_CONFIG_FILE as CONFIG_FILE
+from indexer.models.spec import (
+    OPENCLIP_PREFIX,
+    EncoderInfo,
+    ModelLoadError,
+    ModelSpec,
+    is_openclip_dir,
+    openclip_folder_arch,
+    openclip_folder_model_id,
+    openclip_model_id,
+    read_folder_config,
+)
+from indexer.models.spec import OPENCLIP_WEIGHTS_FILE as WEIGHTS_FILE
+from indexer.models.spec import OpenClipSpec as OpenClipSpec  # re-exported: its home before spec.py
 
-OPENCLIP_PREFIX = "openclip:"
 EXTRA_HINT = "pip install 'mmsearch[openclip]' (or `make openclip-env` in a checkout)"
-# open_clip's local-dir layout (`open_clip.create_model("local-dir:DIR")` reads these names).
-CONFIG_FILE = "open_clip_config.json"
-WEIGHTS_FILE = "open_clip_model.safetensors"
 FOLDER_FORMAT = "mmsearch-openclip/1"
-HASH_CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class OpenClipSpec:
-    """An OpenCLIP architecture plus where its weights come from (exactly one source)."""
-
-    arch: str
-    checkpoint: Path | None = None
-    pretrained: str | None = None
-
-    @classmethod
-    def parse(
-        cls, text: str, *, checkpoint: Path | None = None, pretrained: str | None = None
-    ) -> OpenClipSpec:
-        """`openclip:ARCH[?checkpoint=FILE|?pretrained=TAG]`, or the CLI's separate options."""
-        if not text.startswith(OPENCLIP_PREFIX):
-            raise ModelLoadError(f"{text!r} is not an OpenCLIP model spec (openclip:ARCH)")
-        arch, _, query = text.removeprefix(OPENCLIP_PREFIX).partition("?")
-        options = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
-        unknown = sorted(set(options) - {"checkpoint", "pretrained"})
-        if unknown or not arch:
-            raise ModelLoadError(
-                f"bad model spec {text!r}: use --model openclip:ARCH with --checkpoint FILE or "
-                "--pretrained TAG"
-            )
-        if "checkpoint" in options:
-            checkpoint = checkpoint or Path(unquote(options["checkpoint"]))
-        pretrained = pretrained or options.get("pretrained")
-        if pretrained is not None and checkpoint is None and Path(pretrained).is_file():
-            checkpoint, pretrained = Path(pretrained), None  # open_clip's "pretrained=FILE" form
-        if (checkpoint is None) == (pretrained is None):
-            raise ModelLoadError(
-                f"--model {OPENCLIP_PREFIX}{arch} needs exactly one weights source: --checkpoint "
-                "FILE (local weights) or --pretrained TAG (downloaded by open_clip)"
-            )
-        if checkpoint is not None:
-            checkpoint = checkpoint.expanduser().resolve()
-        return cls(arch, checkpoint, pretrained)
-
-    def source(self) -> str:
-        """The canonical spec an index records; `parse(source())` gives this spec back."""
-        if self.checkpoint is not None:
-            return f"{OPENCLIP_PREFIX}{self.arch}?checkpoint={quote(str(self.checkpoint), safe='/')}"
-        return f"{OPENCLIP_PREFIX}{self.arch}?pretrained={quote(str(self.pretrained), safe='')}"
 
 
 @dataclass(frozen=True)
@@ -128,77 +89,91 @@ def import_open_clip() -> ModuleType:
     return open_clip
 
 
-def is_openclip_dir(directory: Path) -> bool:
-    """True for a folder in open_clip's local-dir layout with safetensors weights."""
-    return (directory / CONFIG_FILE).is_file() and (directory / WEIGHTS_FILE).is_file()
+def architecture_dim(arch: str) -> int:
+    """The embedding dimension of an open_clip architecture, from its config (no weights loaded)."""
+    return int(_model_config(import_open_clip(), arch)["embed_dim"])
+
+
+def _model_config(open_clip: ModuleType, arch: str) -> dict[str, Any]:
+    model_cfg = open_clip.get_model_config(arch)
+    if model_cfg is None:
+        known = ", ".join(open_clip.list_models()[:8])
+        raise ModelLoadError(
+            f"open_clip has no architecture {arch!r} (e.g. {known}, ...; see open_clip.list_models())"
+        )
+    return dict(model_cfg)
+
+
+def openclip_spec(
+    spec: ModelSpec | str | Path, *, checkpoint: Path | None = None, pretrained: str | None = None
+) -> ModelSpec:
+    """openclip:ARCH (+ checkpoint or pretrained) or a fine-tuned folder, as a ModelSpec."""
+    if isinstance(spec, ModelSpec) and checkpoint is None and pretrained is None:
+        return spec
+    text = str(spec)
+    if text.startswith(OPENCLIP_PREFIX):
+        return ModelSpec.parse(text, checkpoint=checkpoint, pretrained=pretrained)
+    if checkpoint is not None or pretrained is not None:
+        raise ModelLoadError(f"{text} is a trained OpenCLIP folder: drop --checkpoint/--pretrained")
+    return ModelSpec("openclip-folder", folder=Path(text).expanduser().resolve())
 
 
 def load_openclip(
-    spec: str | Path,
+    spec: ModelSpec | str | Path,
     *,
-    device: str = "cpu",
+    device: Device | str = CPU,
     checkpoint: Path | None = None,
     pretrained: str | None = None,
 ) -> LoadedOpenClip:
     """Model, tokenizer and transform from a spec (see the module docstring) on `device`."""
-    path = Path(spec) if not str(spec).startswith(OPENCLIP_PREFIX) else None
-    if path is not None:
-        if checkpoint is not None or pretrained is not None:
-            raise ModelLoadError(
-                f"{path} is a trained OpenCLIP folder: drop --checkpoint/--pretrained"
-            )
-        return _load_dir(path, device=device)
-    parsed = OpenClipSpec.parse(str(spec), checkpoint=checkpoint, pretrained=pretrained)
+    model_spec = openclip_spec(spec, checkpoint=checkpoint, pretrained=pretrained)
+    target = Device.parse(device).resolve()
+    if model_spec.openclip is None:
+        assert model_spec.folder is not None
+        return _load_dir(model_spec.folder, device=target)
+    parsed = model_spec.openclip
     open_clip = import_open_clip()
-    model_cfg = open_clip.get_model_config(parsed.arch)
-    if model_cfg is None:
-        known = ", ".join(open_clip.list_models()[:8])
-        raise ModelLoadError(
-            f"open_clip has no architecture {parsed.arch!r} (e.g. {known}, ...; see "
-            "open_clip.list_models())"
-        )
+    model_cfg = _model_config(open_clip, parsed.arch)
+    model_id = openclip_model_id(parsed)
     if parsed.checkpoint is not None:
-        model_id = f"openclip:{parsed.arch}:{file_digest(parsed.checkpoint)}"
         with hub_offline():  # local weights: nothing may reach the network
-            model = _create(open_clip, parsed.arch, pretrained=str(parsed.checkpoint), device=device)
+            model = _create(open_clip, parsed.arch, pretrained=str(parsed.checkpoint), device=target)
             tokenizer = _tokenizer(open_clip, parsed.arch)
     else:
         # A published tag names fixed weights; open_clip downloads (or reuses) them itself.
-        model_id = f"openclip:{parsed.arch}/{parsed.pretrained}"
-        model = _create(open_clip, parsed.arch, pretrained=parsed.pretrained, device=device)
+        model = _create(open_clip, parsed.arch, pretrained=parsed.pretrained, device=target)
         tokenizer = _tokenizer(open_clip, parsed.arch)
     return _assemble(open_clip, model, tokenizer, model_cfg, parsed.arch, parsed.source(), model_id)
 
 
-def _load_dir(directory: Path, *, device: str) -> LoadedOpenClip:
-    directory = directory.expanduser().resolve()
+def _load_dir(directory: Path, *, device: Device) -> LoadedOpenClip:
     if not is_openclip_dir(directory):
         raise ModelLoadError(
             f"no OpenCLIP model at {directory}: expected {CONFIG_FILE} and {WEIGHTS_FILE} (write "
             "one with `mmsearch train --init openclip:ARCH --checkpoint FILE --out DIR`)"
         )
+    config = read_folder_config(directory / CONFIG_FILE)
     try:
-        config = json.loads((directory / CONFIG_FILE).read_text())
-        model_cfg = config["model_cfg"]
+        model_cfg = dict(config["model_cfg"])
         # Folders open_clip itself wrote (no "mmsearch" section) load too, named by the folder.
-        arch = str(config.get("mmsearch", {}).get("arch", directory.name))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        arch = openclip_folder_arch(directory, config)
+    except (KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"{directory}: unreadable {CONFIG_FILE}: {exc}") from exc
     open_clip = import_open_clip()
     name = f"local-dir:{directory}"
     with hub_offline():
         model = _create(open_clip, name, pretrained=None, device=device)
         tokenizer = _tokenizer(open_clip, name)
-    model_id = f"openclip:{arch}:{file_digest(directory / WEIGHTS_FILE)}"
+    model_id = openclip_folder_model_id(directory, config)
     return _assemble(open_clip, model, tokenizer, model_cfg, arch, str(directory), model_id)
 
 
-def _create(open_clip: ModuleType, name: str, *, pretrained: str | None, device: str) -> Any:
+def _create(open_clip: ModuleType, name: str, *, pretrained: str | None, device: Device) -> Any:
     try:
         return open_clip.create_model(
             name,
             pretrained=pretrained,
-            device=device,
+            device=str(device),
             weights_only=True,  # a torch checkpoint is read as tensors only, never unpickled
             pretrained_text=False,  # no base-tower download: full CLIP weights follow
         )
@@ -252,28 +227,13 @@ def preprocess_config_of(preprocess_cfg: dict[str, Any]) -> PreprocessConfig:
     )
 
 
-def file_digest(path: Path) -> str:
-    """First 16 hex digits of the file's SHA-256: the weights' content id."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(HASH_CHUNK), b""):
-                digest.update(chunk)
-    except OSError as exc:
-        raise ModelLoadError(
-            f"cannot read OpenCLIP weights {path} ({exc.strerror or exc}): pass --checkpoint FILE "
-            "pointing at the weights this index was built with"
-        ) from exc
-    return digest.hexdigest()[:16]
-
-
 class OpenClipEncoder:
     """An OpenCLIP model as an Encoder: open_clip's tokenizer and eval transform, normalised output."""
 
-    def __init__(self, loaded: LoadedOpenClip, *, device: str) -> None:
+    def __init__(self, loaded: LoadedOpenClip, *, device: Device) -> None:
         self.loaded = loaded
         self.device = device
-        self.model = loaded.model.to(device).eval()
+        self.model = loaded.model.to(str(device)).eval()
         self.preprocess_config = preprocess_config_of(loaded.preprocess_cfg)
         self.info = EncoderInfo("openclip", loaded.source, loaded.model_id, loaded.embed_dim)
 
@@ -288,7 +248,7 @@ class OpenClipEncoder:
         for start in range(0, len(texts), TEXT_BATCH_SIZE):
             tokens = self.loaded.tokenizer(list(texts[start : start + TEXT_BATCH_SIZE]))
             with autocast_for(self.device):
-                chunks.append(self.model.encode_text(tokens.to(self.device), normalize=True))
+                chunks.append(self.model.encode_text(tokens.to(str(self.device)), normalize=True))
         if not chunks:
             return np.zeros((0, self.info.dim), dtype=np.float32)
         return as_faiss_array(torch.cat(chunks))  # (n, dim)
@@ -299,20 +259,21 @@ class OpenClipEncoder:
         if len(pixels) == 0:
             return np.zeros((0, self.info.dim), dtype=np.float32)
         with autocast_for(self.device):
-            embeddings = self.model.encode_image(pixels.to(self.device), normalize=True)
+            embeddings = self.model.encode_image(pixels.to(str(self.device)), normalize=True)
         return as_faiss_array(embeddings)  # (n, dim)
 
 
 def load_openclip_encoder(
-    spec: str | Path,
+    spec: ModelSpec | str | Path,
     *,
-    device: str = "cpu",
+    device: Device | str = CPU,
     checkpoint: Path | None = None,
     pretrained: str | None = None,
 ) -> OpenClipEncoder:
     """An Encoder for `--model openclip:ARCH` (+ --checkpoint/--pretrained) or a trained folder."""
-    loaded = load_openclip(spec, device=device, checkpoint=checkpoint, pretrained=pretrained)
-    return OpenClipEncoder(loaded, device=device)
+    target = Device.parse(device).resolve()
+    loaded = load_openclip(spec, device=target, checkpoint=checkpoint, pretrained=pretrained)
+    return OpenClipEncoder(loaded, device=target)
 
 
 def save_openclip_dir(

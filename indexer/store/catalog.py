@@ -1,7 +1,9 @@
-"""The SQLite catalogue (SQLAlchemy 2.0): image and text metadata, ids, and what the index is.
+"""The catalogue (SQLAlchemy 2.0): image and text metadata, ids, and what the index is.
 
-FAISS holds the vectors; the primary keys here are the FAISS ids. SQLite runs in WAL mode so
-readers keep answering while a writer commits.
+The vector store holds the vectors; the primary keys here are their ids. By default the
+catalogue is SQLite in the index folder, in WAL mode so readers keep answering while a writer
+commits; an index created with `--catalog URL` keeps it in that database (tested: PostgreSQL),
+one index per database.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import (
+    BigInteger,
     Float,
     ForeignKey,
     Integer,
@@ -27,11 +30,17 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from indexer.store.backends import catalog_url, read_backends
+
 SCHEMA_VERSION = 1
 CATALOG_FILE = "catalog.sqlite3"
 # How long a reader waits for a writer's commit before SQLite reports "database is locked".
 BUSY_TIMEOUT_MS = 30_000
 
+
+# 64-bit integers everywhere (mtime_ns does not fit 32 bits, PostgreSQL's INTEGER); on SQLite
+# plain INTEGER, which is already 64-bit and is what makes an INTEGER PRIMARY KEY the rowid.
+Int64 = BigInteger().with_variant(Integer(), "sqlite")
 
 # Undecodable bytes in file names arrive from os.scandir as lone surrogates (U+DC80..U+DCFF),
 # which SQLite's UTF-8 text cannot hold; they are stored shifted into a private-use block
@@ -108,11 +117,11 @@ class ImageRow(Base):
     # AUTOINCREMENT: SQLite would otherwise hand a deleted top id to the next insert in the same
     # transaction, and a crash after the FAISS write would pair the old row with the new vector.
     __table_args__ = ({"sqlite_autoincrement": True},)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(Int64, primary_key=True, autoincrement=True)
     path: Mapped[str] = mapped_column(FsPath, unique=True, index=True)
     root: Mapped[str] = mapped_column(FsPath, index=True)
-    size: Mapped[int] = mapped_column(Integer)
-    mtime_ns: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Int64)
+    mtime_ns: Mapped[int] = mapped_column(Int64)
     content_hash: Mapped[str] = mapped_column(String, index=True)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
@@ -125,8 +134,8 @@ class SkippedRow(Base):
     __tablename__ = "skipped"
     path: Mapped[str] = mapped_column(FsPath, primary_key=True)
     root: Mapped[str] = mapped_column(FsPath, index=True)
-    size: Mapped[int] = mapped_column(Integer)
-    mtime_ns: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Int64)
+    mtime_ns: Mapped[int] = mapped_column(Int64)
     reason: Mapped[str] = mapped_column(Text)
 
 
@@ -137,11 +146,11 @@ class TextRow(Base):
     # Never reuse a deleted id: a crash between FAISS and SQLite commits could otherwise pair
     # a stale vector with a new row.
     __table_args__ = ({"sqlite_autoincrement": True},)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(Int64, primary_key=True, autoincrement=True)
     text: Mapped[str] = mapped_column(Text, unique=True)
     source: Mapped[str] = mapped_column(String)
     image_id: Mapped[int | None] = mapped_column(
-        Integer, ForeignKey("images.id", ondelete="SET NULL"), nullable=True
+        Int64, ForeignKey("images.id", ondelete="SET NULL"), nullable=True
     )
     added_at: Mapped[float] = mapped_column(Float)
 
@@ -152,11 +161,11 @@ class DocTextRow(Base):
 
     __tablename__ = "doc_texts"
     image_id: Mapped[int] = mapped_column(
-        Integer, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+        Int64, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
     )
     text: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String)  # caption | sidecar | metadata
-    sidecar_mtime_ns: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sidecar_mtime_ns: Mapped[int | None] = mapped_column(Int64, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -173,7 +182,15 @@ class ImageRecord:
 
 
 def open_catalog(index_dir: Path, *, create: bool) -> SqlEngine:
-    """A SQLAlchemy engine on the index's SQLite file, in WAL mode with foreign keys on."""
+    """A SQLAlchemy engine on the index's catalogue: the one backends.json names, else the
+    SQLite file in the folder (WAL mode, foreign keys on)."""
+    backends = read_backends(index_dir)
+    if not backends.uses_sqlite_file:
+        # pre_ping: a server restart or an idle timeout must not fail the next query.
+        engine = create_engine(catalog_url(backends), pool_pre_ping=True)
+        if create:
+            Base.metadata.create_all(engine)
+        return engine
     path = index_dir / CATALOG_FILE
     if not create and not path.is_file():
         raise FileNotFoundError(path)
@@ -197,10 +214,20 @@ def read_info(session: Session) -> dict[str, str]:
     return {row.key: row.value for row in session.scalars(select(InfoRow))}
 
 
+def read_info_value(session: Session, key: str) -> str | None:
+    """One index_info value (a primary-key lookup), or None."""
+    return session.scalar(select(InfoRow.value).where(InfoRow.key == key))
+
+
 def write_info(session: Session, info: dict[str, str]) -> None:
     """Insert or update index_info rows."""
     for key, value in info.items():
         session.merge(InfoRow(key=key, value=value))
+
+
+def delete_info(session: Session, keys: Sequence[str]) -> None:
+    """Delete index_info rows (absent keys are fine)."""
+    session.execute(delete(InfoRow).where(InfoRow.key.in_(list(keys))))
 
 
 def insert_images(session: Session, records: Sequence[ImageRecord]) -> list[int]:
@@ -232,6 +259,18 @@ def images_under(session: Session, root: str) -> list[ImageRow]:
             )
         )
     )
+
+
+def image_ids_under(session: Session, root: str) -> list[int]:
+    """Ids of the images whose file lies under `root` (an absolute folder path), by a range scan
+    of the path index: paths starting with "root/" sort between "root/" and "root0" ("0" follows
+    "/"), so the query reads only those rows, whatever the size of the catalogue."""
+    prefix = root.rstrip("/") + "/"
+    upper = prefix[:-1] + chr(ord("/") + 1)
+    query = select(ImageRow.id).where(
+        ((ImageRow.path >= prefix) & (ImageRow.path < upper)) | (ImageRow.path == root)
+    )
+    return list(session.scalars(query))
 
 
 def delete_images(session: Session, ids: Sequence[int]) -> None:

@@ -2,15 +2,29 @@
 
 Layout of INDEX_DIR:
     catalog.sqlite3   metadata and ids (WAL mode; -wal/-shm beside it while open)
-    images.faiss      image vectors, ids = images.id
+    images.faiss      image vectors, ids = images.id (any kind: indexer.store.index_types)
+    images.vectors    the same vectors at full precision, memory-mapped (indexer.store.raw_vectors):
+                      what a rebuild into another index type reads instead of re-encoding
     texts.faiss       text vectors, ids = texts.id
     doc_texts.faiss   images' own-text vectors, ids = images.id (only images with own text)
     write.lock        held (flock) by the one writer; holds its PID
+    backends.json     only when created with --vectors / --catalog: where vectors and the
+                      catalogue live instead (indexer.store.backends); then the writer lock is a
+                      PostgreSQL advisory lock when the catalogue is PostgreSQL
+
+The same order holds for every backend: Milvus writes are idempotent upserts by id, durable when
+acknowledged, and the catalogue commits last; reconcile repairs both directions the same way.
 
 Commit order for crash safety: rows are inserted (ids assigned) inside a transaction, the
 FAISS file is written atomically, then the transaction commits. A crash in between leaves FAISS
 ids with no row; they are removed when the next writer opens the index (reconcile), and
 readers ignore them. Rows without a vector are deleted too, so the next run encodes them again.
+The full-precision records of new images are appended to images.vectors and fsynced before
+images.faiss is written, so every id the FAISS file holds has its record; reconcile cuts a torn
+or dead tail (records of a commit that never reached the FAISS file), writes the file from the
+index when an older index has none, and treats an id without a record like a row without a
+vector. A rebuild into another index type rewrites images.vectors (same live ids) before it
+replaces images.faiss, so a crash between the two leaves a consistent pair.
 An image's own-text vector is committed with its image vector (doc_texts.faiss is written after
 images.faiss, before the transaction commits); reconcile drops own-text vectors without a row and
 deletes images whose own-text row lost its vector, so the next run encodes both again.
@@ -21,23 +35,38 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy.engine import Engine as SqlEngine
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from indexer.errors import ConflictError, ModelError, UnavailableError
-from indexer.models.encoder import EncoderInfo
+from indexer.models.spec import EncoderInfo
 from indexer.store import catalog
+from indexer.store.advisory_lock import AdvisoryLock
+from indexer.store.backends import (
+    BACKENDS_FILE,
+    Backends,
+    VectorBackend,
+    catalog_url,
+    is_postgres,
+    read_backends,
+    vector_backend,
+)
 from indexer.store.catalog import ImageRow, TextRow
-from indexer.store.vectors import INDEX_TYPE, VectorStore, remove_temp_files
+from indexer.store.raw_vectors import RawVectors
+from indexer.store.vectors import INDEX_TYPE, VectorStore
 
 IMAGES_FAISS = "images.faiss"
+RAW_IMAGES = "images.vectors"  # raw_vectors.raw_path_for(images.faiss)
 TEXTS_FAISS = "texts.faiss"
 DOC_TEXTS_FAISS = "doc_texts.faiss"
 LOCK_FILE = "write.lock"
+IMAGES, TEXTS, DOC_TEXTS = "images", "texts", "doc_texts"  # store names in every backend
 FUSION_KEY = "fusion"  # the index_info row recording the index's fusion method
 
 
@@ -102,6 +131,13 @@ def read_index_info(index_dir: Path) -> IndexInfo:
     try:
         with Session(engine) as session:
             rows = catalog.read_info(session)
+    except ProgrammingError as exc:  # a catalogue database with no tables yet
+        raise IndexNotFoundError(
+            f"no index in the catalogue of {index_dir}: build one with `mmsearch index PHOTO_DIR "
+            f"--db {index_dir}`"
+        ) from exc
+    except OperationalError as exc:
+        raise IndexStoreError(f"the catalogue of {index_dir} cannot be reached: {exc.orig}") from exc
     finally:
         engine.dispose()
     if "schema_version" not in rows:
@@ -113,6 +149,15 @@ def read_index_info(index_dir: Path) -> IndexInfo:
             f"{catalog.SCHEMA_VERSION}: upgrade mmsearch"
         )
     return info
+
+
+def index_exists(index_dir: Path) -> bool:
+    """True when the folder holds a finished index (in whichever catalogue it records)."""
+    try:
+        read_index_info(index_dir)
+    except IndexNotFoundError:
+        return False
+    return True
 
 
 class WriterLock:
@@ -150,17 +195,28 @@ class WriterLock:
 class IndexWriter:
     """The one process allowed to change an index; use as a context manager."""
 
-    def __init__(self, index_dir: Path, encoder_info: EncoderInfo | None) -> None:
-        """encoder_info None: edit an existing index without a model (e.g. removals)."""
+    def __init__(
+        self,
+        index_dir: Path,
+        encoder_info: EncoderInfo | None,
+        *,
+        new_index_info: Mapping[str, str] | None = None,
+    ) -> None:
+        """encoder_info None: edit an existing index without a model (e.g. removals);
+        new_index_info: further index_info rows (e.g. its index type policy) written in the
+        same transaction that creates an index."""
         self.index_dir = index_dir
         self.encoder_info = encoder_info
-        self.lock = WriterLock(index_dir)
+        self.new_index_info = dict(new_index_info or {})
+        self.backends = read_backends(index_dir)
+        self.lock = writer_lock(index_dir, self.backends)
+        self.vectors: VectorBackend = vector_backend(index_dir, self.backends)
         self.engine: SqlEngine | None = None
         self.images = VectorStore.create(1)
         self.texts = VectorStore.create(1)
         self.doc_texts = VectorStore.create(1)
         self.repaired = 0
-        self.created = False  # True when this writer created the index
+        self.created = False  # this writer wrote the index's first info rows
 
     def __enter__(self) -> IndexWriter:
         if self.encoder_info is None:
@@ -172,18 +228,31 @@ class IndexWriter:
         except BaseException:
             if self.engine is not None:
                 self.engine.dispose()
+            self.vectors.close()
             self.lock.release()
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if self.engine is not None:
-            self.engine.dispose()
-        self.lock.release()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            if exc_type is None:
+                self._tune()
+        finally:
+            if self.engine is not None:
+                self.engine.dispose()
+            self.vectors.close()
+            self.lock.release()
+
+    def _tune(self) -> None:
+        """Let the vector backend adapt the image index to its size, and record what it chose."""
+        described = self.vectors.tune(self.images)
+        if described is not None:
+            with self.session() as session:
+                catalog.write_info(session, {"index_type": described})
+                session.commit()
 
     def _open(self) -> None:
-        for name in (IMAGES_FAISS, TEXTS_FAISS, DOC_TEXTS_FAISS):
-            remove_temp_files(self.index_dir / name)  # we hold the lock: no save is in flight
+        self.vectors.clear_interrupted()  # we hold the lock: no save is in flight
         self.engine = catalog.open_catalog(self.index_dir, create=True)
         with Session(self.engine) as session:
             rows = catalog.read_info(session)
@@ -191,24 +260,28 @@ class IndexWriter:
                 info = IndexInfo.from_rows(rows)
                 if self.encoder_info is not None:
                     check_compatible(info, self.encoder_info, self.index_dir)
+                dim = info.dim
             else:
                 assert self.encoder_info is not None
-                info = IndexInfo(
-                    catalog.SCHEMA_VERSION,
-                    self.encoder_info.kind,
-                    self.encoder_info.source,
-                    self.encoder_info.model_id,
-                    self.encoder_info.dim,
-                    INDEX_TYPE,
-                    time.time(),
-                )
-                catalog.write_info(session, info.to_rows())
+                dim = self.encoder_info.dim
+        self.images = self.vectors.load(IMAGES, dim)
+        self.texts = self.vectors.load(TEXTS, dim)
+        self.doc_texts = self.vectors.load(DOC_TEXTS, dim)
+        if not rows:
+            assert self.encoder_info is not None
+            info = IndexInfo(
+                catalog.SCHEMA_VERSION,
+                self.encoder_info.kind,
+                self.encoder_info.source,
+                self.encoder_info.model_id,
+                self.encoder_info.dim,
+                self.images.describe(),
+                time.time(),
+            )
+            with self.session() as session:
+                catalog.write_info(session, {**self.new_index_info, **info.to_rows()})
                 session.commit()
-                self.created = True
-        dim = info.dim
-        self.images = VectorStore.load(self.index_dir / IMAGES_FAISS, dim=dim)
-        self.texts = VectorStore.load(self.index_dir / TEXTS_FAISS, dim=dim)
-        self.doc_texts = VectorStore.load(self.index_dir / DOC_TEXTS_FAISS, dim=dim)
+            self.created = True
         self.repaired = self._reconcile()
 
     def session(self) -> Session:
@@ -221,8 +294,8 @@ class IndexWriter:
         repaired = 0
         with self.session() as session:
             for table, store, name in (
-                (ImageRow, self.images, IMAGES_FAISS),
-                (TextRow, self.texts, TEXTS_FAISS),
+                (ImageRow, self.images, IMAGES),
+                (TextRow, self.texts, TEXTS),
             ):
                 rows = catalog.all_ids(session, table)
                 vectors = set(self.ids_of(store))
@@ -230,7 +303,7 @@ class IndexWriter:
                 missing = sorted(rows - vectors)
                 if orphans:
                     store.remove(orphans)
-                    store.save(self.index_dir / name)
+                    self.vectors.save(name, store)
                 if missing:
                     ids = list(missing)
                     if table is ImageRow:
@@ -239,7 +312,30 @@ class IndexWriter:
                         catalog.delete_texts(session, ids)
                     session.commit()
                 repaired += len(orphans) + len(missing)
-        return repaired + self._reconcile_doc_texts()
+        return repaired + self._reconcile_raw() + self._reconcile_doc_texts()
+
+    def _reconcile_raw(self) -> int:
+        """Make images.vectors cover exactly the live image ids (see the module docstring);
+        returns how many live ids lost their vector for want of a record (their rows go too)."""
+        raw = getattr(self.images, "raw", None)
+        if not isinstance(raw, RawVectors):
+            return 0  # a backend that keeps no full-precision file (Milvus keeps its own)
+        live = self.images.ids()
+        if not raw.exists() and len(live):
+            # An index from before images.vectors (or one whose file was deleted: a compressed
+            # kind then keeps its decoded codes, the best left to rebuild from).
+            raw.write_all(live, self.images.index_vectors(live))
+            return 0
+        raw.trim(live)
+        lost = live[raw.positions(live) < 0]
+        if len(lost) == 0:
+            return 0
+        self.images.remove(lost)
+        self.vectors.save(IMAGES, self.images)
+        with self.session() as session:
+            catalog.delete_images(session, [int(i) for i in lost])
+            session.commit()
+        return len(lost)
 
     def _reconcile_doc_texts(self) -> int:
         """After images are consistent: drop own-text vectors without a row (their image is gone
@@ -251,10 +347,10 @@ class IndexWriter:
             missing = sorted(rows - vectors)
             if orphans:
                 self.doc_texts.remove(orphans)
-                self.doc_texts.save(self.index_dir / DOC_TEXTS_FAISS)
+                self.vectors.save(DOC_TEXTS, self.doc_texts)
             if missing:
                 self.images.remove(missing)
-                self.images.save(self.index_dir / IMAGES_FAISS)
+                self.vectors.save(IMAGES, self.images)
                 catalog.delete_images(session, missing)  # cascades to the own-text rows
                 session.commit()
         return len(orphans) + len(missing)
@@ -275,7 +371,8 @@ class IndexWriter:
         doc_texts: tuple[list[int], np.ndarray] | None = None,
         removed_doc_texts: list[int] | None = None,
     ) -> None:
-        """Apply vector changes, write FAISS atomically, then commit the SQL transaction.
+        """Apply vector changes, make them durable (FAISS: atomic file write; Milvus: acknowledged
+        upserts), then commit the SQL transaction.
 
         Removing an image also removes its own-text vector; `doc_texts` are (image ids, own-text
         vectors (n, dim) float32) and `removed_doc_texts` drops own texts of images that stay.
@@ -294,11 +391,11 @@ class IndexWriter:
             doc_changed += len(doc_texts[0])
         # An unchanged store is not rewritten: every rewrite makes open Engines reload it.
         if (images and images[0]) or removed_images:
-            self.images.save(self.index_dir / IMAGES_FAISS)
+            self.vectors.save(IMAGES, self.images)
         if (texts and texts[0]) or removed_texts:
-            self.texts.save(self.index_dir / TEXTS_FAISS)
+            self.vectors.save(TEXTS, self.texts)
         if doc_changed:
-            self.doc_texts.save(self.index_dir / DOC_TEXTS_FAISS)
+            self.vectors.save(DOC_TEXTS, self.doc_texts)
         session.commit()
 
 
@@ -325,12 +422,22 @@ def check_compatible(info: IndexInfo, encoder: EncoderInfo, index_dir: Path) -> 
 
 
 def index_files(index_dir: Path) -> list[Path]:
-    """The files that make up an index (for size on disk)."""
+    """The files in the index folder that make up an index (for size on disk)."""
     names = [
         catalog.CATALOG_FILE,
         catalog.CATALOG_FILE + "-wal",
         IMAGES_FAISS,
+        RAW_IMAGES,
         TEXTS_FAISS,
         DOC_TEXTS_FAISS,
+        BACKENDS_FILE,
     ]
     return [index_dir / n for n in names if (index_dir / n).exists()]
+
+
+def writer_lock(index_dir: Path, backends: Backends) -> WriterLock | AdvisoryLock:
+    """The file lock, or a PostgreSQL advisory lock when the catalogue is PostgreSQL (so writers
+    on different machines exclude each other)."""
+    if is_postgres(backends):
+        return AdvisoryLock(catalog_url(backends), locked_error=IndexLockedError)
+    return WriterLock(index_dir)

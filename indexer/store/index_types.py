@@ -1,20 +1,582 @@
-"""Switch an index's image vectors between the exact store and an IVF one.
+"""Which FAISS structure holds an index's image vectors, chosen by size and memory, and rebuilt
+from the full-precision vectors on disk (never by re-encoding) when the choice changes.
 
-An exhaustive scan answers in ~10 ms per 10,000 photos here, so the exact store stays the default;
-past a few hundred thousand images an IVF store searches a fraction of the lists instead. Building
-one is k-means plus assigning every vector to a list, which is what FAISS runs on the GPU when one
-is there (`use_gpu`). The index keeps working as before: incremental indexing adds to the trained
-lists, removal and `--under` still work, and the file on disk is always the CPU form.
+`choose_kind` is the `auto` rule, from measurements on this machine (benchmarks/scale.py,
+benchmarks/RESULTS.md):
+- exact (flat) while a scan stays under ~1 ms: count * dim <= EXACT_MAX_FLOATS;
+- IVF-Flat above that, while full-precision vectors fit the memory budget;
+- HNSW from HNSW_MIN_VECTORS (10^7) on, when its graph also fits in half the budget: a graph
+  walk grows ~log(N) where IVF's scan grows ~sqrt(N), at the price of a slow build and removals
+  kept as tombstones (below 10^7 IVF measured faster here);
+- IVF-SQ8 (4x smaller) when full precision does not fit, IVF-PQ (with OPQ where it measurably
+  lowers the quantisation error) when SQ8 does not fit either.
+
+The index records its policy (`auto`, or the kind a user asked for), the optional memory budget,
+and the recall@10 measured when it was built; the kind and parameters are read from the FAISS
+file itself, so they can never disagree with it. Default search knobs (nprobe, ef_search) are
+tuned at build time to reach recall@10 >= TUNE_TARGET on held-out stored vectors and saved in
+the FAISS file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
+import faiss
+import numpy as np
+from sqlalchemy.orm import Session
+
+from indexer.errors import InvalidInputError, warn_once
 from indexer.store import catalog
-from indexer.store.index_dir import IMAGES_FAISS, IndexWriter
-from indexer.store.vectors import BuildReport, build_flat, build_ivf, default_lists, default_nprobe
+from indexer.store.backends import BackendSpecError
+from indexer.store.index_dir import IMAGES, IndexWriter
+from indexer.store.raw_vectors import CHUNK_ROWS, InMemoryVectors, RawVectors, VectorLookup
+from indexer.store.vectors import (
+    INDEX_KINDS,
+    IndexKind,
+    SearchParams,
+    VectorStore,
+    VectorStoreError,
+    gpu_available,
+    warn_no_gpu,
+)
+
+AUTO = "auto"
+POLICIES: tuple[str, ...] = (AUTO, *INDEX_KINDS)
+# A flat scan of 6.4M floats (50,000 x 128-d) takes ~0.8 ms on one core here; past that an IVF
+# at recall 0.95 answers faster (benchmarks/RESULTS.md, "Index types at scale").
+EXACT_MAX_FLOATS = 50_000 * 128
+# HNSW only from here: at 10^6 128-d vectors IVF answered at the tuned defaults in 0.08 ms p50
+# against HNSW's 0.64 ms, built 2x faster and removes for real (benchmarks/RESULTS.md). IVF's
+# scan grows ~sqrt(N) and HNSW's walk ~log(N), so HNSW can only pay off an order of magnitude up.
+HNSW_MIN_VECTORS = 10_000_000
+# HNSW only when its graph takes at most this share of the budget: it cannot shrink on removal.
+HNSW_BUDGET_SHARE = 0.5
+HNSW_M = 32  # graph neighbours per node: FAISS's usual choice for 0.95+ recall
+HNSW_EF_CONSTRUCTION = 64  # build-time search width: recall ~ that of 2x the time at 40
+# Default memory budget: half of this machine's RAM (the rest is for the model, the catalogue,
+# and the page cache the compressed kinds re-rank from).
+DEFAULT_BUDGET_SHARE = 0.5
+# k-means: FAISS wants >= 39 training points per list and warns below. Training on 64 per list
+# (FAISS samples up to 256) makes a 10^6-vector build 4x cheaper with lists as good for search.
+MIN_POINTS_PER_LIST = 39
+TRAIN_POINTS_PER_LIST = 64
+PQ_DIMS_PER_CODE = 4  # 4 dims per byte: 128-d -> 32 bytes (16x smaller than float32)
+PQ_BITS = 8
+OPQ_MIN_GAIN = 0.05  # OPQ is used when it lowers PQ's (Gaussian) distortion bound by 5% or more
+OPQ_SAMPLE = 20_000  # vectors whose covariance decides the OPQ rotation
+TRAIN_SAMPLE_MIN = 65_536  # PQ / SQ codebooks train on at least this many (when there are)
+# Build-time tuning: the smallest nprobe / ef_search whose recall@10 on the Fidelity probes
+# (points between two stored vectors, harder than real queries) reaches this.
+TUNE_TARGET = 0.95
+RECALL_TARGET = 0.95
+FIDELITY_QUERIES = 256  # probe queries used to measure recall (Fidelity)
+FIDELITY_K = 10
+SCORE_TOLERANCE = 1e-5  # float32 inner products of the same pair differ by a few ulps across BLAS paths
+EF_SEARCH_STEPS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+# An auto IVF-family index is rebuilt (lists re-chosen) when it has grown this much since built.
+LIST_GROWTH_REBUILD = 4.0
+# HNSW is rebuilt without its tombstones once they are this share of the graph: each costs
+# memory and search time like a live vector.
+TOMBSTONE_REBUILD_SHARE = 0.2
+# The raw vector file is rewritten without dead records once they are this share of it.
+RAW_COMPACT_SHARE = 0.5
+# Index_info keys.
+POLICY_KEY = "index_policy"
+BUDGET_KEY = "memory_budget"
+RECALL_KEY = "index_recall"
+BUILT_KEY = "index_built_vectors"
+TYPE_KEY = "index_type"
+
+_SIZE_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
+
+
+class IndexTypeError(InvalidInputError):
+    """An index type, parameter or memory budget that cannot be used as given."""
+
+
+def parse_size(text: str) -> int:
+    """'8GiB' -> 8589934592, '500M' -> 500000000, '1234' -> 1234 bytes."""
+    match = _SIZE_PATTERN.match(text)
+    if not match:
+        raise IndexTypeError(f"--memory-budget {text!r}: give a size such as 4GiB, 500MB or 2G")
+    number, unit, binary = match.groups()
+    power = "kmgt".index(unit.lower()) + 1 if unit else 0
+    return int(float(number) * (1024 if binary else 1000) ** power)
+
+
+def machine_memory() -> int:
+    """Physical RAM of this machine, bytes."""
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def default_memory_budget() -> int:
+    """DEFAULT_BUDGET_SHARE of this machine's RAM."""
+    return int(machine_memory() * DEFAULT_BUDGET_SHARE)
+
+
+def pq_subquantizers(dim: int) -> int:
+    """PQ code bytes for a dimension: dim / PQ_DIMS_PER_CODE, a divisor of dim."""
+    m = max(1, dim // PQ_DIMS_PER_CODE)
+    while dim % m:
+        m -= 1
+    return m
+
+
+def resident_bytes(kind: IndexKind, count: int, dim: int) -> int:
+    """Estimated RAM of an index (measured per vector in benchmarks/RESULTS.md): codes, ids and
+    the id lookups (IDMap2's reverse map, IVF's hash-table direct map ~40 B each)."""
+    per_vector = {
+        "flat": 4 * dim + 8 + 40,
+        "ivf": 4 * dim + 8 + 40,
+        "sq8": dim + 8,
+        "ivfpq": pq_subquantizers(dim) + 8,
+        "hnsw": 4 * dim + 8 * HNSW_M + 24 + 8 + 40,
+    }[kind]
+    return count * per_vector
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What `auto` picked for a count and budget, and why (shown by optimize and index)."""
+
+    kind: IndexKind
+    reason: str
+
+
+def choose_kind(count: int, dim: int, *, memory_budget: int) -> Choice:
+    """The `auto` rule (module docstring)."""
+    full = resident_bytes("flat", count, dim)
+    mib = f"{memory_budget / 2**20:,.0f} MiB budget"
+    if count * dim <= EXACT_MAX_FLOATS and full <= memory_budget:
+        return Choice("flat", f"{count:,} vectors: an exact scan is fast enough")
+    if full <= memory_budget:
+        hnsw = resident_bytes("hnsw", count, dim)
+        if count >= HNSW_MIN_VECTORS and hnsw <= memory_budget * HNSW_BUDGET_SHARE:
+            return Choice("hnsw", f"{count:,} vectors, graph fits the {mib}: lowest latency")
+        return Choice("ivf", f"{count:,} vectors: IVF, full vectors fit the {mib}")
+    if resident_bytes("sq8", count, dim) <= memory_budget:
+        return Choice("sq8", f"full vectors ({full / 2**20:,.0f} MiB) exceed the {mib}: 8-bit codes")
+    return Choice("ivfpq", f"8-bit codes exceed the {mib}: product quantisation")
+
+
+def default_lists(count: int) -> int:
+    """FAISS's rule of thumb, 4 * sqrt(n) lists, capped so each list gets enough training points."""
+    return max(1, min(int(4 * math.sqrt(count)), count // MIN_POINTS_PER_LIST))
+
+
+def default_nprobe(lists: int) -> int:
+    """Lists searched per query before tuning: 1/8 of them."""
+    return max(1, math.ceil(lists / 8))
+
+
+def min_vectors(kind: IndexKind) -> int:
+    """Fewest vectors a kind can be trained on."""
+    return MIN_POINTS_PER_LIST if kind in ("ivf", "sq8", "ivfpq") else 0
+
+
+# -- vector sources ------------------------------------------------------------------------------
+
+
+class VectorSource(Protocol):
+    """Where a build reads full-precision vectors: RAM arrays or the memory-mapped raw file."""
+
+    def __len__(self) -> int: ...
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids (c,) int64, vectors (c, dim) float32) in id order."""
+        ...
+
+    def sample(self, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of `count` random vectors, id order."""
+        ...
+
+    def lookup(self) -> VectorLookup:
+        """Full vectors by id (what compressed kinds re-rank from)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ArraySource:
+    """Vectors already in RAM: ids (n,) int64, vectors (n, dim) float32."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """CHUNK_ROWS rows at a time."""
+        for start in range(0, len(self.ids), CHUNK_ROWS):
+            rows = slice(start, start + CHUNK_ROWS)
+            yield self.ids[rows], np.ascontiguousarray(self.vectors[rows], dtype=np.float32)
+
+    def lookup(self) -> VectorLookup:
+        """Vectors by id, for re-ranking a compressed build."""
+        return InMemoryVectors(self.ids, self.vectors)
+
+    def sample(self, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Random rows without replacement."""
+        rows = _sample_rows(len(self.ids), count, seed)
+        return self.ids[rows], np.ascontiguousarray(self.vectors[rows], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class RawSource:
+    """The live records of a raw vector file, streamed (never all in RAM)."""
+
+    raw: RawVectors
+    live: np.ndarray  # sorted (n,) int64
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Live records in file (= id) order."""
+        return self.raw.chunks(self.live)
+
+    def lookup(self) -> VectorLookup:
+        """The raw file itself."""
+        return self.raw
+
+    def sample(self, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Random live ids, read by bisection."""
+        ids = self.live[_sample_rows(len(self.live), count, seed)]
+        found, vectors = self.raw.vectors(ids)
+        return ids[found], vectors
+
+
+def _sample_rows(total: int, count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(total, size=min(count, total), replace=False))
+
+
+def source_of(store: VectorStore) -> VectorSource:
+    """A store's full-precision vectors: its raw file when that covers every live id, else RAM."""
+    live = store.ids()
+    raw = store.raw
+    if isinstance(raw, RawVectors) and len(live) and raw.positions(live[[0, -1]]).min() >= 0:
+        return RawSource(raw, live)
+    ids, vectors = store.all_vectors()
+    return ArraySource(ids, vectors)
+
+
+# -- building ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """A kind and its parameters; None picks the default for the vector count."""
+
+    kind: IndexKind
+    lists: int | None = None
+    nprobe: int | None = None  # None: tuned to TUNE_TARGET
+    ef_search: int | None = None  # None: tuned to TUNE_TARGET
+    hnsw_m: int = HNSW_M
+    pq_m: int | None = None
+    pq_bits: int | None = None
+    opq: bool | None = None  # None: measured (OPQ_MIN_GAIN)
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What a build did, for the command's summary line."""
+
+    store: VectorStore
+    vectors: int
+    seconds: float
+    device: str  # where training and adding ran: "cpu" or "gpu"
+    recall: float | None  # recall@10 against exact search at the default knobs; None for flat
+
+
+def build_index(
+    source: VectorSource, dim: int, spec: BuildSpec, *, use_gpu: bool = False, tune: bool = True
+) -> BuildReport:
+    """A new store of spec.kind holding every vector of `source`, knobs tuned, recall measured."""
+    started = time.perf_counter()
+    count = len(source)
+    if count < min_vectors(spec.kind):
+        raise VectorStoreError(
+            f"an {spec.kind} index needs at least {min_vectors(spec.kind)} vectors to train on, "
+            f"the index has {count}: keep the exact index (fast enough at this size)"
+        )
+    factory, lists = _factory_string(spec, count, dim, source)
+    index: Any = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    rotation = None
+    if spec.kind == "ivfpq" and spec.opq is not False:
+        rotation = opq_rotation(source, dim, int(index.pq.M))
+        if rotation is None and spec.opq:
+            rotation = np.eye(dim, dtype=np.float32)  # asked for: kept as the identity
+    if spec.kind == "hnsw":
+        hnsw: Any = faiss.downcast_index(index.index)
+        hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    if spec.kind == "ivfpq":
+        ivfpq: Any = faiss.downcast_index(faiss.extract_index_ivf(index))
+        ivfpq.do_polysemous_training = False  # index_factory's default: minutes of training for
+        # Hamming-distance filtering that re-ranking from the full vectors makes pointless
+    if rotation is not None:
+        index = _with_rotation(index, rotation)
+    gpu = use_gpu and gpu_available() and spec.kind != "hnsw"
+    if use_gpu and not gpu_available():
+        warn_no_gpu()
+    elif use_gpu and spec.kind == "hnsw":
+        warn_once("FAISS builds HNSW graphs on the CPU only; building it there")
+    index, device = _train_and_add(index, source, lists, gpu=gpu)
+    if spec.kind == "ivf":
+        ivf: Any = faiss.extract_index_ivf(index)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]  # by-id access
+    store = VectorStore(index)
+    if lists:
+        nprobe = default_nprobe(lists) if spec.nprobe is None else min(spec.nprobe, lists)
+        store.set_default_search(SearchParams(nprobe=nprobe))
+    elif spec.kind == "hnsw" and spec.ef_search is not None:
+        store.set_default_search(SearchParams(ef_search=spec.ef_search))
+    recall: float | None = None
+    if spec.kind != "flat" and count > 1:
+        probe = Fidelity.measure(source, dim)
+        store.raw = source.lookup()
+        if tune and (spec.nprobe is None and spec.ef_search is None):
+            recall = _tune(store, probe, lists)
+        else:
+            recall = probe.recall(store)
+    return BuildReport(store, count, time.perf_counter() - started, device, recall)
+
+
+def _factory_string(spec: BuildSpec, count: int, dim: int, source: VectorSource) -> tuple[str, int]:
+    """index_factory words for the spec, and the number of lists (0 for flat and hnsw)."""
+    if spec.kind == "flat":
+        return "IDMap2,Flat", 0
+    if spec.kind == "hnsw":
+        return f"IDMap2,HNSW{spec.hnsw_m},Flat", 0
+    lists = spec.lists or default_lists(count)
+    if lists < 1 or count < lists * MIN_POINTS_PER_LIST:
+        raise VectorStoreError(
+            f"{lists} lists need at least {lists * MIN_POINTS_PER_LIST} vectors to train on, the "
+            f"index has {count}: use fewer lists, or keep the exact index (fast enough at this size)"
+        )
+    if spec.kind == "ivf":
+        return f"IVF{lists},Flat", lists
+    if spec.kind == "sq8":
+        return f"IVF{lists},SQ8", lists
+    m = spec.pq_m or pq_subquantizers(dim)
+    if dim % m:
+        raise IndexTypeError(f"PQ needs a number of sub-quantisers that divides {dim}, got {m}")
+    bits = spec.pq_bits or max(1, min(PQ_BITS, int(math.log2(max(2, count // MIN_POINTS_PER_LIST)))))
+    return f"IVF{lists},PQ{m}x{bits}", lists
+
+
+def _train_and_add(index: Any, source: VectorSource, lists: int, *, gpu: bool) -> tuple[Any, str]:
+    """Train on a sample (TRAIN_POINTS_PER_LIST points per list) and add every
+    vector in chunks; on the GPU when asked and FAISS can, the result always the CPU form."""
+    sample = None
+    if not index.is_trained:
+        _, sample = source.sample(max(lists * TRAIN_POINTS_PER_LIST, TRAIN_SAMPLE_MIN), seed=0)
+    if gpu:
+        try:
+            return _on_gpu(index, sample, source), "gpu"
+        except RuntimeError as exc:  # e.g. a PQ code size the GPU kernels lack
+            warn_once(f"FAISS could not build this index on the GPU ({exc}); using the CPU")
+    if sample is not None:
+        index.train(sample)
+    for ids, vectors in source.chunks():
+        index.add_with_ids(vectors, ids)
+    return index, "cpu"
+
+
+def _on_gpu(index: Any, sample: np.ndarray | None, source: VectorSource) -> Any:
+    resources = faiss.StandardGpuResources()
+    on_gpu = faiss.index_cpu_to_gpu(resources, 0, index)
+    if sample is not None:
+        on_gpu.train(sample)  # k-means and codebooks: the (n, lists) products run on the GPU
+    for ids, vectors in source.chunks():
+        on_gpu.add_with_ids(vectors, ids)  # list assignment and encoding on the GPU
+    return faiss.index_gpu_to_cpu(on_gpu)  # the saved form is always the CPU one
+
+
+def opq_rotation(source: VectorSource, dim: int, m: int) -> np.ndarray | None:
+    """The OPQ rotation (dim, dim) when it helps, else None.
+
+    Parametric OPQ (Ge et al., "Optimized Product Quantization", 2013) in closed form: principal
+    axes dealt to the m sub-spaces so that their variance products balance (eigenvalue
+    allocation). Under a Gaussian model PQ's distortion is proportional to the sum over
+    sub-spaces of det(covariance)^(1/sub-dim); the rotation is used when it lowers that bound
+    by OPQ_MIN_GAIN or more. It costs one eigendecomposition, where FAISS's iterative OPQ took
+    29 s for 4,000 128-d vectors here (measured).
+    """
+    _, sample = source.sample(OPQ_SAMPLE, seed=1)
+    sub = dim // m
+    if len(sample) <= dim or sub < 2:
+        return None
+    covariance = np.cov(sample.astype(np.float64), rowvar=False)  # (dim, dim)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    eigenvalues = np.maximum(eigenvalues, 1e-12)
+    buckets: list[list[int]] = [[] for _ in range(m)]
+    log_products = np.zeros(m)
+    descending = np.argsort(eigenvalues)[::-1]
+    for start in range(0, dim, m):  # one axis per sub-space per round, so fill levels stay equal
+        for axis, j in zip(descending[start : start + m], np.argsort(log_products), strict=True):
+            buckets[int(j)].append(int(axis))  # the largest left to the smallest product so far
+            log_products[j] += math.log(eigenvalues[axis])
+    rotated_bound = float(np.sum(np.exp(log_products / sub)))
+    plain_bound = 0.0
+    for j in range(m):
+        block = covariance[j * sub : (j + 1) * sub, j * sub : (j + 1) * sub]
+        plain_bound += math.exp(np.linalg.slogdet(block + 1e-12 * np.eye(sub))[1] / sub)
+    if rotated_bound > plain_bound * (1 - OPQ_MIN_GAIN):
+        return None
+    order = [axis for bucket in buckets for axis in bucket]
+    return np.ascontiguousarray(eigenvectors[:, order].T, dtype=np.float32)  # rows: new axes
+
+
+def _with_rotation(index: Any, rotation: np.ndarray) -> Any:
+    """IndexPreTransform(rotation, index): vectors are rotated before the IVF-PQ sees them
+    (orthogonal, so inner products are unchanged)."""
+    dim = rotation.shape[0]
+    transform: Any = faiss.LinearTransform(dim, dim, False)
+    faiss.copy_array_to_vector(rotation.ravel(), transform.A)
+    faiss.copy_array_to_vector(np.zeros(dim, np.float32), transform.b)
+    transform.is_trained = True
+    wrapped: Any = faiss.IndexPreTransform(transform, index)
+    wrapped.own_fields = True  # the C++ object owns both (SWIG would free them with Python's)
+    transform.this.disown()
+    index.this.disown()
+    return wrapped
+
+
+# -- recall ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """Recall probes: each query is the normalised sum of two random stored vectors (a point
+    between two images), with its exact top-k. Measured on the sample corpus's real vectors, such
+    queries are harder for IVF and HNSW than caption queries (what a sentence search sends) and
+    than stored vectors, so knobs tuned on them hold for real queries (benchmarks/RESULTS.md)."""
+
+    queries: np.ndarray  # (q, dim) float32
+    truth: np.ndarray  # (q, k) int64
+    kth_scores: np.ndarray  # (q,) float32: the exact k-th best score of each query
+
+    @classmethod
+    def measure(cls, source: VectorSource, dim: int, *, k: int = FIDELITY_K) -> Fidelity:
+        """Exact top-k by streaming every chunk of the source once."""
+        _, first = source.sample(FIDELITY_QUERIES, seed=2)
+        _, second = source.sample(FIDELITY_QUERIES, seed=3)
+        rng = np.random.default_rng(4)
+        second = second[rng.permutation(len(second))]  # pair each with a random other
+        sums = first + second
+        queries = (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        want = min(k, len(source))
+        best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+        best_ids = np.zeros((len(queries), 0), np.int64)
+        for ids, vectors in source.chunks():
+            scores = queries @ vectors.T  # (q, c)
+            keep = min(want, scores.shape[1])
+            part = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
+            best_scores = np.concatenate([best_scores, np.take_along_axis(scores, part, axis=1)], axis=1)
+            best_ids = np.concatenate([best_ids, ids[part]], axis=1)
+            top = np.argsort(-best_scores, axis=1, kind="stable")[:, :want]
+            best_scores = np.take_along_axis(best_scores, top, axis=1)
+            best_ids = np.take_along_axis(best_ids, top, axis=1)
+        return cls(queries, best_ids, best_scores[:, -1])
+
+    def recall(self, store: VectorStore, params: SearchParams | None = None) -> float:
+        """recall@k of the store at these knobs: the share of its k hits that score at least the
+        exact k-th score (ties at rank k count either way; every kind returns exact scores)."""
+        k = self.truth.shape[1]
+        results = store.search(self.queries, k, params=params)
+        found = sum(
+            int((r.scores[:k] >= kth - SCORE_TOLERANCE).sum())
+            for r, kth in zip(results, self.kth_scores, strict=True)
+        )
+        return found / self.truth.size if self.truth.size else 1.0
+
+
+def _tune(store: VectorStore, probe: Fidelity, lists: int) -> float:
+    """Set the smallest nprobe / ef_search reaching TUNE_TARGET (or the largest tried) as the
+    store's default; returns the recall at that default."""
+    if store.kind == "hnsw":
+        steps = [SearchParams(ef_search=ef) for ef in EF_SEARCH_STEPS]
+    else:
+        probes = sorted({min(lists, 2**i) for i in range(int(math.log2(max(1, lists))) + 2)})
+        steps = [SearchParams(nprobe=n) for n in probes]
+    recall = 0.0
+    for params in steps:
+        recall = probe.recall(store, params)
+        if recall >= TUNE_TARGET:
+            break
+    store.set_default_search(params)
+    return recall
+
+
+# -- the record in the catalogue -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexTypeRecord:
+    """What index_info says about the image index's type (beside the FAISS file's own structure)."""
+
+    policy: str = AUTO
+    memory_budget: int | None = None  # bytes; None: DEFAULT_BUDGET_SHARE of the RAM at hand
+    recall: float | None = None  # recall@10 at the default knobs, measured at build
+    built_vectors: int = 0  # vectors when the current structure was chosen
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, session: Session, *, legacy_kind: IndexKind = "flat") -> IndexTypeRecord:
+        """Parse the rows; an index from before policies keeps the kind it has (no surprise rebuild)."""
+        rows = catalog.read_info(session)
+        budget = rows.get(BUDGET_KEY)
+        recall = rows.get(RECALL_KEY)
+        return cls(
+            policy=rows.get(POLICY_KEY, legacy_kind),
+            memory_budget=int(budget) if budget else None,
+            recall=float(recall) if recall else None,
+            built_vectors=int(rows.get(BUILT_KEY, "0")),
+        )
+
+    def budget(self) -> int:
+        """The budget in force: the recorded one, else the default for this machine."""
+        return self.memory_budget if self.memory_budget is not None else default_memory_budget()
+
+
+def write_record(session: Session, **values: str | None) -> None:
+    """Update index_info rows (None deletes nothing; it leaves a row as it is)."""
+    catalog.write_info(session, {k: v for k, v in values.items() if v is not None})
+
+
+def policy_rows(policy: str, memory_budget: int | None) -> dict[str, str]:
+    """index_info rows recording a policy (and the budget, when given)."""
+    if policy not in POLICIES:
+        raise IndexTypeError(f"--index-type {policy!r}: choose one of {', '.join(POLICIES)}")
+    rows = {POLICY_KEY: policy}
+    return rows if memory_budget is None else {**rows, BUDGET_KEY: str(memory_budget)}
+
+
+def set_policy(writer: IndexWriter, policy: str, memory_budget: int | None) -> None:
+    """Record the policy (and budget, when given) of an existing index."""
+    with writer.session() as session:
+        catalog.write_info(session, policy_rows(policy, memory_budget))
+        session.commit()
+
+
+def read_record(writer: IndexWriter) -> IndexTypeRecord:
+    """The record of the index the writer holds."""
+    store = writer.images
+    legacy: IndexKind = store.kind if isinstance(store, VectorStore) else "flat"  # Milvus: its own
+    with writer.session() as session:
+        return IndexTypeRecord.read(session, legacy_kind=legacy)
+
+
+# -- rebuilding an index in place ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -25,39 +587,160 @@ class OptimizeReport:
     after: str
     vectors: int
     seconds: float
-    device: str  # where k-means and list assignment ran
-    recall: float | None  # recall@10 of the IVF store against exact search, on sampled vectors
+    device: str  # where training and adding ran
+    recall: float | None  # recall@10 against exact search at the default knobs
+    kind: str = "flat"
+    params: dict[str, int | bool] = field(default_factory=dict)
+    reason: str = ""
 
 
-def use_ivf(
+def desired_kind(record: IndexTypeRecord, store: VectorStore) -> Choice:
+    """The kind the record asks for now: the policy's, or auto's choice (with hysteresis: an
+    approximate index goes back to exact only at half the exact threshold)."""
+    count, dim = len(store), store.dim
+    if record.policy != AUTO:
+        kind: IndexKind = record.policy  # type: ignore[assignment]
+        if count < min_vectors(kind):
+            return Choice("flat", f"{kind} asked for, but {count} vectors are too few to train it")
+        return Choice(kind, f"{kind} asked for (--index-type {kind})")
+    choice = choose_kind(count, dim, memory_budget=record.budget())
+    if choice.kind == "flat" and store.kind != "flat" and count * dim > EXACT_MAX_FLOATS // 2:
+        kept = f"{count:,} vectors: stays {store.kind} until half the exact threshold"
+        return Choice(store.kind, kept)
+    return choice
+
+
+def rebuild_reason(record: IndexTypeRecord, store: VectorStore, choice: Choice) -> str | None:
+    """Why the store should be rebuilt now, or None."""
+    if choice.kind != store.kind:
+        return f"{store.kind} -> {choice.kind}: {choice.reason}"
+    count = len(store)
+    grew = record.built_vectors and count >= LIST_GROWTH_REBUILD * record.built_vectors
+    if store.is_ivf and grew:
+        return f"{count:,} vectors, {count / record.built_vectors:.1f}x those it was built with: new lists"
+    if store.tombstone_share > TOMBSTONE_REBUILD_SHARE:
+        return f"{store.tombstone_share:.0%} of the HNSW graph are removed images"
+    return None
+
+
+def maintain(writer: IndexWriter, *, use_gpu: bool = False) -> OptimizeReport | None:
+    """At the end of an index run or a removal: rebuild the image vectors into the kind the
+    policy wants now (from the raw vectors, without re-encoding), or compact the raw file."""
+    if writer.backends.uses_milvus:
+        return None  # Milvus tunes its own index (the writer asks it on closing)
+    store = writer.images
+    record = read_record(writer)
+    choice = desired_kind(record, store)
+    reason = rebuild_reason(record, store, choice)
+    if reason is None:
+        _compact_raw(store)
+        return None
+    return rebuild(writer, BuildSpec(choice.kind), use_gpu=use_gpu, reason=reason)
+
+
+def _compact_raw(store: VectorStore) -> None:
+    if isinstance(store.raw, RawVectors) and store.raw.dead_share(len(store)) > RAW_COMPACT_SHARE:
+        store.raw.rewrite(store.ids())
+
+
+def rebuild(
+    writer: IndexWriter, spec: BuildSpec, *, use_gpu: bool = False, reason: str = ""
+) -> OptimizeReport:
+    """Build `spec` from the full-precision vectors and swap it in atomically: the raw file is
+    compacted first (same live ids as the old index), then the FAISS file is replaced; readers
+    answer from the old file until they see the new one."""
+    store = writer.images
+    before = store.describe()
+    source = source_of(store)
+    built = build_index(source, store.dim, spec, use_gpu=use_gpu)
+    if isinstance(store.raw, RawVectors):
+        if isinstance(source, ArraySource):  # no (complete) raw file yet: write it whole
+            store.raw.write_all(source.ids, source.vectors)
+        elif store.raw.dead_share(len(store)) > 0:
+            store.raw.rewrite(store.ids())
+        built.store.raw = store.raw
+    writer.vectors.save(IMAGES, built.store)
+    after = built.store.describe()
+    with writer.session() as session:
+        write_record(
+            session,
+            **{
+                TYPE_KEY: after,
+                RECALL_KEY: None if built.recall is None else f"{built.recall:.4f}",
+                BUILT_KEY: str(built.vectors),
+            },
+        )
+        if built.recall is None:
+            catalog.delete_info(session, [RECALL_KEY])
+        session.commit()
+    writer.images = built.store
+    return OptimizeReport(
+        before,
+        after,
+        built.vectors,
+        built.seconds,
+        built.device,
+        built.recall,
+        built.store.kind,
+        built.store.params(),
+        reason,
+    )
+
+
+def use_index_type(
     index_dir: Path,
+    policy: str,
     *,
     lists: int | None = None,
     nprobe: int | None = None,
+    ef_search: int | None = None,
+    memory_budget: int | None = None,
     use_gpu: bool = False,
 ) -> OptimizeReport:
-    """Rebuild the image vectors as IVF (lists and nprobe default to FAISS's rules of thumb)."""
+    """`mmsearch optimize`: record the policy and rebuild the image vectors into it now."""
     with IndexWriter(index_dir, None) as writer:
+        _require_faiss(writer)
+        set_policy(writer, policy, memory_budget)
+        record = read_record(writer)
         store = writer.images
-        chosen_lists = lists or default_lists(len(store))
-        chosen_nprobe = nprobe or default_nprobe(chosen_lists)
-        built = build_ivf(store, lists=chosen_lists, nprobe=chosen_nprobe, use_gpu=use_gpu)
-        return _replace(writer, built, before=store.describe())
+        if policy == AUTO:
+            choice = choose_kind(len(store), store.dim, memory_budget=record.budget())
+        else:
+            choice = Choice(policy, f"--index-type {policy}")  # type: ignore[arg-type]
+        spec = BuildSpec(choice.kind, lists=lists, nprobe=nprobe, ef_search=ef_search)
+        return rebuild(writer, spec, use_gpu=use_gpu, reason=choice.reason)
+
+
+def _require_faiss(writer: IndexWriter) -> None:
+    """Milvus picks its own index type (FLAT, then HNSW as the collection grows)."""
+    if writer.backends.uses_milvus:
+        raise BackendSpecError(
+            f"{writer.index_dir} keeps its vectors in Milvus, which chooses its own index type "
+            "(exact while small, HNSW when large); `mmsearch optimize` applies to FAISS indexes"
+        )
+
+
+def use_ivf(
+    index_dir: Path, *, lists: int | None = None, nprobe: int | None = None, use_gpu: bool = False
+) -> OptimizeReport:
+    """`optimize --ivf`: the image vectors as IVF (lists default to 4*sqrt(n), nprobe tuned)."""
+    return use_index_type(index_dir, "ivf", lists=lists, nprobe=nprobe, use_gpu=use_gpu)
 
 
 def use_flat(index_dir: Path) -> OptimizeReport:
-    """Rebuild the image vectors as the exact store (undoes use_ivf)."""
-    with IndexWriter(index_dir, None) as writer:
-        store = writer.images
-        return _replace(writer, build_flat(store), before=store.describe())
+    """`optimize --flat`: the image vectors as the exact store."""
+    return use_index_type(index_dir, "flat")
 
 
-def _replace(writer: IndexWriter, built: BuildReport, *, before: str) -> OptimizeReport:
-    """Atomic FAISS replace, then the recorded index type; a crash between leaves a stale label only."""
-    built.store.save(writer.index_dir / IMAGES_FAISS)
-    after = built.store.describe()
-    with writer.session() as session:
-        catalog.write_info(session, {"index_type": after})
-        session.commit()
-    writer.images = built.store
-    return OptimizeReport(before, after, built.vectors, built.seconds, built.device, built.recall)
+def build_ivf(
+    store: VectorStore, *, lists: int, nprobe: int, use_gpu: bool, seed: int = 0
+) -> BuildReport:
+    """An IVF-Flat copy of `store` with exactly these lists and nprobe (no tuning)."""
+    del seed  # k-means is seeded by FAISS's own fixed seed
+    spec = BuildSpec("ivf", lists=lists, nprobe=nprobe)
+    return build_index(source_of(store), store.dim, spec, use_gpu=use_gpu, tune=False)
+
+
+def build_flat(store: VectorStore) -> BuildReport:
+    """The exact IDMap2(FlatIP) form of `store`."""
+    return build_index(source_of(store), store.dim, BuildSpec("flat"))

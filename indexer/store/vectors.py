@@ -1,38 +1,53 @@
 """FAISS wrapper: inner product over L2-normalised float32 vectors, ids = SQLite primary keys.
 
-`IndexIDMap2(IndexFlatIP)` is exact, supports real deletion (`remove_ids`) and reconstruction by
-id, which is what an editable personal photo index needs. For collections large enough that an
-exhaustive scan is slow, `build_ivf` turns a store into `IndexIVFFlat` (k-means lists, searched
-`nprobe` at a time; ids, deletion and reconstruction kept through a hash-table direct map), and
-`build_flat` turns it back. Files are replaced atomically.
+One `VectorStore` holds any of the index types mmsearch builds (indexer.store.index_types):
+
+| kind  | FAISS structure                         | search                              | deletion        |
+|-------|-----------------------------------------|-------------------------------------|-----------------|
+| flat  | IDMap2,FlatIP                           | exact scan                          | remove_ids      |
+| ivf   | IVF{lists},Flat (hash-table direct map) | `nprobe` of the lists               | remove_ids      |
+| sq8   | IVF{lists},SQ8                          | `nprobe` lists, 8-bit codes         | remove_ids      |
+| ivfpq | [OPQ{m},]IVF{lists},PQ{m}x{bits}        | `nprobe` lists, PQ codes, re-ranked | remove_ids      |
+| hnsw  | IDMap2,HNSW{M},Flat                     | graph walk of width `ef_search`     | tombstones      |
+
+The compressed kinds (sq8, ivfpq) re-rank RERANK_FACTOR * k candidates exactly from the full-
+precision vectors memory-mapped beside the FAISS file (indexer.store.raw_vectors), so their scores
+are exact inner products and their full vectors never sit in RAM. HNSW cannot remove a vector:
+a removed id's label becomes -1 in the IDMap2 (saved in the same FAISS file) and every search
+skips labels below 0 through an IDSelector; the index is rebuilt once they pass a share
+(index_types.TOMBSTONE_REBUILD_SHARE). Files are replaced atomically.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import faiss
 import numpy as np
 
 from indexer.errors import UnavailableError, warn_once
+from indexer.store.raw_vectors import RawVectors, VectorLookup, raw_path_for
+from indexer.store.search_params import DEFAULT_SEARCH, SearchParams
+from indexer.store.search_params import SearchParamsError as SearchParamsError  # re-exported
 
 INDEX_TYPE = "IDMap2,FlatIP"
-# k-means: FAISS wants >= 39 training points per list and warns below; 20 iterations is its
-# own default and converges on embeddings.
-MIN_POINTS_PER_LIST = 39
-KMEANS_ITERATIONS = 20
-# A filtered search (--under) on an IVF store scores the allowed vectors exactly up to this many:
-# with few allowed ids, the probed lists may hold none of them.
+IndexKind = Literal["flat", "ivf", "sq8", "ivfpq", "hnsw"]
+INDEX_KINDS: tuple[IndexKind, ...] = ("flat", "ivf", "sq8", "ivfpq", "hnsw")
+LOSSY_KINDS: tuple[IndexKind, ...] = ("sq8", "ivfpq")
+# A filtered search (--under) on an approximate store scores the allowed vectors exactly up to
+# this many: with few allowed ids, the probed lists (or the graph walk) may meet none of them.
 EXACT_FILTER_MAX = 50_000
-FIDELITY_QUERIES = 256  # stored vectors used as queries to measure an IVF's recall
-FIDELITY_K = 10
+# Compressed kinds fetch this many candidates per wanted hit and re-rank them from the full
+# vectors: measured (benchmarks/scale.py) to lift IVF-PQ's recall@10 above 0.95 where its codes
+# alone reach ~0.6-0.8.
+RERANK_FACTOR = 8
 # save() writes PATH.tmp-PID and renames it over PATH; a killed save leaves the temp file behind.
 TEMP_MARK = ".tmp-"
+# Labels at or above 0 are live; a tombstoned HNSW label is -1.
+_LIVE = faiss.IDSelectorRange(0, 2**62)
 
 
 class VectorStoreError(UnavailableError):
@@ -47,41 +62,87 @@ class SearchResult:
     ids: np.ndarray
 
 
+def _empty_result() -> SearchResult:
+    return SearchResult(np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+
+def set_search_threads(count: int) -> None:
+    """OpenMP threads for FAISS searches made from the calling thread from now on. OpenMP keeps
+    this per thread: threads started later get FAISS's default (one per core)."""
+    if count < 1:
+        raise ValueError(f"search threads must be at least 1, got {count}")
+    faiss.omp_set_num_threads(count)
+
+
 def gpu_available() -> bool:
     """True when this faiss build has GPU support and sees a device."""
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-class VectorStore:
-    """An editable exact inner-product index keyed by int64 ids.
+def kind_of(index: Any) -> IndexKind:
+    """Which of INDEX_KINDS a FAISS index is (read from its structure, so never stale)."""
+    if isinstance(index, faiss.IndexIDMap):
+        inner = faiss.downcast_index(index.index)
+        return "hnsw" if isinstance(inner, faiss.IndexHNSW) else "flat"
+    found = faiss.try_extract_index_ivf(index)
+    if found is None:
+        raise VectorStoreError(f"unsupported FAISS index {type(index).__name__}")
+    ivf: Any = faiss.downcast_index(found)
+    if isinstance(ivf, faiss.IndexIVFPQ):
+        return "ivfpq"
+    if isinstance(ivf, faiss.IndexIVFScalarQuantizer):
+        return "sq8"
+    return "ivf"
 
-    `cpu` is set on a GPU copy (see `to_search_device`): the CPU store it came from, which
-    answers id-restricted searches (FAISS's GPU indexes take no IDSelector) and is what is saved.
+
+class VectorStore:
+    """An inner-product index keyed by int64 ids, of any kind in INDEX_KINDS.
+
+    `raw` (the full-precision record file) is attached to the image store: compressed kinds
+    re-rank and reconstruct from it, and the writer appends to it. `cpu` is set on a GPU copy
+    (see `to_search_device`): the CPU store it came from, which answers id-restricted searches
+    (FAISS's GPU indexes take no IDSelector) and is what is saved.
     """
 
-    def __init__(self, index: faiss.Index, *, cpu: VectorStore | None = None) -> None:
+    def __init__(
+        self, index: faiss.Index, *, raw: VectorLookup | None = None, cpu: VectorStore | None = None
+    ) -> None:
         self.cpu = cpu
+        self.raw = raw
         self.gpu_resources: Any = None  # kept alive beside a GPU index that uses them
-        # faiss's SWIG stubs know only the base Index; IDMap2 methods are typed as Any here.
+        # faiss's SWIG stubs know only the base Index; the subclasses' methods are Any here.
         self.index: Any = index
+        self._sorted_ids: np.ndarray | None = None  # live ids, computed once per loaded snapshot
+        self._tombstones: int | None = None
+        # Fixed for the life of a store: looked up once, not on every query.
+        self._kind: IndexKind = kind_of(self._cpu_index())
+        self._inner: Any = self._inner_index()
+        self._ntotal = 0
+        self._plain = False
+        self._refresh_plain()
 
     @classmethod
-    def create(cls, dim: int) -> VectorStore:
-        """An empty store for `dim`-dimensional vectors."""
-        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)))
+    def create(cls, dim: int, *, raw: RawVectors | None = None) -> VectorStore:
+        """An empty exact store for `dim`-dimensional vectors."""
+        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)), raw=raw)
 
     @classmethod
-    def load(cls, path: Path, *, dim: int) -> VectorStore:
-        """Read a FAISS file; a missing file is an empty store (nothing committed yet)."""
+    def load(cls, path: Path, *, dim: int, with_raw: bool = False) -> VectorStore:
+        """Read a FAISS file (a missing file is an empty exact store: nothing committed yet);
+        with_raw maps the full-precision vectors beside it."""
+        raw = RawVectors(raw_path_for(path), dim) if with_raw else None
         if not path.is_file():
-            return cls.create(dim)
+            return cls.create(dim, raw=raw)
         try:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:
             raise VectorStoreError(f"{path}: unreadable FAISS index: {exc}") from exc
         if index.d != dim:
             raise VectorStoreError(f"{path}: vectors have dimension {index.d}, index expects {dim}")
-        return cls(index)
+        kind_of(index)  # refuse a structure this code cannot search
+        return cls(index, raw=raw)
+
+    # -- what it is ------------------------------------------------------------------------
 
     @property
     def dim(self) -> int:
@@ -89,99 +150,321 @@ class VectorStore:
         return int(self.index.d)
 
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        """Live vectors (tombstoned HNSW entries excluded)."""
+        return int(self._cpu_index().ntotal) - self.tombstones
+
+    @property
+    def kind(self) -> IndexKind:
+        """flat, ivf, sq8, ivfpq or hnsw."""
+        return self._kind
 
     @property
     def is_ivf(self) -> bool:
-        """True for an inverted-file (approximate) store."""
-        return isinstance(self._cpu_index(), faiss.IndexIVF)
+        """True for an inverted-file (approximate) store of any code type."""
+        return self.kind in ("ivf", "sq8", "ivfpq")
 
-    def describe(self) -> str:
-        """The FAISS structure, as `mmsearch info` shows it."""
-        index = self._cpu_index()
-        if isinstance(index, faiss.IndexIVF):
-            return f"IVF{index.nlist},FlatIP nprobe={index.nprobe}"
-        return INDEX_TYPE
+    @property
+    def is_lossy(self) -> bool:
+        """True when the index holds compressed codes (scores re-ranked from the raw vectors)."""
+        return self.kind in LOSSY_KINDS
+
+    @property
+    def tombstones(self) -> int:
+        """Removed HNSW entries still in the graph (0 for every other kind)."""
+        if self._tombstones is None:
+            index = self._cpu_index()
+            if isinstance(index, faiss.IndexIDMap):
+                self._tombstones = int((faiss.vector_to_array(index.id_map) < 0).sum())
+            else:
+                self._tombstones = 0
+        return self._tombstones
+
+    @property
+    def tombstone_share(self) -> float:
+        """Share of the graph's entries that are removed ones."""
+        total = int(self._cpu_index().ntotal)
+        return self.tombstones / total if total else 0.0
 
     def _cpu_index(self) -> Any:
         return self.cpu.index if self.cpu is not None else self.index
 
+    def _inner_index(self) -> Any:
+        """The IndexIVF (ivf, sq8, ivfpq) or IndexHNSW (hnsw) inside, downcast; None for flat."""
+        if self._kind == "flat":
+            return None
+        if self._kind == "hnsw":
+            return faiss.downcast_index(self._cpu_index().index)
+        return faiss.downcast_index(faiss.extract_index_ivf(self._cpu_index()))
+
+    def _ivf(self) -> Any:
+        return self._inner
+
+    def _hnsw(self) -> Any:
+        return self._inner
+
+    def params(self) -> dict[str, int | bool]:
+        """The structure's parameters, as `mmsearch info` shows them."""
+        kind = self.kind
+        if kind == "hnsw":
+            hnsw = self._hnsw().hnsw
+            out: dict[str, int | bool] = {
+                "M": int(hnsw.nb_neighbors(1)),
+                "ef_construction": int(hnsw.efConstruction),
+                "ef_search": int(hnsw.efSearch),
+            }
+            return {**out, "tombstones": self.tombstones} if self.tombstones else out
+        if kind == "flat":
+            return {}
+        ivf = self._ivf()
+        out = {"lists": int(ivf.nlist), "nprobe": int(ivf.nprobe)}
+        if kind == "ivfpq":
+            out |= {"pq_m": int(ivf.pq.M), "pq_bits": int(ivf.pq.nbits), "opq": self._has_opq()}
+        if kind in LOSSY_KINDS:
+            out["rerank"] = RERANK_FACTOR
+        return out
+
+    def _has_opq(self) -> bool:
+        return isinstance(self._cpu_index(), faiss.IndexPreTransform)
+
+    def describe(self) -> str:
+        """The FAISS structure in index_factory words, as `mmsearch info` shows it."""
+        kind, p = self.kind, self.params()
+        if kind == "flat":
+            return INDEX_TYPE
+        if kind == "hnsw":
+            return f"IDMap2,HNSW{p['M']},FlatIP efSearch={p['ef_search']}"
+        lists = f"IVF{p['lists']}"
+        if kind == "ivf":
+            return f"{lists},FlatIP nprobe={p['nprobe']}"
+        if kind == "sq8":
+            return f"{lists},SQ8 nprobe={p['nprobe']} rerank={RERANK_FACTOR}"
+        opq = f"OPQ{p['pq_m']}," if p["opq"] else ""
+        return f"{opq}{lists},PQ{p['pq_m']}x{p['pq_bits']} nprobe={p['nprobe']} rerank={RERANK_FACTOR}"
+
+    def default_search(self) -> SearchParams:
+        """The knobs the index answers with when a query gives none."""
+        kind = self.kind
+        if kind == "hnsw":
+            return SearchParams(ef_search=int(self._hnsw().hnsw.efSearch))
+        if kind == "flat":
+            return DEFAULT_SEARCH
+        return SearchParams(nprobe=int(self._ivf().nprobe))
+
+    def set_default_search(self, params: SearchParams) -> None:
+        """Store knobs in the index itself (saved with it), e.g. the tuned ones."""
+        kind = self.kind
+        if kind == "hnsw":
+            if params.ef_search is not None:
+                self._hnsw().hnsw.efSearch = params.ef_search
+        elif kind != "flat" and params.nprobe is not None:
+            ivf = self._ivf()
+            ivf.nprobe = min(params.nprobe, ivf.nlist)
+
+    # -- ids ----------------------------------------------------------------------------------
+
     def ids(self) -> np.ndarray:
-        """All stored ids, (n,) int64."""
+        """All live ids, sorted (n,) int64; computed once per loaded store (the per-snapshot id set)."""
+        if self._sorted_ids is None:
+            self._sorted_ids = np.sort(self._collect_ids())
+        return self._sorted_ids
+
+    def _collect_ids(self) -> np.ndarray:
         index = self._cpu_index()
-        if isinstance(index, faiss.IndexIVF):
-            lists: Any = index.invlists
-            chunks = [
-                faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
-                for i in range(index.nlist)
-                if lists.list_size(i)
-            ]
-            return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
-        return faiss.vector_to_array(index.id_map).astype(np.int64)
+        if isinstance(index, faiss.IndexIDMap):
+            labels = faiss.vector_to_array(index.id_map).astype(np.int64)
+            return labels[labels >= 0]
+        ivf = self._ivf()
+        lists: Any = ivf.invlists
+        chunks = [
+            faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+            for i in range(ivf.nlist)
+            if lists.list_size(i)
+        ]
+        return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """Which of ids (m,) are live -> (m,) bool; O(m log n) against the cached id set."""
+        live = self.ids()
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(live) == 0:
+            return np.zeros(len(ids), bool)
+        at = np.minimum(np.searchsorted(live, ids), len(live) - 1)
+        return live[at] == ids
+
+    def _changed(self) -> None:
+        self._sorted_ids = None
+        self._tombstones = None
+        self._refresh_plain()
+
+    def _refresh_plain(self) -> None:
+        """Whether a query without filter or knobs can go straight to FAISS (non-empty, exact
+        scores, no tombstones to skip), and the vector count: checked per change, not per query."""
+        self._ntotal = int(self.index.ntotal)
+        self._plain = self._ntotal > 0 and not self.is_lossy and self.tombstones == 0
+
+    # -- vectors ------------------------------------------------------------------------------
+
+    def reconstruct(self, id_: int) -> np.ndarray:
+        """The stored vector (dim,) of one live id, full precision; KeyError if absent."""
+        found, vectors = self.vectors_of(np.array([int(id_)], dtype=np.int64))
+        if not found[0]:
+            raise KeyError(id_)
+        return vectors[0]
+
+    def vectors_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(found mask (m,) bool, vectors (found, dim) float32) of live ids, full precision:
+        from the raw file for compressed kinds, else from the index."""
+        ids = np.asarray(ids, dtype=np.int64)
+        live = self.contains(ids)
+        if self.raw is not None and self.is_lossy:
+            found, vectors = self.raw.vectors(ids[live])
+            mask = live.copy()
+            mask[live] = found
+            return mask, vectors
+        if not live.any():
+            return live, np.zeros((0, self.dim), np.float32)
+        vectors = self._cpu_index().reconstruct_batch(ids[live])
+        return live, np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+
+    def index_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Vectors (n, dim) float32 of live ids as the FAISS index itself holds them (decoded
+        codes for compressed kinds): the last resort when the raw file is gone."""
+        if self.is_ivf and self._ivf().direct_map.type == faiss.DirectMap.NoMap:  # type: ignore[attr-defined]
+            self._ivf().make_direct_map(True)
+        vectors = self._cpu_index().reconstruct_batch(np.asarray(ids, dtype=np.int64))
+        return np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
 
     def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids (n,) int64, vectors (n, dim) float32) of everything stored."""
+        """(ids (n,) int64 sorted, vectors (n, dim) float32) of everything stored, in RAM."""
         ids = self.ids()
-        index = self._cpu_index()
-        if len(ids) == 0:
-            return ids, np.zeros((0, self.dim), np.float32)
-        if isinstance(index, faiss.IndexIVF):
-            return ids, np.asarray(index.reconstruct_batch(ids), dtype=np.float32)
-        return ids, np.asarray(index.index.reconstruct_n(0, len(ids)), dtype=np.float32)
+        _, vectors = self.vectors_of(ids)
+        return ids, vectors
+
+    # -- edits --------------------------------------------------------------------------------
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add vectors (n, dim) float32 under ids (n,) int64."""
+        """Add vectors (n, dim) float32 under ids (n,) int64; the raw record first, when attached."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
             raise VectorStoreError(
                 f"expected vectors of shape (n, {self.dim}), got {vectors.shape}"
             )
-        self.index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if isinstance(self.raw, RawVectors):
+            self.raw.append(ids, vectors)
+        self.index.add_with_ids(vectors, ids)
+        self._changed()
 
     def remove(self, ids: np.ndarray | list[int]) -> int:
-        """Delete vectors by id; returns how many were removed."""
+        """Delete vectors by id (HNSW: tombstone them); returns how many were removed."""
         if len(ids) == 0:
             return 0
-        return int(self.index.remove_ids(np.asarray(ids, dtype=np.int64)))
+        wanted = np.asarray(ids, dtype=np.int64)
+        removed = self._tombstone(wanted) if self.kind == "hnsw" else int(self.index.remove_ids(wanted))
+        self._changed()
+        return removed
 
-    def reconstruct(self, id_: int) -> np.ndarray:
-        """The stored vector (dim,) of one id; KeyError if absent."""
-        try:
-            return np.asarray(self.index.reconstruct(int(id_)), dtype=np.float32)
-        except RuntimeError as exc:
-            raise KeyError(id_) from exc
+    def _tombstone(self, ids: np.ndarray) -> int:
+        """HNSW has no removal: relabel the entries -1 (saved with the file, skipped by search)."""
+        index = self.index
+        labels = faiss.vector_to_array(index.id_map)
+        hit = np.isin(labels, ids) & (labels >= 0)
+        if not hit.any():
+            return 0
+        labels[hit] = -1
+        faiss.copy_array_to_vector(labels, index.id_map)
+        index.construct_rev_map()
+        return int(hit.sum())
+
+    # -- search -------------------------------------------------------------------------------
 
     def search(
-        self, queries: np.ndarray, k: int, *, allowed_ids: np.ndarray | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        allowed_ids: np.ndarray | None = None,
+        params: SearchParams | None = None,
     ) -> list[SearchResult]:
         """Top-k by inner product for queries (q, dim); FAISS's -1 padding is dropped.
 
-        allowed_ids (n,) int64 restricts the search to those ids (e.g. files under one folder).
+        allowed_ids (n,) int64 restricts the search to those ids (e.g. files under one folder);
+        params overrides the index's nprobe / ef_search for these queries.
         """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self._plain and allowed_ids is None and params is None and k > 0:
+            # The common query, with nothing to add to FAISS's own call: what raw FAISS costs.
+            scores, ids = self.index.search(queries, min(k, self._ntotal))  # (q, k) each
+            if ids.min(initial=0) >= 0:
+                return [SearchResult(s, i) for s, i in zip(scores, ids, strict=True)]
+            return [SearchResult(s[i >= 0], i[i >= 0]) for s, i in zip(scores, ids, strict=True)]
         empty = allowed_ids is not None and len(allowed_ids) == 0
         if len(self) == 0 or k <= 0 or empty:
-            return [SearchResult(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
+            return [_empty_result() for _ in queries]
         if allowed_ids is not None and self.cpu is not None:
-            return self.cpu.search(queries, k, allowed_ids=allowed_ids)
-        if allowed_ids is not None and self.is_ivf and len(allowed_ids) <= EXACT_FILTER_MAX:
+            return self.cpu.search(queries, k, allowed_ids=allowed_ids, params=params)
+        if allowed_ids is not None and self.kind != "flat" and len(allowed_ids) <= EXACT_FILTER_MAX:
             return self._search_among(queries, k, allowed_ids)
-        params: Any = None
+        lossy = self.is_lossy and self.raw is not None
+        fetch = min(k * RERANK_FACTOR if lossy else k, int(self.index.ntotal))
+        scores, ids = self._faiss_search(queries, fetch, allowed_ids, params)  # (q, fetch) each
+        if lossy:
+            return self._rerank(queries, ids, k)
+        return [SearchResult(s[i >= 0], i[i >= 0]) for s, i in zip(scores, ids, strict=True)]
+
+    def _faiss_search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed_ids: np.ndarray | None,
+        params: SearchParams | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The FAISS call with knobs and selector; no parameter object when none is needed, so
+        a plain query costs what raw FAISS costs."""
+        selector: Any = None
         if allowed_ids is not None:
             selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed_ids, dtype=np.int64))
-            if self.is_ivf:
-                params = faiss.SearchParametersIVF(sel=selector, nprobe=self.index.nprobe)  # type: ignore[call-arg]
-            else:
-                params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
-        scores, ids = self.index.search(queries, min(k, len(self)), params=params)  # (q, k) each
-        return [SearchResult(s[i >= 0], i[i >= 0]) for s, i in zip(scores, ids, strict=True)]
+        elif self.tombstones:
+            selector = _LIVE
+        knobs = params or DEFAULT_SEARCH
+        kind = self.kind
+        if kind == "flat":
+            faiss_params = None if selector is None else faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
+            return self.index.search(queries, k, params=faiss_params)
+        if kind == "hnsw":
+            if selector is None and knobs.ef_search is None:
+                return self.index.search(queries, k)
+            ef = knobs.ef_search or int(self._hnsw().hnsw.efSearch)
+            hnsw_params = faiss.SearchParametersHNSW(efSearch=ef)  # type: ignore[attr-defined]
+            if selector is not None:
+                hnsw_params.sel = selector
+            return self.index.search(queries, k, params=hnsw_params)
+        if selector is None and knobs.nprobe is None:
+            return self.index.search(queries, k)
+        ivf_params = faiss.SearchParametersIVF(nprobe=knobs.nprobe or int(self._ivf().nprobe))  # type: ignore[call-arg]
+        if selector is not None:
+            ivf_params.sel = selector
+        return self.index.search(queries, k, params=ivf_params)
+
+    def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> list[SearchResult]:
+        """Exact inner products of the candidates (q, c) from the raw vectors, top-k of each."""
+        assert self.raw is not None
+        results = []
+        for query, row_ids in zip(queries, candidates, strict=True):
+            found, vectors = self.raw.vectors(row_ids[row_ids >= 0])  # (f, dim)
+            ids = row_ids[row_ids >= 0][found]
+            scores = vectors @ query  # (f,)
+            top = np.argsort(-scores, kind="stable")[:k]
+            results.append(SearchResult(scores[top].astype(np.float32, copy=False), ids[top]))
+        return results
 
     def _search_among(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray) -> list[SearchResult]:
         """Exact top-k over the stored vectors among allowed_ids (queries (q, dim))."""
-        ids = np.intersect1d(np.asarray(allowed_ids, dtype=np.int64), self.ids())
+        wanted = np.unique(np.asarray(allowed_ids, dtype=np.int64))
+        found, vectors = self.vectors_of(wanted)  # (n, dim)
+        ids = wanted[found]
         if len(ids) == 0:
-            return [SearchResult(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in queries]
-        vectors = np.asarray(self.index.reconstruct_batch(ids), dtype=np.float32)  # (n, dim)
+            return [_empty_result() for _ in queries]
         scores = queries @ vectors.T  # (q, n)
         k = min(k, len(ids))
         results = []
@@ -190,6 +473,8 @@ class VectorStore:
             top = top[np.argsort(-row[top], kind="stable")]
             results.append(SearchResult(row[top].astype(np.float32), ids[top]))
         return results
+
+    # -- files --------------------------------------------------------------------------------
 
     def save(self, path: Path) -> None:
         """Write atomically: temp file, fsync, rename, fsync the folder."""
@@ -215,101 +500,31 @@ def remove_temp_files(path: Path) -> int:
     return len(stale)
 
 
+def warn_no_gpu() -> None:
+    """The one warning a --device cuda run without faiss-gpu gets."""
+    warn_once("FAISS GPU not available (install mmsearch[gpu] on a CUDA machine); using the CPU")
+
+
 def to_search_device(store: VectorStore, *, use_gpu: bool) -> VectorStore:
     """A GPU copy for searching when asked and possible; the saved form always stays on the CPU.
 
-    Building needs no GPU: adding to a flat index is a memory copy, the cost of building is the
-    encoding (which `--device cuda` runs on the GPU), and the file written is the CPU form.
+    FAISS has GPU forms of the flat and IVF kinds (flat, ivf, sq8, ivfpq); an HNSW graph is
+    searched on the CPU (FAISS's GPU graph index, CAGRA, is a different structure).
     """
     if not use_gpu or store.cpu is not None:
         return store
     if not gpu_available():
-        warn_once("FAISS GPU not available (install mmsearch[gpu] on a CUDA machine); using the CPU")
+        warn_no_gpu()
+        return store
+    if store.kind == "hnsw":
+        warn_once("FAISS has no GPU search for an HNSW index; searching it on the CPU")
         return store
     resources = faiss.StandardGpuResources()
-    gpu = VectorStore(faiss.index_cpu_to_gpu(resources, 0, store.index), cpu=store)
+    try:
+        on_gpu = faiss.index_cpu_to_gpu(resources, 0, store.index)
+    except RuntimeError as exc:  # e.g. a PQ code size the GPU kernels do not support
+        warn_once(f"FAISS could not copy this {store.kind} index to the GPU ({exc}); using the CPU")
+        return store
+    gpu = VectorStore(on_gpu, raw=store.raw, cpu=store)
     gpu.gpu_resources = resources  # the GPU index must not outlive the memory it was given
     return gpu
-
-
-@dataclass(frozen=True)
-class BuildReport:
-    """What build_ivf / build_flat did, for the command's summary line."""
-
-    store: VectorStore
-    vectors: int
-    seconds: float
-    device: str  # where k-means and list assignment ran: "cpu" or "gpu"
-    recall: float | None  # recall@FIDELITY_K of the new store against exact search, IVF only
-
-
-def default_lists(count: int) -> int:
-    """FAISS's rule of thumb, 4 * sqrt(n) lists, capped so each list gets enough training points."""
-    return max(1, min(int(4 * math.sqrt(count)), count // MIN_POINTS_PER_LIST))
-
-
-def default_nprobe(lists: int) -> int:
-    """Lists searched per query: 1/8 of them keeps recall@10 near 0.95 on embeddings."""
-    return max(1, math.ceil(lists / 8))
-
-
-def build_ivf(
-    store: VectorStore, *, lists: int, nprobe: int, use_gpu: bool, seed: int = 0
-) -> BuildReport:
-    """An IVF copy of `store`: k-means (spherical, on the GPU when asked and possible) picks
-    `lists` centroids, then every vector is assigned to its list (also on the GPU)."""
-    started = time.perf_counter()
-    ids, vectors = store.all_vectors()
-    if lists < 1 or nprobe < 1:
-        raise VectorStoreError(f"lists and nprobe must be at least 1, got {lists} and {nprobe}")
-    if len(ids) < lists * MIN_POINTS_PER_LIST:
-        raise VectorStoreError(
-            f"{lists} lists need at least {lists * MIN_POINTS_PER_LIST} vectors to train on, the "
-            f"index has {len(ids)}: use fewer lists, or keep the exact index (fast enough at this size)"
-        )
-    gpu = use_gpu and gpu_available()
-    if use_gpu and not gpu:
-        warn_once("FAISS GPU not available (install mmsearch[gpu] on a CUDA machine); using the CPU")
-    kmeans = faiss.Kmeans(
-        store.dim, lists, niter=KMEANS_ITERATIONS, spherical=True, seed=seed, gpu=gpu, verbose=False
-    )
-    kmeans.train(vectors)
-    quantizer = faiss.IndexFlatIP(store.dim)
-    centroids = kmeans.centroids  # (lists, dim)
-    assert centroids is not None
-    quantizer.add(centroids)
-    ivf: Any = faiss.IndexIVFFlat(quantizer, store.dim, lists, faiss.METRIC_INNER_PRODUCT)
-    ivf.is_trained = True
-    if gpu:
-        resources = faiss.StandardGpuResources()
-        on_gpu = faiss.index_cpu_to_gpu(resources, 0, ivf)
-        on_gpu.add_with_ids(vectors, ids)  # assigning n vectors to lists: an (n, lists) product
-        ivf = faiss.index_gpu_to_cpu(on_gpu)  # the saved form is always the CPU one
-    else:
-        ivf.add_with_ids(vectors, ids)
-    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]  # by-id access
-    ivf.nprobe = min(nprobe, lists)
-    built = VectorStore(ivf)
-    recall = _recall_against_exact(store, built, vectors)
-    return BuildReport(built, len(ids), time.perf_counter() - started, "gpu" if gpu else "cpu", recall)
-
-
-def build_flat(store: VectorStore) -> BuildReport:
-    """The exact IDMap2(FlatIP) form of `store`, e.g. to undo build_ivf."""
-    started = time.perf_counter()
-    ids, vectors = store.all_vectors()
-    flat = VectorStore.create(store.dim)
-    if len(ids):
-        flat.add(ids, vectors)
-    return BuildReport(flat, len(ids), time.perf_counter() - started, "cpu", None)
-
-
-def _recall_against_exact(exact: VectorStore, approximate: VectorStore, vectors: np.ndarray) -> float:
-    """Share of the exact top-k that the approximate store also returns, over sampled vectors."""
-    rng = np.random.default_rng(0)
-    sample = vectors[rng.choice(len(vectors), size=min(FIDELITY_QUERIES, len(vectors)), replace=False)]
-    k = min(FIDELITY_K, len(vectors))
-    want = exact.search(sample, k)
-    got = approximate.search(sample, k)
-    found = sum(len(set(w.ids.tolist()) & set(g.ids.tolist())) for w, g in zip(want, got, strict=True))
-    return found / (k * len(sample))

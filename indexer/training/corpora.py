@@ -19,6 +19,9 @@ from types import MappingProxyType
 from typing import Any
 
 from indexer.errors import InvalidInputError
+from indexer.media import caption_files
+from indexer.media.caption_files import CaptionFileError, Line
+from indexer.media.formats import IMAGE_EXTENSIONS
 
 __all__ = [
     "CORPUS_FORMATS",
@@ -27,12 +30,13 @@ __all__ = [
     "Corpus",
     "CorpusError",
     "RetrievalSet",
+    "corpus_name",
     "load_corpus",
     "retrieval_set",
 ]
 
 CORPUS_FORMATS = ("jsonl", "csv", "coco", "karpathy", "folder")
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_SUFFIXES = IMAGE_EXTENSIONS  # the extensions the indexer decodes without a header check
 ACCEPTED = (
     'a .jsonl file (one {"image", "caption", "split"?} object per line), '
     "a .csv file with image and caption columns, "
@@ -151,6 +155,28 @@ def retrieval_set(corpus: Corpus) -> RetrievalSet:
     )
 
 
+# File stems that say nothing about the corpus: its folder's name says more.
+GENERIC_CORPUS_STEMS = frozenset({"corpus", "captions", "dataset", "data", "pairs", "train"})
+MANIFEST_FILE = "manifest.json"
+
+
+def corpus_name(corpus: Corpus) -> str:
+    """A short name for what a model was trained on: the generator named in a manifest.json
+    beside the corpus, else the file's (or a generic file's folder's) name."""
+    source = corpus.source
+    folder = source if source.is_dir() else source.parent
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    if isinstance(manifest, dict) and isinstance(manifest.get("generator"), str):
+        version = manifest.get("version")
+        return f"{manifest['generator']}/{version}" if version is not None else manifest["generator"]
+    if source.is_dir() or source.stem.lower() in GENERIC_CORPUS_STEMS:
+        return folder.name
+    return source.stem
+
+
 def load_corpus(path: Path | str, *, split: str | None = None) -> Corpus:
     """Detect the format and read it; relative image paths resolve against the corpus's folder."""
     source = Path(path).expanduser().resolve()
@@ -168,7 +194,7 @@ _EMPTY_HINTS = {
     "coco": "no annotation with a non-empty caption refers to a listed image",
     "karpathy": "no image has a sentence with a non-empty 'raw' caption",
     "folder": "images need a sidecar caption file beside them (photo.jpg + photo.txt, "
-    "one caption per line)",
+    "or photo.jpg.txt; one caption per line)",
 }
 
 
@@ -200,42 +226,33 @@ def _resolver(base: Path) -> Callable[[str], Path]:
     return resolve
 
 
-def _read_text_lines(source: Path) -> Iterator[tuple[int, str]]:
-    """Numbered lines (1-based) of a UTF-8 file; a BOM is tolerated because editors add one."""
+def _lines(source: Path) -> Iterator[Line]:
+    """Non-blank lines through the shared caption-file reader, its errors as CorpusError."""
     try:
-        with source.open(encoding="utf-8-sig") as handle:
-            yield from enumerate(handle, start=1)
-    except UnicodeDecodeError as exc:
-        raise CorpusError(f"{source}: not UTF-8 text ({exc.reason}); re-save it as UTF-8") from exc
+        yield from caption_files.iter_lines(source)
+    except CaptionFileError as exc:
+        raise CorpusError(str(exc)) from exc
 
 
 def _read_jsonl(source: Path) -> list[CaptionPair]:
     """One JSON object per line; blank lines skipped, extra keys kept in `meta`."""
     resolve = _resolver(source.parent)
     pairs = []
-    for lineno, line in _read_text_lines(source):
-        if line.strip():
-            where = f"{source}:{lineno}"
-            pair = _jsonl_pair(_parse_line(line, where), where, resolve)
-            if pair is not None:
-                pairs.append(pair)
+    for line in _lines(source):
+        where = f"{source}:{line.number}"
+        pair = _jsonl_pair(_parse_line(line, source), where, resolve)
+        if pair is not None:
+            pairs.append(pair)
     return pairs
 
 
-def _parse_line(line: str, where: str) -> dict[str, Any]:
-    """Decode one JSONL line into an object, naming file:line when it is not one."""
+def _parse_line(line: Line, source: Path) -> dict[str, Any]:
+    """Decode one JSONL line into an object; the error names file:line and shows a good line."""
     example = '{"image": "photos/a.jpg", "caption": "a dog on a beach"}'
     try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise CorpusError(
-            f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); "
-            f"each line must be one object like {example}"
-        ) from exc
-    if not isinstance(record, dict):
-        kind = type(record).__name__
-        raise CorpusError(f"{where}: expected a JSON object like {example}, got {kind}")
-    return record
+        return caption_files.parse_record(line, source)
+    except CaptionFileError as exc:
+        raise CorpusError(f"{exc}; each line must be one object like {example}") from exc
 
 
 def _jsonl_pair(
@@ -482,14 +499,14 @@ def _karpathy_sentences(entry: Mapping[str, Any], where: str) -> list[tuple[str,
 
 
 def _read_folder(root: Path) -> list[CaptionPair]:
-    """Images with a sidecar `.txt` (one caption per non-empty line), recursively, in path order."""
+    """Images with a sidecar (caption_files: `photo.txt` or `photo.jpg.txt`, one caption per
+    non-blank line), recursively, in path order."""
     pairs = []
     for image in _walk_images(root):
-        sidecar = image.with_suffix(".txt")
-        if sidecar.is_file():
-            for _, line in _read_text_lines(sidecar):
-                if line.strip():
-                    pairs.append(CaptionPair(image=image, caption=line.strip(), split=None))
+        sidecar = caption_files.find_sidecar(str(image))
+        if sidecar is not None:
+            for line in _lines(Path(sidecar)):
+                pairs.append(CaptionPair(image=image, caption=line.text, split=None))
     return pairs
 
 

@@ -6,19 +6,24 @@ and an image query is correct when any of its captions ranks within K.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from indexer.indexing.decode_pool import Skipped, encode_files
-from indexer.media.scan import FileEntry
+from indexer.media.images import ImageLoadError, open_image
 from indexer.models.encoder import Encoder
-from indexer.training.corpora import CaptionPair, Corpus, retrieval_set
+from indexer.training.corpora import CaptionPair, Corpus, CorpusError, retrieval_set
 
 RECALL_KS = (1, 5, 10)
+# A test split drawn by a second, independent renderer: reported beside the split evaluated.
+SHIFT_SPLIT = "shift"
+# Batches decoded ahead of the encoder: hides decoding without holding a large corpus in memory.
+DECODE_AHEAD = 2
 # Scene attributes a sample-corpus caption must name to count as fully specified.
 ATTRIBUTES = ("size", "color", "shape", "position")
 
@@ -95,22 +100,26 @@ class CorpusEmbeddings:
     text_emb: np.ndarray  # (captions, dim) float32
     caption_to_image: list[int]
     pairs: list[CaptionPair]  # the caption rows kept, parallel to text_emb
-    skipped: list[Skipped]
+    skipped: list[ImageLoadError]
 
 
 def embed_corpus(encoder: Encoder, corpus: Corpus, *, batch_size: int = 64) -> CorpusEmbeddings:
     """Encode every image once and every caption; unreadable images drop out with their captions."""
     rs = retrieval_set(corpus)
-    entries = [_entry(path) for path in rs.images]
-    kept: dict[str, int] = {}
+    kept: dict[Path, int] = {}
     vectors: list[np.ndarray] = []
-    skipped: list[Skipped] = []
-    for batch in encode_files(entries, encoder, batch_size=batch_size):
-        for image in batch.images:
-            kept[image.entry.path] = len(kept)
-        vectors.append(batch.vectors)
-        skipped += batch.skipped
-    position = {i: kept[str(path)] for i, path in enumerate(rs.images) if str(path) in kept}
+    skipped: list[ImageLoadError] = []
+    for paths, decoded in _decoded_batches(list(rs.images), encoder, batch_size=batch_size):
+        pixels = []
+        for path, item in zip(paths, decoded, strict=True):
+            if isinstance(item, ImageLoadError):
+                skipped.append(item)
+                continue
+            kept[path] = len(kept)
+            pixels.append(item)
+        if pixels:
+            vectors.append(encoder.encode_pixels(torch.stack(pixels)))  # (batch, dim)
+    position = {i: kept[path] for i, path in enumerate(rs.images) if path in kept}
     pairs = [p for p, img in zip(corpus.pairs, rs.caption_to_image, strict=True) if img in position]
     owners = [position[img] for img in rs.caption_to_image if img in position]
     image_emb = np.concatenate(vectors) if vectors else np.zeros((0, encoder.info.dim), np.float32)
@@ -118,20 +127,63 @@ def embed_corpus(encoder: Encoder, corpus: Corpus, *, batch_size: int = 64) -> C
     return CorpusEmbeddings(image_emb, text_emb, owners, pairs, skipped)
 
 
-def _entry(path: Path) -> FileEntry:
-    try:
-        st = path.stat()
-        size, mtime = st.st_size, st.st_mtime_ns
-    except OSError:
-        size, mtime = 0, 0  # the loader reports the real reason
-    return FileEntry(str(path), str(path.parent), size, mtime)
+def _decoded_batches(
+    paths: list[Path], encoder: Encoder, *, batch_size: int
+) -> Iterator[tuple[list[Path], list[torch.Tensor | ImageLoadError]]]:
+    """Decode and preprocess in threads, one batch ahead of the encoder, in input order."""
+
+    def load(path: Path) -> torch.Tensor | ImageLoadError:
+        try:
+            image = open_image(path, target_size=encoder.preprocess_config.image_size)
+            return encoder.preprocess(image)  # (3, S, S)
+        except ImageLoadError as exc:
+            return exc
+
+    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    with ThreadPoolExecutor(thread_name_prefix="eval-decode") as pool:
+        ahead = [pool.map(load, chunk) for chunk in chunks[:DECODE_AHEAD]]
+        for i, chunk in enumerate(chunks):
+            if i + DECODE_AHEAD < len(chunks):
+                ahead.append(pool.map(load, chunks[i + DECODE_AHEAD]))
+            yield chunk, list(ahead[i])
+
+
+def corpus_metrics(encoder: Encoder, corpus: Corpus, *, batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """{"t2i": ..., "i2t": ...} over every caption of every readable image (validation's number)."""
+    emb = embed_corpus(encoder, corpus, batch_size=batch_size)
+    if not emb.pairs:
+        raise CorpusError(f"{corpus.source}: no readable images to evaluate on")
+    return retrieval_metrics(
+        emb.image_emb, emb.text_emb, emb.caption_to_image, [p.caption for p in emb.pairs]
+    )
+
+
+def evaluate_with_shift(
+    encoder: Encoder, corpus: Corpus, *, split: str | None, batch_size: int = 64
+) -> dict[str, Any]:
+    """evaluate_corpus on `split` (None: every split but the shift one), plus the shift split.
+
+    A corpus may hold a "shift" split drawn by another renderer, never used for training or
+    model selection; it is reported under "shift" next to the split asked for.
+    """
+    has_shift = SHIFT_SPLIT in corpus.splits()
+    if split is not None:
+        main = corpus.select(split)
+    elif has_shift:
+        main = Corpus(tuple(p for p in corpus.pairs if p.split != SHIFT_SPLIT), corpus.source, corpus.format)
+    else:
+        main = corpus
+    result = evaluate_corpus(encoder, main, batch_size=batch_size)
+    if has_shift and split != SHIFT_SPLIT:
+        result[SHIFT_SPLIT] = evaluate_corpus(encoder, corpus.select(SHIFT_SPLIT), batch_size=batch_size)
+    return result
 
 
 def evaluate_corpus(encoder: Encoder, corpus: Corpus, *, batch_size: int = 64) -> dict[str, Any]:
     """Recall@1/5/10 and median rank both ways; a "breakdown" for corpora that tag their scenes."""
     emb = embed_corpus(encoder, corpus, batch_size=batch_size)
     if not emb.pairs:
-        raise ValueError(f"{corpus.source}: no readable images to evaluate on")
+        raise CorpusError(f"{corpus.source}: no readable images to evaluate on")
     result: dict[str, Any] = retrieval_metrics(
         emb.image_emb, emb.text_emb, emb.caption_to_image, [p.caption for p in emb.pairs]
     )

@@ -1,4 +1,4 @@
-"""Training the learned fusion head (indexer.indexing.fusion_head) on frozen encoder vectors.
+"""Training the learned fusion head (indexer.models.fusion_head) on frozen encoder vectors.
 
 The towers are not touched: every image and caption of the corpus is encoded once, and the head
 learns from those vectors alone, so training takes seconds after encoding. Each step draws a
@@ -28,9 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from indexer.errors import ModelError
-from indexer.indexing.fusion import DEFAULT_TEXT_WEIGHT
-from indexer.indexing.fusion_head import FusionHead, FusionHeadConfig
 from indexer.models.encoder import Encoder
+from indexer.models.fusion_head import FusionHead, FusionHeadConfig
 from indexer.training.corpora import Corpus
 from indexer.training.evaluate import embed_corpus
 
@@ -52,6 +51,9 @@ MIN_SHORT_WORDS = 2
 # Loss weights of text-less targets tried by `select_fusion_head`, each selected on val: how
 # much must fusion protect images without own text? The answer depends on the model.
 TEXTLESS_WEIGHTS: tuple[float, ...] = (1.0, 2.0, 4.0)
+# The head starts as the linear rule at this text weight: indexer.indexing.fusion's
+# DEFAULT_TEXT_WEIGHT, restated because training does not import indexing (a test keeps the two equal).
+START_TEXT_WEIGHT = 0.2
 # Random non-matching pairs used to measure the modality gap the head's text alignment starts from.
 GAP_PAIRS = 20_000
 
@@ -82,6 +84,8 @@ class FusionTrainConfig:
     noise_text: float = 0.1
     # Loss weight of queries whose target has no own text: fusion must not push them down.
     textless_weight: float = 2.0
+    # The linear rule's text weight the head starts from (a constant gate).
+    start_text_weight: float = START_TEXT_WEIGHT
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,7 @@ def train_and_val(encoder: Encoder, corpus: Corpus, *, seed: int) -> tuple[Froze
 
 
 class TorchFusionHead(nn.Module):
-    """The head of indexer.indexing.fusion_head in torch, for training; `export` gives the
+    """The head of indexer.models.fusion_head in torch, for training; `export` gives the
     NumPy head the query side runs (same arrays, same arithmetic)."""
 
     def __init__(
@@ -394,7 +398,7 @@ def train_fusion_head(
         query_dim=config.query_dim,
         hidden=config.hidden,
         text_shift=shift,
-        text_weight=DEFAULT_TEXT_WEIGHT,
+        text_weight=config.start_text_weight,
     )
     logit_scale = nn.Parameter(torch.tensor(INIT_LOGIT_SCALE))
     optimizer = torch.optim.AdamW(

@@ -27,6 +27,10 @@ BEARER = HTTPBearer(auto_error=False, description=f"The server's {TOKEN_ENV}")
 def create_app(engine: Engine, settings: ServiceSettings | None = None) -> FastAPI:
     """The HTTP API and web page over one open Engine (the caller owns and closes the Engine)."""
     settings = settings or ServiceSettings()
+    # The tokenizer configures its padding and truncation on first use; do that once here,
+    # before the thread pool can run two first queries at the same time.
+    engine.encode_query_text(WARMUP_QUERY)
+    context = ServiceContext(engine, settings)
     app = FastAPI(
         title="mmsearch",
         version=__version__,
@@ -42,12 +46,6 @@ def create_app(engine: Engine, settings: ServiceSettings | None = None) -> FastA
     if settings.allowed_hosts is not None:
         app.add_middleware(HostCheckMiddleware, allowed=settings.allowed_hosts)
     app.add_middleware(SecurityHeadersMiddleware)
-
-    # The tokenizer configures its padding and truncation on first use; do that once here,
-    # before the thread pool can run two first queries at the same time.
-    engine.encode_query_text(WARMUP_QUERY)
-
-    context = ServiceContext(engine, settings)
     guarded = [Depends(_token_check(settings.token))] if settings.token else []
     app.include_router(health_router(context))
     api = APIRouter(dependencies=guarded, responses=ERRORS)

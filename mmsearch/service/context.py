@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import threading
@@ -15,7 +16,10 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 
 from indexer.media.images import decode_image_bytes
-from mmsearch.engine import MAX_IMAGE_ID, MAX_K, MAX_QUERY_CHARS, Engine
+from indexer.store.vectors import set_search_threads
+from mmsearch.engine import MAX_IMAGE_ID, MAX_K, MAX_QUERY_CHARS, Engine, SearchResults
+from mmsearch.query import Query as SearchQuery
+from mmsearch.service.batching import MS_PER_S, QueryBatcher
 from mmsearch.service.files import ThumbnailCache
 from mmsearch.service.settings import ServiceSettings
 
@@ -26,6 +30,14 @@ UPLOAD_NAME_CHARS = 200
 # modules import these names).
 KParam = Annotated[int, Query(ge=1, le=MAX_K, description="Number of results.")]
 QParam = Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="A sentence.")]
+NprobeParam = Annotated[
+    int | None,
+    Query(ge=1, description="IVF lists searched (ivf/sq8/ivfpq index; default: the index's tuned value)."),
+]
+EfSearchParam = Annotated[
+    int | None,
+    Query(ge=1, description="HNSW search width (hnsw index; default: the index's tuned value)."),
+]
 IdParam = Annotated[int, PathParam(ge=1, le=MAX_IMAGE_ID, description="Image id from a search.")]
 FusionParam = Annotated[
     Literal["linear", "learned"] | None,
@@ -38,17 +50,35 @@ FusionParam = Annotated[
 
 @dataclass
 class ServiceContext:
-    """One app's Engine and settings, with the locks that pace queries and writes."""
+    """One app's Engine and settings, with the locks that pace queries and writes and the
+    batcher that answers sentence queries together."""
 
     engine: Engine
     settings: ServiceSettings
     query_slots: threading.BoundedSemaphore = field(init=False)
+    batcher: QueryBatcher = field(init=False)
     thumbnails: ThumbnailCache = field(init=False)
     _write_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.query_slots = threading.BoundedSemaphore(max(1, self.settings.query_slots))
+        self.batcher = QueryBatcher(
+            self.engine.search_batch,
+            max_batch=self.settings.max_batch,
+            max_wait_s=self.settings.batch_wait_ms / MS_PER_S,
+            workers=max(1, self.settings.query_slots),  # one batch computing per slot
+            slots=self.query_slots,
+            on_worker_start=self._set_search_threads,
+        )
         self.thumbnails = ThumbnailCache(self.settings.thumbnail_cache_bytes)
+
+    def _set_search_threads(self) -> None:
+        if self.settings.search_threads is not None:
+            set_search_threads(self.settings.search_threads)
+
+    async def search(self, query: SearchQuery) -> SearchResults:
+        """A query answered in a batch with those arriving with it; no thread waits for it."""
+        return await asyncio.wrap_future(self.batcher.submit(query))
 
     @contextlib.contextmanager
     def write_slot(self) -> Iterator[None]:

@@ -178,3 +178,14 @@ class VectorSearchRequest(BaseModel):
         description="How an image's own text joins its pixels: linear, or learned (the model's "
         "fusion head); default: the index's recorded method.",
     )
+
+
+class BatchingResponse(BaseModel):
+    """How sentence queries have been batched since the server started (GET /stats/batching)."""
+
+    max_batch: int = Field(description="Most queries answered by one forward pass (--max-batch).")
+    max_wait_ms: float = Field(description="Longest a batch's first query waits for more (--batch-wait-ms).")
+    batches: int
+    queries: int
+    largest_batch: int
+    mean_batch: float

@@ -1,4 +1,5 @@
-"""Routes about the service and the index: health, stats, indexed files, POST /index, DELETE."""
+"""Routes about the service and the index: health, stats (and batching's), indexed files,
+POST /index, DELETE."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from mmsearch.service.files import (
     stream,
 )
 from mmsearch.service.models import (
+    BatchingResponse,
     DeleteResponse,
     HealthResponse,
     ImageInfo,
@@ -59,6 +61,19 @@ def index_router(context: ServiceContext) -> APIRouter:
     def stats() -> IndexStats:
         """Counts, model, dimension and size on disk of the served index."""
         return engine.stats()
+
+    @router.get("/stats/batching", response_model=BatchingResponse, tags=["service"])
+    def batching() -> BatchingResponse:
+        """How many sentence queries were answered together, in how many batches."""
+        stats = context.batcher.stats()
+        return BatchingResponse(
+            max_batch=stats.max_batch,
+            max_wait_ms=stats.max_wait_ms,
+            batches=stats.batches,
+            queries=stats.queries,
+            largest_batch=stats.largest_batch,
+            mean_batch=round(stats.mean_batch, 3),
+        )
 
     @router.get(
         "/images/{image_id:int}/info", response_model=ImageInfo, responses=NOT_FOUND, tags=["images"]

@@ -16,8 +16,18 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile as FormFile
 from starlette.exceptions import HTTPException
 
+from indexer.indexing.fusion import Fusion
+from indexer.store.search_params import SearchParams
 from mmsearch.engine import MAX_IMAGE_ID, MAX_K, ImageHit, TextHit
-from mmsearch.service.context import FusionParam, KParam, QParam, ServiceContext
+from mmsearch.query import Query, QueryTerm
+from mmsearch.service.context import (
+    EfSearchParam,
+    FusionParam,
+    KParam,
+    NprobeParam,
+    QParam,
+    ServiceContext,
+)
 from mmsearch.service.errors import MALFORMED, NOT_FOUND, TOO_LARGE, UNSUPPORTED
 from mmsearch.service.files import display
 from mmsearch.service.models import (
@@ -58,12 +68,20 @@ def search_router(context: ServiceContext) -> APIRouter:
     engine, settings = context.engine, context.settings
 
     @router.get("/search", response_model=ImageSearchResponse, tags=["search"])
-    def search(q: QParam, k: KParam = DEFAULT_K, fusion: FusionParam = None) -> SearchResponse:
-        """Text to image: the indexed images that best match a sentence."""
+    async def search(
+        q: QParam,
+        k: KParam = DEFAULT_K,
+        fusion: FusionParam = None,
+        nprobe: NprobeParam = None,
+        ef_search: EfSearchParam = None,
+    ) -> SearchResponse:
+        """Text to image: the indexed images that best match a sentence (answered together
+        with the sentence queries that arrive within a few milliseconds of it)."""
         started = time.perf_counter()
-        with context.query_slots:
-            hits = engine.search_text(q, k=k, fusion=fusion)
-        return _search_response(hits, to="image", query=QueryInfo(text=q), k=k, started=started)
+        knobs = SearchParams(nprobe=nprobe, ef_search=ef_search)
+        query = Query((QueryTerm("text", q),), k=k, fusion=Fusion(method=fusion), search_params=knobs)
+        results = await context.search(query)
+        return _search_response(results.hits, to="image", query=QueryInfo(text=q), k=k, started=started)
 
     @router.post(
         "/search/image",
@@ -101,12 +119,11 @@ def search_router(context: ServiceContext) -> APIRouter:
         return _search_response(hits, to=to, query=QueryInfo(upload=name), k=k, started=started)
 
     @router.get("/texts/search", response_model=TextSearchResponse, tags=["search"])
-    def search_texts(q: QParam, k: KParam = DEFAULT_K) -> SearchResponse:
-        """Text to text: the indexed captions closest to a sentence."""
+    async def search_texts(q: QParam, k: KParam = DEFAULT_K) -> SearchResponse:
+        """Text to text: the indexed captions closest to a sentence (batched like /search)."""
         started = time.perf_counter()
-        with context.query_slots:
-            hits = engine.search_texts(q, k=k)
-        return _search_response(hits, to="text", query=QueryInfo(text=q), k=k, started=started)
+        results = await context.search(Query((QueryTerm("text", q),), to="text", k=k))
+        return _search_response(results.hits, to="text", query=QueryInfo(text=q), k=k, started=started)
 
     @router.post("/search/vector", response_model=SearchResponse, responses=MALFORMED, tags=["search"])
     def search_vector(request: VectorSearchRequest) -> SearchResponse:

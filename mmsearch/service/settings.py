@@ -22,6 +22,12 @@ LOOPBACK_HOST_HEADERS = ("127.0.0.1", "localhost", "[::1]", "::1")
 DEFAULT_MAX_UPLOAD_BYTES = 16 * 1024 * 1024
 # ~15 KB per 256 px JPEG: a 32 MiB budget keeps a couple of thousand thumbnails warm.
 THUMBNAIL_CACHE_BYTES = 32 * 1024 * 1024
+# Concurrent clients of a small server are well under this; a larger batch only delays its
+# first query (the bundled model encodes 32 sentences in ~15 ms on two cores).
+DEFAULT_MAX_BATCH = 32
+# A fraction of one query's own time (~13 ms in-process on two cores): long enough for clients
+# answered by the previous batch to send their next request, short enough for a lone query.
+DEFAULT_MAX_WAIT_MS = 5.0
 
 
 class ServiceConfigError(InvalidInputError):
@@ -42,6 +48,14 @@ class ServiceSettings:
     # every query slower; the rest wait their turn, which keeps the p99 down under load
     # (16 clients on 2 cores: p99 ~0.55 s with 2 slots against ~1.1 s unlimited).
     query_slots: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # Sentence queries answered together (service.batching): at most max_batch per forward pass,
+    # the first of them waiting at most batch_wait_ms for the others. max_batch 1: no batching.
+    max_batch: int = DEFAULT_MAX_BATCH
+    batch_wait_ms: float = DEFAULT_MAX_WAIT_MS
+    # FAISS threads of the batch worker; None: FAISS's default, one per core. `mmsearch serve`
+    # gives it torch's count: on a busy machine, parallel regions whose threads are descheduled
+    # spin (measured on 2 cores at load 17: ~30 ms of CPU per query with two, ~5 with one).
+    search_threads: int | None = None
 
 
 def is_loopback(host: str) -> bool:
