@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.indexing.pipeline import IndexOptions, index_folders
-from indexer.indexing.ray_encode import RayTarget
+from indexer.indexing.ray_encode import RayTarget, connect
 from indexer.models.encoder import Encoder
 from indexer.store import catalog
 from indexer.store.catalog import ImageRecord
@@ -68,7 +68,7 @@ def measure_ray(encoder: Encoder, folder: Path, work: Path) -> report.Section:
     section = report.Section("Distributed encoding: local Ray vs one process")
     count, single_s = _index(folder, work / "index-single", encoder, None)
     init_started = time.perf_counter()
-    ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
+    connect(RayTarget(None, num_cpus=RAY_CPUS))  # as --ray local starts it
     init_s = time.perf_counter() - init_started
     try:
         ray_count, cold_s = _index(folder, work / "index-ray", encoder, RayTarget(None))

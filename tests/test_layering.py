@@ -48,11 +48,15 @@ def is_project_module(name: str) -> bool:
     return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
 
 
-def imported_modules(source: str, filename: str, *, module: str = "", is_package: bool = False) -> list[str]:
+def imported_modules(
+    source: str, filename: str, *, module: str = "", is_package: bool = False, runtime_only: bool = False
+) -> list[str]:
     """Every module the source imports, at any depth; `from pkg import sub` names pkg.sub when
-    sub is a module of this repository, and relative imports resolve against `module`."""
+    sub is a module of this repository, and relative imports resolve against `module`.
+    runtime_only leaves out `if TYPE_CHECKING:` blocks (annotations, never executed)."""
     found: list[str] = []
-    for node in ast.walk(ast.parse(source, filename=filename)):
+    tree = ast.parse(source, filename=filename)
+    for node in _runtime_nodes(tree) if runtime_only else ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -63,6 +67,26 @@ def imported_modules(source: str, filename: str, *, module: str = "", is_package
         elif isinstance(node, ast.Call) and (name := _dynamic_import_name(node)) is not None:
             found.append(name)
     return found
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node except those under an `if TYPE_CHECKING:` (or `typing.TYPE_CHECKING`)."""
+    nodes: list[ast.AST] = []
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        nodes.append(node)
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            pending.extend(node.orelse)
+            continue
+        pending.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
@@ -90,6 +114,65 @@ def imports_of(path: Path) -> list[str]:
         module=module_name(path),
         is_package=path.name == "__init__.py",
     )
+
+
+def project_module(name: str) -> str | None:
+    """The longest prefix of an imported name that is a module of this repository."""
+    parts = name.split(".")
+    while parts and not is_project_module(".".join(parts)):
+        parts.pop()
+    return ".".join(parts) or None
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def runtime_import_graph(paths: list[Path]) -> dict[str, set[str]]:
+    """module -> the project modules it imports when run (lazy imports count; typing-only not).
+    A package's own __init__ is left out as a target: importing a.b runs a/__init__.py first
+    by Python's rules, not by a choice the module made."""
+    graph: dict[str, set[str]] = {}
+    for path in paths:
+        module = module_name(path)
+        source = path.read_text(encoding="utf-8")
+        names = imported_modules(
+            source, str(path), module=module, is_package=path.name == "__init__.py", runtime_only=True
+        )
+        targets = {project_module(n) for n in names}
+        graph[module] = {t for t in targets if t and t != module and not module.startswith(t + ".")}
+    return graph
 
 
 def upper_imports(source: str, filename: str) -> list[str]:
@@ -223,3 +306,19 @@ def test_known_exceptions_still_exist(edge: tuple[str, str]) -> None:
 
 def test_indexer_has_modules_to_check() -> None:
     assert len(INDEXER_MODULES) >= 20 and len(MMSEARCH_MODULES) >= 10
+
+
+def test_cycle_finder_sees_a_lazy_import_cycle_and_ignores_typing_only_imports() -> None:
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+    lazy = "def f():\n    from indexer.store import catalog\n"
+    typing_only = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from indexer.store import vectors\n"
+    assert imported_modules(lazy, "<test>", runtime_only=True) == ["indexer.store.catalog"]
+    assert imported_modules(typing_only, "<test>", runtime_only=True) == ["typing"]
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    """No cycles between modules, lazy imports included (encoder <-> openclip was one): each
+    module can be read, tested and replaced knowing only what it imports."""
+    graph = runtime_import_graph(ALL_INDEXER_FILES + MMSEARCH_MODULES)
+    assert import_cycles(graph) == []

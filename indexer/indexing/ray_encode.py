@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from indexer.errors import InvalidInputError
+from indexer.errors import InvalidInputError, UnavailableError
 from indexer.store.backends import require_extra
 
 if TYPE_CHECKING:
@@ -40,6 +40,16 @@ PREFETCH_BATCHES = 2  # batches Ray prepares ahead of the writer: bounded memory
 
 class RayTargetError(InvalidInputError):
     """A --ray value that names no Ray to run on."""
+
+
+class RayStartError(UnavailableError):
+    """Ray could not start or join: nothing was indexed, and the logs say why."""
+
+
+# A local Ray listens on loopback only: nothing outside this machine needs to reach it, and
+# guessing the "external" address (Ray asks the route to 8.8.8.8) fails in sandboxes.
+LOCAL_RAY_ADDRESS = "127.0.0.1"
+RAY_LOG_HINT = "Ray's own logs are in /tmp/ray/session_latest/logs (raylet.err, gcs_server.err)"
 
 
 @dataclass(frozen=True)
@@ -60,7 +70,7 @@ class RayTarget:
         return cls(None) if value == "local" else cls(value)
 
 
-def connect(target: RayTarget) -> None:
+def connect(target: RayTarget, *, object_store_bytes: int | None = None) -> None:
     """Start or join Ray unless this process already did (a test or a notebook may have)."""
     import ray
 
@@ -68,17 +78,26 @@ def connect(target: RayTarget) -> None:
         return
     # Ray's C++ core and Ray Data log at INFO to this process's stderr; the CLI has its own bar.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
-    ray.init(
-        address=target.address,
-        num_cpus=target.num_cpus if target.address is None else None,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-        # Workers import mmsearch the way this process does (a source checkout or an install).
-        runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}}
-        if target.address is None
-        else None,
-    )
+    local = target.address is None
+    try:
+        ray.init(
+            address=target.address,
+            num_cpus=target.num_cpus if local else None,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            # Workers import mmsearch the way this process does (a source checkout or an install).
+            runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}} if local else None,
+            object_store_memory=object_store_bytes if local else None,
+            _node_ip_address=LOCAL_RAY_ADDRESS if local else None,
+        )
+    except (ConnectionError, TimeoutError, RuntimeError, OSError) as error:
+        where = "a local Ray" if local else f"the Ray cluster at {target.address}"
+        raise RayStartError(f"could not start or join {where}: {error}. {RAY_LOG_HINT}") from error
+    except Exception as error:  # Ray raises a bare Exception when its node times out at start-up
+        if "timed out" not in str(error):
+            raise
+        raise RayStartError(f"Ray did not start in time: {error}. {RAY_LOG_HINT}") from error
 
 
 @functools.lru_cache(maxsize=2)

@@ -1,24 +1,24 @@
-"""One interface over every model that can fill or query an index.
+"""Loading any model that can fill or query an index, and the native ALBERT+CNN encoder.
 
 Indexing and querying both go through `load_encoder`, so tokenisation and preprocessing are
-the same on both sides by construction.
+the same on both sides by construction. The protocol every kind implements is in protocol.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
-from indexer.media.images import PreprocessConfig, preprocess, preprocess_batch
+from indexer.media.images import preprocess, preprocess_batch
 from indexer.models.devices import AUTO, Device, autocast_for
 from indexer.models.native import LoadedModel, load_model_dir
+from indexer.models.protocol import TEXT_BATCH_SIZE as TEXT_BATCH_SIZE  # re-exported, as below
+from indexer.models.protocol import Encoder as Encoder
+from indexer.models.protocol import as_faiss_array, hub_offline
 from indexer.models.spec import DEFAULT_MODEL_DIR as DEFAULT_MODEL_DIR
 from indexer.models.spec import (
     LEGACY_DEFAULT_MODEL_SUFFIX,
@@ -30,31 +30,6 @@ from indexer.models.spec import (
 )
 from indexer.models.spec import EncoderInfo as EncoderInfo  # re-exported: its home before spec.py
 from indexer.models.tokenizer import tokenize
-
-TEXT_BATCH_SIZE = 256
-
-
-class Encoder(Protocol):
-    """Anything that maps texts and preprocessed images into one normalised space."""
-
-    info: EncoderInfo
-
-    @property
-    def preprocess_config(self) -> PreprocessConfig:
-        """Image size (decoders draft to it) and normalisation of the model's input."""
-        ...
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """RGB image -> (3, S, S) float32 tensor for encode_pixels."""
-        ...
-
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Texts -> (n, dim) float32, L2-normalised, C-contiguous."""
-        ...
-
-    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
-        """(n, 3, S, S) -> (n, dim) float32, L2-normalised, C-contiguous."""
-        ...
 
 
 class NativeEncoder:
@@ -101,37 +76,6 @@ class NativeEncoder:
 
     def _empty(self) -> np.ndarray:
         return np.zeros((0, self.info.dim), dtype=np.float32)
-
-
-def as_faiss_array(embeddings: torch.Tensor) -> np.ndarray:
-    """(n, dim) embeddings -> (n, dim) float32, C-contiguous, renormalised after fp16 rounding."""
-    array = embeddings.float().cpu().numpy()
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    return np.ascontiguousarray(array / np.maximum(norms, 1e-12), dtype=np.float32)
-
-
-@contextlib.contextmanager
-def hub_offline() -> Iterator[None]:
-    """Local loads must never reach the Hugging Face Hub, even through a library default.
-
-    `local_files_only=True` covers transformers' own loaders; this also covers code we do not
-    control (open_clip's tokenizers). huggingface_hub reads HF_HUB_OFFLINE once, at import, so
-    the module constant is set beside the variable and both are restored afterwards.
-    """
-    import huggingface_hub.constants as hub_constants
-
-    saved_env = os.environ.get("HF_HUB_OFFLINE")
-    saved_flag = hub_constants.HF_HUB_OFFLINE
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    hub_constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        hub_constants.HF_HUB_OFFLINE = saved_flag
-        if saved_env is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = saved_env
 
 
 def is_openclip_spec(spec: str | Path | None) -> bool:

@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from indexer.media.images import PreprocessConfig
 from indexer.models.config import write_json
 from indexer.models.devices import CPU, Device, autocast_for
-from indexer.models.encoder import TEXT_BATCH_SIZE, as_faiss_array, hub_offline
+from indexer.models.protocol import TEXT_BATCH_SIZE, as_faiss_array, hub_offline
 from indexer.models.spec import OPENCLIP_CONFIG_FILE as CONFIG_FILE
 from indexer.models.spec import (
     OPENCLIP_PREFIX,

@@ -293,4 +293,6 @@ def vector_backend(index_dir: Path, backends: Backends) -> VectorBackend:
     from indexer.store.milvus import MilvusVectors
 
     # MilvusStore has VectorStore's method surface (structurally, not by inheritance from FAISS).
-    return cast("VectorBackend", MilvusVectors(backends.vectors, prefix=backends.collection_prefix))
+    token = os.environ.get(MILVUS_TOKEN_ENV, "")
+    milvus = MilvusVectors(backends.vectors, prefix=backends.collection_prefix, token=token)
+    return cast("VectorBackend", milvus)

@@ -16,7 +16,6 @@ Index type, like FAISS's: exact (FLAT) while a collection is small, HNSW once it
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
-from indexer.store.backends import MILVUS_TOKEN_ENV
 from indexer.store.vectors import SearchParams, SearchResult, VectorStoreError
 
 # An exhaustive scan answers in milliseconds below this many vectors; above it, HNSW.
@@ -48,14 +46,15 @@ class MilvusUnavailableError(VectorStoreError):
     """Milvus cannot be reached or refused a request."""
 
 
-def connect(uri: str) -> MilvusClient:
-    """A client for milvus:///abs/file.db (Lite, in this process) or a server (token from env)."""
+def connect(uri: str, *, token: str = "") -> MilvusClient:
+    """A client for milvus:///abs/file.db (Lite, in this process) or a server (with the token
+    the caller read from the environment: it is never part of the URI or the index folder)."""
     scheme, _, rest = uri.partition("://")
     try:
         if scheme == "milvus" and rest.startswith("/"):
             return MilvusClient(uri=rest)  # Milvus Lite starts on the file, inside this process
         address = f"http://{rest}" if scheme == "milvus" else uri
-        return MilvusClient(uri=address, token=os.environ.get(MILVUS_TOKEN_ENV, ""))
+        return MilvusClient(uri=address, token=token)
     except MilvusException as exc:
         raise MilvusUnavailableError(
             f"cannot open Milvus at {uri}: {exc.message} (Milvus Lite serves one process at a "
@@ -68,16 +67,17 @@ class MilvusVectors:
 
     searches_live = True
 
-    def __init__(self, uri: str, *, prefix: str) -> None:
+    def __init__(self, uri: str, *, prefix: str, token: str = "") -> None:
         self.uri = uri
         self.prefix = prefix
+        self._token = token
         self._client: MilvusClient | None = None
 
     @property
     def client(self) -> MilvusClient:
         """Connected on first use (a writer connects only once it holds the lock)."""
         if self._client is None:
-            self._client = connect(self.uri)
+            self._client = connect(self.uri, token=self._token)
         return self._client
 
     def collection(self, name: str) -> str:

@@ -19,8 +19,9 @@ from indexer.errors import ModelError
 from indexer.media.images import PreprocessConfig
 from indexer.models.config import MAX_LOGIT_SCALE, AugmentConfig, ModelConfig
 from indexer.models.devices import Device
-from indexer.models.encoder import Encoder, NativeEncoder, hub_offline
+from indexer.models.encoder import NativeEncoder
 from indexer.models.native import DualEncoder, LoadedModel, build_model, load_model_dir, save_model_dir
+from indexer.models.protocol import Encoder, hub_offline
 from indexer.models.tokenizer import (
     SPM_MODEL_FILE,
     load_tokenizer,

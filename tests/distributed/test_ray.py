@@ -20,18 +20,44 @@ from mmsearch.cli import app
 
 pytest_plugins = ["servers"]  # the real PostgreSQL and Milvus fixtures
 RAY_CPUS = 2
+TEST_OBJECT_STORE_BYTES = 256 * 2**20  # small batches of 64-px pixels; keeps /dev/shm use low
 VECTOR_ATOL = 1e-5  # the same model on the same pixels; only thread scheduling may differ
 
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    """ray.init(num_cpus=2) in this process; `--ray local` then uses it instead of starting one."""
+    """A local Ray (2 CPUs) started the way `--ray local` starts one; the CLI then finds it
+    running and uses it instead of starting another."""
     ray = pytest.importorskip("ray", reason="needs mmsearch[ray]")
-    ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
+    from indexer.indexing.ray_encode import RayStartError, RayTarget, connect
+
+    target = RayTarget(None, num_cpus=RAY_CPUS)
+    try:
+        connect(target, object_store_bytes=TEST_OBJECT_STORE_BYTES)
+    except RayStartError:
+        # One retry: a raylet that missed Ray's fixed 30 s start-up window on a busy machine
+        # usually makes it the second time. If not, fail with Ray's own account of why.
+        ray.shutdown()
+        try:
+            connect(target, object_store_bytes=TEST_OBJECT_STORE_BYTES)
+        except RayStartError as error:
+            pytest.fail(f"{error}\n{ray_log_tails()}")
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def ray_log_tails(lines: int = 30) -> str:
+    """The end of the raylet's and GCS's logs of the latest Ray session, for a failure message."""
+    logs = Path("/tmp/ray/session_latest/logs")
+    parts = []
+    for name in ("raylet.out", "raylet.err", "gcs_server.out", "gcs_server.err"):
+        path = logs / name
+        if path.is_file():
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {path} ---\n" + "\n".join(tail))
+    return "\n".join(parts) or f"(no Ray logs under {logs})"
 
 
 @pytest.fixture
