@@ -8,8 +8,11 @@ at text weights 0.1 .. 1.0, over all queries and split by whether the target has
 The per-weight tables go through the public Engine (`Engine.add(captions=...)`,
 `Engine.search_vector`); the variant comparison calls the fusion policy's `score_documents`
 (indexer/indexing/fusion.py) directly with each fusion rule (lift / linear) and alignment of
-own-text similarities (mean / none / z).
+own-text similarities (mean / none / z). Learned fusion (`--fusion learned`, the model's fusion
+head) goes through the Engine too, for both query sets, and is set against linear fusion at its
+best weight; it needs a head in the model folder, trained on the corpus's train split:
 
+    .venv/bin/python -m mmsearch.cli train-fusion --corpus sample_corpus/build/corpus.jsonl
     .venv/bin/python benchmarks/fusion.py --corpus sample_corpus/build --out benchmarks/FUSION.md
 """
 
@@ -28,8 +31,16 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session
 
+from indexer.errors import MMSearchError
 from indexer.indexing.calibration import Calibration
-from indexer.indexing.fusion import DEFAULT_TEXT_WEIGHT, FUSION_ALIGN, FUSION_RULE, Fusion, score_documents
+from indexer.indexing.fusion import (
+    DEFAULT_FUSION_METHOD,
+    DEFAULT_TEXT_WEIGHT,
+    FUSION_ALIGN,
+    FUSION_RULE,
+    Fusion,
+    score_documents,
+)
 from indexer.indexing.pipeline import IndexOptions, index_folders
 from indexer.models.encoder import load_encoder
 from indexer.store import catalog
@@ -88,14 +99,17 @@ def recall(ranks: Sequence[int | None]) -> dict[str, float]:
 
 
 def target_ranks(
-    engine: Engine, queries: np.ndarray, targets: list[int], weight: float
+    engine: Engine, queries: np.ndarray, targets: list[int], weight: float | None
 ) -> tuple[list[int | None], list[bool]]:
     """Rank of each query's target in the top 10 through the Engine, and whether it is flagged
-    likely relevant."""
+    likely relevant; weight None is learned fusion."""
     ranks: list[int | None] = []
     flagged: list[bool] = []
     for vector, target in zip(queries, targets, strict=True):
-        results = engine.search_vector(vector, max(KS), text_weight=weight)
+        if weight is None:
+            results = engine.search_vector(vector, max(KS), fusion="learned")
+        else:
+            results = engine.search_vector(vector, max(KS), text_weight=weight)
         ids = [h.id for h in results.hits]
         rank = ids.index(target) + 1 if target in ids else None
         ranks.append(rank)
@@ -181,12 +195,20 @@ def run_condition(
     for w in WEIGHTS:
         ranks = direct_ranks(stores, calibration, reworded, targets, w, DEFAULT_VARIANT)
         reworded_rows.append({"weight": w, **split_recall(ranks, has_text)})
+    learned = None
+    if has_head(engine):
+        ranks, flagged = target_ranks(engine, queries, targets, None)
+        learned = {
+            "canonical": {**split_recall(ranks, has_text), "flagged": sum(flagged) / len(flagged)},
+            "reworded": split_recall(target_ranks(engine, reworded, targets, None)[0], has_text),
+        }
     example = next(iter(captions.items()))
     return {
         "condition": condition,
         "rows": rows,
         "ablation": ablation,
         "reworded": reworded_rows,
+        "learned": learned,
         "own_texts": report.own_texts,
         "add_s": round(add_s, 1),
         "example": {"image": Path(example[0]).name, "own_text": example[1]},
@@ -195,6 +217,28 @@ def run_condition(
             "text_image_p99": round(calibration.text_image.p99, 3),
             "text_doc_mean": round(calibration.text_doc.mean, 3) if calibration.text_doc else None,
         },
+    }
+
+
+def has_head(engine: Engine) -> bool:
+    """True when the model folder holds a usable learned fusion head."""
+    try:
+        engine.fusion_head()
+    except MMSearchError:
+        return False
+    return True
+
+
+def head_provenance(engine: Engine) -> dict[str, object] | None:
+    """What the head's config says about its training (None without a head)."""
+    if not has_head(engine):
+        return None
+    trained = engine.fusion_head().config.trained
+    return {
+        "corpus": trained.get("corpus"),
+        "best_step": trained.get("best_step"),
+        "steps": trained.get("train_config", {}).get("steps"),
+        "val": trained.get("val"),
     }
 
 
@@ -246,7 +290,8 @@ def _triple(row: dict[str, dict[str, float]], group: str) -> str:
 def summary(results: list[dict[str, object]], best: float) -> list[str]:
     """The headline: image-only vs the engine's fusion at the chosen weight, per group."""
     lines = [
-        f"## Summary: `{DEFAULT_VARIANT}` fusion, default text weight {best}",
+        f"## Summary: `{DEFAULT_VARIANT}` fusion at its best text weight {best} "
+        f"(DEFAULT_TEXT_WEIGHT is {DEFAULT_TEXT_WEIGHT})",
         "",
         f"| own text | queries | image only R@1 / R@5 / R@10 | fused (w = {best}) R@1 / R@5 / R@10 |",
         "|---|---|---|---|",
@@ -262,6 +307,86 @@ def summary(results: list[dict[str, object]], best: float) -> list[str]:
                 f"| {result['condition']} | {label} | {_triple(rows[0.0], group)} "
                 f"| {_triple(rows[best], group)} |"
             )
+    return [*lines, ""]
+
+
+def pooled(
+    results: list[dict[str, object]], rows_of: str, weight: float | None
+) -> dict[str, dict[str, float]]:
+    """R@K per group pooled over both conditions (equal query counts: the mean) for linear
+    fusion at a weight of `rows_of` ("rows": canonical queries, "reworded"), or learned (None)."""
+    picked = []
+    for result in results:
+        if weight is None:
+            picked.append(result["learned"]["canonical" if rows_of == "rows" else "reworded"])  # type: ignore[index]
+        else:
+            picked.append(next(r for r in result[rows_of] if r["weight"] == weight))  # type: ignore[attr-defined]
+    return {
+        group: {f"R@{k}": float(np.mean([p[group][f"R@{k}"] for p in picked])) for k in KS}
+        for group in ("all", "with_text", "without_text")
+    }
+
+
+def best_r1_weight(results: list[dict[str, object]], rows_of: str = "rows") -> float:
+    """The linear text weight with the best pooled R@1 over all queries (R@10 breaking ties)."""
+    return max(
+        WEIGHTS,
+        key=lambda w: (pooled(results, rows_of, w)["all"]["R@1"], pooled(results, rows_of, w)["all"]["R@10"]),
+    )
+
+
+def learned_verdict(results: list[dict[str, object]]) -> tuple[bool, str]:
+    """Whether learned fusion beats linear at its best weight on pooled R@1 (canonical queries)
+    without lowering the recall of images that have no own text, and why. Linear's best weight
+    is taken both ways: the best pooled R@1, and the benchmark's choice (`best_weight`)."""
+    learned = pooled(results, "rows", None)
+    wins, reasons = True, []
+    for w in sorted({best_r1_weight(results), best_weight(results)}):
+        linear = pooled(results, "rows", w)
+        gain = learned["all"]["R@1"] - linear["all"]["R@1"]
+        kept = all(learned["without_text"][f"R@{k}"] >= linear["without_text"][f"R@{k}"] for k in KS)
+        wins = wins and gain > 0 and kept
+        reasons.append(
+            f"against w = {w}: pooled R@1 {learned['all']['R@1']:.3f} vs {linear['all']['R@1']:.3f} "
+            f"({gain:+.3f}), images without own text R@1/R@5/R@10 {_triple(learned, 'without_text')} "
+            f"vs {_triple(linear, 'without_text')} ({'not lowered' if kept else 'lowered'})"
+        )
+    return wins, "; ".join(reasons)
+
+
+def learned_table(results: list[dict[str, object]], meta: dict[str, object]) -> list[str]:
+    """Learned fusion against linear at its best weights and image-only, pooled over both
+    conditions and per condition, for canonical and reworded queries."""
+    head = meta.get("head")
+    lines = ["## Learned fusion against linear fusion at its best weight", ""]
+    if not all(r.get("learned") for r in results):
+        return [
+            *lines,
+            "Not measured: the model has no fusion head. Train one with `mmsearch train-fusion "
+            "--corpus CORPUS --model MODEL_DIR` and run the benchmark again.",
+            "",
+        ]
+    wins, why = learned_verdict(results)
+    lines += [
+        f"Head: trained on `{head['corpus']}` (train split; selected on val at step "  # type: ignore[index]
+        f"{head['best_step']} of {head['steps']}); the test split here was never seen by it. "  # type: ignore[index]
+        f"Verdict: learned {'beats' if wins else 'does not beat'} linear: {why}. Default method "
+        f"for new indexes whose model has a head: `{meta['default_method']}`.",
+        "",
+        "| queries | own text | fusion | all R@1 / R@5 / R@10 | own text | no own text |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rows_of, label in (("rows", "canonical"), ("reworded", "other words")):
+        w_r1 = best_r1_weight(results, rows_of)
+        w_fair = best_weight(results)
+        candidates = [("image only", 0.0), (f"linear w = {w_r1} (best R@1)", w_r1)]
+        if w_fair != w_r1:
+            candidates.append((f"linear w = {w_fair} (best fair mean recall)", w_fair))
+        for condition, subset in [("both (pooled)", results)] + [(str(r["condition"]), [r]) for r in results]:
+            for name, weight in [*candidates, ("**learned**", None)]:
+                row = pooled(subset, rows_of, weight)
+                cells = [_triple(row, g) for g in ("all", "with_text", "without_text")]
+                lines.append(f"| {label} | {condition} | {name} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
@@ -297,7 +422,7 @@ def weight_table(rows: list[dict[str, object]], best: float, *, flagged: bool) -
         weight = float(row["weight"])  # type: ignore[arg-type]
         label = "0 (image only)" if weight == 0 else f"{weight:.1f}"
         if weight == best and weight > 0:
-            label = f"**{label} (default)**"
+            label = f"**{label} (best)**"
         cells = [label] + [_triple(row, g) for g in ("all", "with_text", "without_text")]  # type: ignore[arg-type]
         if flagged:
             cells.append(f"{row['flagged']:.3f}")
@@ -340,6 +465,7 @@ def to_markdown(meta: dict[str, object], results: list[dict[str, object]], best:
         "# Hybrid documents: fusing an image's own text (sample corpus)",
         "",
         *summary(results, best),
+        *learned_table(results, meta),
         FINDINGS,
         f"Generated by `benchmarks/fusion.py` on {meta['date']} ({meta['machine']}). "
         f"Model: `{meta['model']}` ({meta['model_id']}). Corpus: `{meta['corpus']}`, split "
@@ -409,6 +535,7 @@ def main() -> None:
         queries = encoder.encode_texts([s.canonical for s in scenes])  # (n, dim)
         results = []
         with Engine.open(index_dir, model=args.model, device="cpu") as engine:
+            head = head_provenance(engine)
             for n, condition in enumerate(CONDITIONS):
                 result = run_condition(
                     engine, scenes, with_text, condition, photos, queries, args.seed + n
@@ -417,6 +544,8 @@ def main() -> None:
                 print(json.dumps(result))
     best = best_weight(results)
     meta = {
+        "default_method": DEFAULT_FUSION_METHOD,
+        "head": head,
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {platform.python_version()}, CPU",
         "model": encoder.info.source,

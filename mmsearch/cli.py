@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from indexer.indexing.fusion import Fusion
+from indexer.indexing.fusion import DEFAULT_FUSION_METHOD, FUSION_METHODS, Fusion, FusionError, FusionMethod
 from indexer.media.images import DECODE_TIMEOUT_FLAG, DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_MEGAPIXELS
 from indexer.models.config import FINETUNE_LR, TrainConfig
 from indexer.models.devices import Device
-from mmsearch import cli_admin, cli_models
+from mmsearch import cli_admin, cli_fusion, cli_models
 from mmsearch.cli_common import (
     DEFAULT_DEVICE,
     CheckpointOption,
@@ -294,6 +294,17 @@ def index_cmd(
     ] = None,
     index_type: IndexTypeOption = None,
     memory_budget: MemoryBudgetOption = None,
+    fusion: Annotated[
+        str | None,
+        typer.Option(
+            "--fusion",
+            metavar="linear|learned",
+            help="How searches mix an image's own text with its pixels, recorded in the index: "
+            "linear (--text-weight) or learned (the model's fusion head, from `mmsearch "
+            "train-fusion`). Default: the index's own; a new index gets "
+            f"{DEFAULT_FUSION_METHOD} when its model has a fusion head, else linear.",
+        ),
+    ] = None,
 ) -> None:
     """Index photo folders: new and changed files are encoded, moved ones recognised, gone ones removed.
 
@@ -310,6 +321,7 @@ def index_cmd(
     from indexer.store.vectors import gpu_available
 
     index_dir = index_dir_of(db)
+    method = _fusion_method(fusion)
     wanted = Backends.parse(vectors, catalog)
     ray_target = RayTarget.parse(ray) if ray is not None else None
     new_index = not index_exists(index_dir)
@@ -331,6 +343,7 @@ def index_cmd(
         index_type=policy,
         memory_budget=budget,
         faiss_gpu=device.is_cuda or (device.is_auto and gpu_available()),
+        fusion=method,
     )
     bar: tqdm | None = None
 
@@ -361,6 +374,17 @@ def index_cmd(
         typer.echo(json.dumps({"db": str(index_dir), **report.to_dict()}))
     elif not quiet:
         _print_index_summary(report, index_dir)
+        if method is not None:
+            typer.echo(f"fusion: {report.fusion} (searches use it unless they pass --fusion)")
+
+
+def _fusion_method(value: str | None) -> FusionMethod | None:
+    """--fusion parsed once: linear, learned, or None (not given)."""
+    if value is None:
+        return None
+    if value not in FUSION_METHODS:
+        fail(f"--fusion takes {' or '.join(FUSION_METHODS)}, not {value!r}", 2)
+    return value  # type: ignore[return-value]
 
 
 def _encoder_for_index(index_dir: Path, model: ModelSpec | None, device: Device) -> LazyEncoder:
@@ -439,9 +463,12 @@ SEARCH_EPILOG = (
     "weights and renormalised.\n\n"
     "Scores are cosine similarities. An image with its own text (a sidecar PHOTO.txt, its "
     "EXIF/XMP/IPTC description, or index --captions) scores (1-W)*image + W*own-text "
-    "similarity, W = --text-weight (the text similarity shifted onto the image scale first), "
-    "for a SENTENCE and an --image query alike; images without own text keep their image "
-    "score.\n\n"
+    "similarity under --fusion linear, W = --text-weight (the text similarity shifted onto the "
+    "image scale first), for a SENTENCE and an --image query alike; under --fusion learned the "
+    "model's fusion head picks the mix per query and image (for a SENTENCE; an --image query "
+    "mixes linearly). Images without own text keep their image score. Without --fusion, the "
+    "index's recorded method is used (`mmsearch index --fusion`); --text-weight means "
+    "linear.\n\n"
     "Relevance: at index time mmsearch records the scores of random caption/image pairs of the "
     "index (see `mmsearch calibrate`); a hit above their 99th percentile is 'likely relevant' "
     "(marked * after its score; --relevant keeps only those). --min-score X instead keeps hits "
@@ -496,8 +523,17 @@ def search_cmd(
             "--text-weight",
             min=0.0,
             max=1.0,
-            help=f"Weight W of an image's own text against its pixels "
+            help=f"Weight W of an image's own text against its pixels under linear fusion "
             f"(0 = pixels only; default {DEFAULT_TEXT_WEIGHT}, measured on the sample corpus).",
+        ),
+    ] = None,
+    fusion: Annotated[
+        str | None,
+        typer.Option(
+            "--fusion",
+            metavar="linear|learned",
+            help="Mix own text and pixels linearly (--text-weight) or with the model's learned "
+            "fusion head; default: the index's recorded method.",
         ),
     ] = None,
     min_score: Annotated[
@@ -566,6 +602,10 @@ def search_cmd(
         fail(str(exc), 2)
     if not terms:
         fail("give either a SENTENCE or --image IMG", 2)
+    try:
+        mix = Fusion.weighted(text_weight, _fusion_method(fusion))
+    except FusionError:
+        fail("--text-weight sets the linear fusion: drop it with --fusion learned", 2)
     from indexer.store.search_params import SearchParams
 
     request = Query(
@@ -573,7 +613,7 @@ def search_cmd(
         to=to,  # type: ignore[arg-type]
         k=k,
         under=under,
-        fusion=Fusion.weighted(text_weight),
+        fusion=mix,
         min_score=threshold,
         relevant=relevant,
         search_params=None if nprobe is None and ef_search is None else SearchParams(nprobe, ef_search),
@@ -800,6 +840,7 @@ def serve_cmd(
 
 cli_admin.register()  # calibrate, optimize, eval, info, remove: listed after the commands above
 cli_models.register()
+cli_fusion.register()  # train-fusion
 
 
 def main() -> None:

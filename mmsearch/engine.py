@@ -20,7 +20,14 @@ from sqlalchemy.orm import Session
 
 from indexer.errors import InvalidInputError, MMSearchError, NotFoundError, UnavailableError
 from indexer.indexing.calibration import Calibration, read_calibration
-from indexer.indexing.fusion import Fusion, Scored, plain, score_documents_batch
+from indexer.indexing.fusion import (
+    FUSION_METHODS,
+    Fusion,
+    FusionMethod,
+    Scored,
+    plain,
+    score_documents_batch,
+)
 from indexer.indexing.pipeline import (
     IndexOptions,
     IndexReport,
@@ -32,6 +39,7 @@ from indexer.indexing.pipeline import (
 )
 from indexer.media.images import ImageLoadError, open_image
 from indexer.models.devices import AUTO, CPU, Device
+from indexer.models.fusion_head import FusionHead, load_fusion_head
 from indexer.models.lazy import LazyEncoder
 from indexer.models.spec import ModelLoadError, ModelSpec
 from indexer.store import catalog
@@ -162,6 +170,7 @@ class IndexStats:
     image_vectors: int
     text_vectors: int
     size_bytes: int
+    fusion: str  # the fusion method queries use unless they ask for another
     vectors_at: str = "faiss files in the index folder"
     catalog_at: str = "sqlite in the index folder"
     # The image index's structure (read from the FAISS file), the policy that chose it, the
@@ -232,6 +241,8 @@ class Engine:
         self._images = _Snapshot(self._vectors, IMAGES, info.dim, use_gpu=use_gpu)
         self._texts = _Snapshot(self._vectors, TEXTS, info.dim, use_gpu=use_gpu)
         self._doc_texts = _Snapshot(self._vectors, DOC_TEXTS, info.dim, use_gpu=use_gpu)
+        self._fusion_head: FusionHead | None = None
+        self._head_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -315,12 +326,14 @@ class Engine:
         text_weight: float | None = None,
         min_score: float | None = None,
         relevant: bool = False,
+        fusion: FusionMethod | None = None,
         nprobe: int | None = None,
         ef_search: int | None = None,
     ) -> list[ImageHit]:
         """Images best matching a sentence (only files below `under` when given); images with
-        own text are scored on image and text together (indexer.indexing.fusion). nprobe /
-        ef_search trade latency for recall on an approximate index (default: its tuned ones)."""
+        own text are scored on image and text together (indexer.indexing.fusion; `fusion`
+        "linear" or "learned", default the index's). nprobe / ef_search trade latency for recall
+        on an approximate index (default: its tuned ones)."""
         spec = _query(
             [QueryTerm("text", query)],
             k=k,
@@ -328,6 +341,7 @@ class Engine:
             text_weight=text_weight,
             min_score=min_score,
             relevant=relevant,
+            fusion=fusion,
             search_params=_search_params(nprobe, ef_search),
         )
         return self.search(spec).hits  # type: ignore[return-value]
@@ -342,6 +356,7 @@ class Engine:
         text_weight: float | None = None,
         min_score: float | None = None,
         relevant: bool = False,
+        fusion: FusionMethod | None = None,
     ) -> list[ImageHit] | list[TextHit]:
         """Images similar to an image (to="image"; own texts fused as for a sentence), or texts
         describing it (to="text")."""
@@ -353,6 +368,7 @@ class Engine:
             text_weight=text_weight,
             min_score=min_score,
             relevant=relevant,
+            fusion=fusion,
         )
         return self.search(spec).hits
 
@@ -366,6 +382,7 @@ class Engine:
         text_weight: float | None = None,
         min_score: float | None = None,
         relevant: bool = False,
+        fusion: FusionMethod | None = None,
     ) -> list[ImageHit] | list[TextHit]:
         """Like search_image for an already indexed image, from its stored vector (no decoding)."""
         spec = _query(
@@ -376,6 +393,7 @@ class Engine:
             text_weight=text_weight,
             min_score=min_score,
             relevant=relevant,
+            fusion=fusion,
         )
         return self.search(spec).hits
 
@@ -393,6 +411,7 @@ class Engine:
         text_weight: float | None = None,
         min_score: float | None = None,
         relevant: bool = False,
+        fusion: FusionMethod | None = None,
     ) -> list[ImageHit] | list[TextHit]:
         """Query arithmetic: the weighted sum of the terms' normalised embeddings, renormalised."""
         return self.search_scored(
@@ -403,6 +422,7 @@ class Engine:
             text_weight=text_weight,
             min_score=min_score,
             relevant=relevant,
+            fusion=fusion,
         ).hits
 
     def search_scored(
@@ -415,6 +435,7 @@ class Engine:
         text_weight: float | None = None,
         min_score: float | None = None,
         relevant: bool = False,
+        fusion: FusionMethod | None = None,
     ) -> SearchResults:
         """search() with its fields as arguments: weighted terms, hits and their relevance."""
         spec = _query(
@@ -425,6 +446,7 @@ class Engine:
             text_weight=text_weight,
             min_score=min_score,
             relevant=relevant,
+            fusion=fusion,
         )
         return self.search(spec)
 
@@ -439,6 +461,7 @@ class Engine:
         text_weight: float | None = None,
         min_score: float | None = None,
         relevant: bool = False,
+        fusion: FusionMethod | None = None,
     ) -> SearchResults:
         """Search with a ready query vector (dim,) (renormalised if it is not of unit length);
         `modality` (what the query is) picks the fusion channels and the random-pair
@@ -453,6 +476,7 @@ class Engine:
             text_weight=text_weight,
             min_score=min_score,
             relevant=relevant,
+            fusion=fusion,
         )
         return _raised(self._answer_batch([_Job(self.query_vector(vector), modality, spec)])[0])
 
@@ -555,27 +579,36 @@ class Engine:
         if not jobs:
             return []
         calibration = self.calibration()
+        resolved = list(jobs)  # each query's fusion made concrete below
         judged: list[_Judged | MMSearchError] = [_NOT_SCORED] * len(jobs)
         groups: dict[Query, list[int]] = {}
-        for position, job in enumerate(jobs):
+        for position, job in enumerate(resolved):
             if job.query.relevant and calibration is None:
                 judged[position] = QueryError(
                     f"{self.index_dir} has no score calibration yet, so relevance is unknown: run "
                     f"`mmsearch calibrate --db {self.index_dir}` (or `mmsearch index` again)"
                 )
-            else:
-                groups.setdefault(_search_key(job.query), []).append(position)
+                continue
+            try:
+                fusion = self._fusion_for(job.query.fusion, job.modality)
+            except MMSearchError as exc:
+                judged[position] = exc
+                continue
+            # The resolved method is part of the search key: learned and linear never share a batch.
+            resolved[position] = job = replace(job, query=replace(job.query, fusion=fusion))
+            groups.setdefault(_search_key(job.query), []).append(position)
         for members in groups.values():
-            group = [jobs[i] for i in members]
+            group = [resolved[i] for i in members]
             for position, job, scored in zip(members, group, self._score(group, calibration), strict=True):
                 try:
                     judged[position] = _judge(scored, job, calibration)
                 except QueryError as exc:
                     judged[position] = exc
-        return self._results(jobs, judged)
+        return self._results(resolved, judged)
 
     def _score(self, jobs: Sequence[_Job], calibration: Calibration | None) -> list[Scored]:
-        """Candidates for jobs that search alike (one _search_key): one FAISS batch per store."""
+        """Candidates for jobs that search alike (one _search_key, fusion resolved by
+        `_fusion_for`): one FAISS batch per store."""
         query = jobs[0].query
         vectors = np.stack([job.vector for job in jobs])  # (n, dim) float32
         if query.to == "text":
@@ -590,7 +623,33 @@ class Engine:
             channels=[None if calibration is None else calibration.channels(job.modality) for job in jobs],
             allowed_ids=None if query.under is None else self._ids_under(query.under),
             params=query.search_params,
+            head=self.fusion_head() if query.fusion.method == "learned" else None,
         )
+
+    def _fusion_for(self, fusion: Fusion, modality: TermKind) -> Fusion:
+        """The query's fusion with a concrete method (the index's when it names none): learned
+        fusion is trained for sentences, so an image query under it uses the linear rule. Asking
+        for learned fusion without a usable head raises (NoFusionHeadError, FusionHeadError)."""
+        fusion = fusion.resolved(self.info.fusion)
+        if fusion.method == "learned" and modality != self.fusion_head().config.query_modality:
+            return replace(fusion, method="linear")
+        return fusion
+
+    def fusion_methods(self) -> tuple[str, ...]:
+        """The fusion methods queries can ask for: learned only when the model has a usable head."""
+        try:
+            self.fusion_head()
+        except MMSearchError:
+            return ("linear",)
+        return FUSION_METHODS
+
+    def fusion_head(self) -> FusionHead:
+        """The model's learned fusion head (loaded once), or NoFusionHeadError naming the command
+        that trains one."""
+        with self._head_lock:
+            if self._fusion_head is None:
+                self._fusion_head = load_fusion_head(self.encoder.info.source, self.encoder.info.model_id)
+            return self._fusion_head
 
     def _results(
         self,
@@ -742,6 +801,7 @@ class Engine:
             image_vectors=len(store),
             text_vectors=len(self._texts.refresh()),
             size_bytes=sum(p.stat().st_size for p in index_files(self.index_dir)),
+            fusion=self.info.fusion or "linear",
             **self.backends.describe(),
             index_kind=kind,
             index_params=store.params() if isinstance(store, VectorStore) else None,
@@ -846,6 +906,7 @@ def _query(
     text_weight: float | None = None,
     min_score: float | None = None,
     relevant: bool = False,
+    fusion: FusionMethod | None = None,
     search_params: SearchParams | None = None,
 ) -> Query:
     """The wrappers' arguments as a Query; what it refuses is a QueryError like the engine's."""
@@ -855,7 +916,7 @@ def _query(
             to=to,
             k=k,
             under=None if under is None else Path(under),
-            fusion=Fusion.weighted(text_weight),
+            fusion=Fusion.weighted(text_weight, fusion),
             min_score=min_score,
             relevant=relevant,
             search_params=search_params,

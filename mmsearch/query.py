@@ -75,7 +75,8 @@ class Query:
     terms: combined into one query vector (query arithmetic); empty only when the caller brings
     the vector itself (Engine.search_vector). to: "image" (indexed images, fused with their own
     text) or "text" (indexed captions). under: only images below this folder (made absolute
-    here, once). min_score drops hits below a raw score; relevant keeps only hits above the 99th
+    here, once). fusion: how images' own text counts (its method None: the index's recorded
+    one). min_score drops hits below a raw score; relevant keeps only hits above the 99th
     percentile of random pairs recorded for the index.
     """
 
@@ -196,7 +197,8 @@ def relevance_of(
     scored: Scored, calibration: Calibration | None, *, modality: QueryModality, to: Target, fusion: Fusion
 ) -> list[Relevance] | None:
     """Each candidate's relevance against the random pairs of its kind; None when the index has
-    no calibration for this kind of query. Fused documents are judged against fused scores."""
+    no calibration for this kind of query. Fused documents are judged against fused scores (of
+    the learned head when `fusion`, as the engine resolved it, is learned)."""
     if calibration is None:
         return None
     if to == "text":  # a caption is judged against random (query, caption) pairs
@@ -205,7 +207,10 @@ def relevance_of(
     null = calibration.text_image if modality == "text" else calibration.image_image
     if null is None:
         return None
-    fused_null = calibration.fused_null(modality, fusion.text_weight) if fusion.calibrated else None
+    if fusion.method == "learned":
+        fused_null = calibration.learned_fused
+    else:
+        fused_null = calibration.fused_null(modality, fusion.text_weight) if fusion.calibrated else None
     return judge(scored, null, fused_null)
 
 

@@ -11,7 +11,8 @@ Own-text similarities (text vs text) run higher than text vs image in a contrast
 "modality gap"), so hybrid scores shift them by the difference of the two random-pair means
 first (indexer.indexing.fusion): an unrelated own text then scores like an unrelated image. The
 fused scores of random (query, document with own text) pairs are recorded too, for sentence and
-image queries, so a fused hit is judged against fused scores.
+image queries, so a fused hit is judged against fused scores; when the model has a learned
+fusion head, the scores it gives random (sentence, document with own text) pairs as well.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -28,6 +30,9 @@ from sqlalchemy.orm import Session
 from indexer.indexing.fusion import FUSION_ALIGN, FUSION_RULE, Channels, QueryModality, align_text_scores, mix
 from indexer.store import catalog
 from indexer.store.vectors import VectorStore
+
+if TYPE_CHECKING:
+    from indexer.models.fusion_head import FusionHead
 
 CALIBRATION_KEY = "calibration"
 CALIBRATION_FORMAT = 1
@@ -143,6 +148,9 @@ class Calibration:
     # Fused scores of (image, another document with own text), FUSION_GRID; empty in
     # calibrations from before image queries were fused (recomputed on the next index run).
     image_fused: tuple[ScoreStats, ...] = ()
+    # Scores the model's learned fusion head gives random (caption, document with own text)
+    # pairs; None when the model had no head when this was computed.
+    learned_fused: ScoreStats | None = None
 
     def channels(self, modality: QueryModality) -> Channels | None:
         """What fusion aligns with for a kind of query: random (query, image) and (query, own
@@ -174,7 +182,10 @@ class Calibration:
             return None
         if (data.get("fusion_align"), data.get("fusion_rule")) != (FUSION_ALIGN, FUSION_RULE):
             return None  # fused distributions of another fusion: recomputed on the next run
-        stats = {k: ScoreStats(**data[k]) if data[k] else None for k in ("image_image", "text_doc")}
+        stats = {
+            k: ScoreStats(**data[k]) if data.get(k) else None
+            for k in ("image_image", "text_doc", "learned_fused")
+        }
         return cls(
             text_image=ScoreStats(**data["text_image"]),
             fused=tuple(ScoreStats(**f) for f in data["fused"]),
@@ -205,14 +216,19 @@ class CalibrationSample:
     total_doc_texts: int
 
 
-def needs_calibration(current: Calibration | None, *, images: int, doc_texts: int) -> bool:
-    """True when there is none yet, or the image or own-text count moved by > RECALIBRATE_FRACTION."""
+def needs_calibration(
+    current: Calibration | None, *, images: int, doc_texts: int, learned: bool = False
+) -> bool:
+    """True when there is none yet, or the image or own-text count moved by > RECALIBRATE_FRACTION,
+    or (learned: the model has a fusion head) the head's fused scores are not recorded yet."""
     if images < MIN_CALIBRATION_IMAGES:
         return False
     if current is None:
         return True
     if current.fused and not current.image_fused:
         return True  # recorded before image queries were fused: no null for their fused scores
+    if learned and current.fused and current.learned_fused is None:
+        return True  # the fusion head came after the calibration
     return _moved(current.images, images) or _moved(current.doc_texts, doc_texts)
 
 
@@ -220,8 +236,9 @@ def _moved(before: int, now: int) -> bool:
     return abs(now - before) > RECALIBRATE_FRACTION * max(before, 1)
 
 
-def compute_calibration(sample: CalibrationSample) -> Calibration:
-    """Score random non-matching pairs and summarise each distribution."""
+def compute_calibration(sample: CalibrationSample, *, head: FusionHead | None = None) -> Calibration:
+    """Score random non-matching pairs and summarise each distribution (with a learned fusion
+    head, also the scores it fuses for them)."""
     rng = np.random.default_rng(CALIBRATION_SEED)
     t, i = _pairs(rng, sample.text_owners, sample.image_ids)
     text_image = ScoreStats.of(_rowdot(sample.texts[t], sample.images[i]))
@@ -229,13 +246,17 @@ def compute_calibration(sample: CalibrationSample) -> Calibration:
     image_image = ScoreStats.of(_rowdot(sample.images[a], sample.images[b])) if len(a) else None
     text_doc: ScoreStats | None = None
     fused: tuple[ScoreStats, ...] = ()
+    learned_fused: ScoreStats | None = None
     doc_ids, doc_images, doc_texts = _documents(rng, sample)
     t, d = _pairs(rng, sample.text_owners, doc_ids)
     if len(t):
         text_scores = _rowdot(sample.texts[t], doc_texts[d])
         text_doc = ScoreStats.of(text_scores)
         channels = Channels(image=text_image, text=text_doc)
-        fused = _fused_grid(_rowdot(sample.texts[t], doc_images[d]), text_scores, channels)
+        image_scores = _rowdot(sample.texts[t], doc_images[d])
+        fused = _fused_grid(image_scores, text_scores, channels)
+        if head is not None:
+            learned_fused = ScoreStats.of(head.fuse(sample.texts[t], image_scores, text_scores))
     image_fused: tuple[ScoreStats, ...] = ()
     a, d = _pairs(rng, sample.image_ids, doc_ids)
     if len(a) and image_image is not None:
@@ -253,6 +274,7 @@ def compute_calibration(sample: CalibrationSample) -> Calibration:
         probes=sample.probes,
         created_at=time.time(),
         image_fused=image_fused,
+        learned_fused=learned_fused,
     )
 
 

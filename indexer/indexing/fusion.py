@@ -3,19 +3,27 @@
 One module, because both sides need the same rule: indexing records the null distribution of
 fused scores (calibration.py), the query side ranks with it (mmsearch.engine).
 
-A document with own text scores (1 - w) * image similarity + w * own-text similarity, with
-w = `Fusion.text_weight` (DEFAULT_TEXT_WEIGHT) and the own-text similarity first shifted onto the
-image scale by the difference of random-pair means (the modality gap). A document without own
-text keeps its image similarity: a missing modality is never a penalty. Which similarities those
-are depends on the query: for a sentence, text/image and text/text; for an image, image/image
-and image/text (`Channels`). Measured in benchmarks/FUSION.md.
+Two methods (`Fusion.method`, `--fusion linear|learned`):
+
+- linear: a document with own text scores (1 - w) * image similarity + w * own-text similarity,
+  with w = `Fusion.text_weight` (DEFAULT_TEXT_WEIGHT) and the own-text similarity first shifted
+  onto the image scale by the difference of random-pair means (the modality gap).
+- learned: a tiny gate trained with the model (indexer.models.fusion_head) picks, per query and
+  candidate, the share of the own text, and aligns own-text similarities itself. It is trained
+  for sentence queries; an image query uses the linear rule.
+
+Under both, a document without own text keeps its image similarity: a missing modality is never
+a penalty. Which similarities those are depends on the query: for a sentence, text/image and
+text/text; for an image, image/image and image/text (`Channels`). An index records its method
+(`mmsearch index --fusion`); a query without one uses the index's. Measured in
+benchmarks/FUSION.md.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
@@ -24,6 +32,7 @@ from indexer.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from indexer.indexing.calibration import ScoreStats
+    from indexer.models.fusion_head import FusionHead
     from indexer.store.search_params import SearchParams
     from indexer.store.vectors import SearchResult, VectorStore
 
@@ -43,6 +52,11 @@ FusionRule = Literal["linear", "lift"]
 # a document whose own text does not match the query drops, which lets the right text-less image
 # rise, while "lift" only ever raises captioned documents over text-less look-alikes.
 FUSION_RULE: FusionRule = "linear"
+FusionMethod = Literal["linear", "learned"]
+FUSION_METHODS: tuple[str, ...] = get_args(FusionMethod)
+# What `mmsearch index` records for a new index whose model has a fusion head (without a head:
+# linear). Measured in benchmarks/FUSION.md against linear at its best weight.
+DEFAULT_FUSION_METHOD: FusionMethod = "linear"
 # Each modality contributes this many candidates per wanted hit (at least MIN_CANDIDATES) to
 # the union that is scored exactly; a document outside both pools cannot be found.
 CANDIDATE_FACTOR = 4
@@ -50,20 +64,23 @@ MIN_CANDIDATES = 256
 
 
 class FusionError(InvalidInputError):
-    """A fusion setting out of range (text weight outside 0..1, unknown rule or alignment)."""
+    """A fusion setting out of range (text weight outside 0..1, unknown method, rule or alignment)."""
 
 
 @dataclass(frozen=True)
 class Fusion:
-    """How documents with own text are scored: the text weight, the rule and the alignment.
+    """How documents with own text are scored: the method, and the linear rule's text weight,
+    rule and alignment.
 
-    The calibration records fused null distributions for FUSION_RULE / FUSION_ALIGN only; other
+    method None means the index's recorded method (`resolved`), linear if it records none. The
+    calibration records fused null distributions for FUSION_RULE / FUSION_ALIGN only; other
     rules and alignments are for measurement (benchmarks/fusion.py).
     """
 
     text_weight: float = DEFAULT_TEXT_WEIGHT
     rule: FusionRule = FUSION_RULE
     align: FusionAlign = FUSION_ALIGN
+    method: FusionMethod | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -77,17 +94,34 @@ class Fusion:
             raise FusionError(f"fusion rule must be one of {get_args(FusionRule)}, not {self.rule!r}")
         if self.align not in get_args(FusionAlign):
             raise FusionError(f"fusion alignment must be one of {get_args(FusionAlign)}, not {self.align!r}")
+        if self.method is not None and self.method not in FUSION_METHODS:
+            raise FusionError(f"fusion must be one of {', '.join(FUSION_METHODS)}, not {self.method!r}")
 
     @classmethod
-    def weighted(cls, text_weight: float | None) -> Fusion:
-        """The default policy at a text weight (None: DEFAULT_TEXT_WEIGHT), as the CLI's
-        --text-weight and the Python wrappers' text_weight= give it."""
-        return cls(DEFAULT_TEXT_WEIGHT if text_weight is None else float(text_weight))
+    def weighted(cls, text_weight: float | None, method: FusionMethod | None = None) -> Fusion:
+        """The policy as the CLI's --text-weight/--fusion and the Python wrappers' text_weight=
+        and fusion= give it. A text weight sets the linear rule, so it cannot go with "learned";
+        with neither, the index's method at DEFAULT_TEXT_WEIGHT."""
+        if text_weight is None:
+            return cls(DEFAULT_TEXT_WEIGHT, method=method)
+        if method == "learned":
+            raise FusionError(
+                "a text weight sets the linear fusion's mix; learned fusion picks its own: drop the "
+                "text weight, or ask for linear fusion"
+            )
+        return cls(float(text_weight), method="linear")
+
+    def resolved(self, recorded: str | None) -> Fusion:
+        """This policy with a concrete method: its own, else the index's recorded one, else linear."""
+        if self.method is not None:
+            return self
+        method = recorded if recorded in FUSION_METHODS else "linear"
+        return replace(self, method=method)  # type: ignore[arg-type]
 
     @property
     def calibrated(self) -> bool:
-        """True when the index's fused null distributions describe these scores."""
-        return (self.rule, self.align) == (FUSION_RULE, FUSION_ALIGN)
+        """True when the index's linear fused null distributions describe these scores."""
+        return (self.rule, self.align) == (FUSION_RULE, FUSION_ALIGN) and self.method != "learned"
 
 
 @dataclass(frozen=True)
@@ -120,10 +154,21 @@ def mix(
 
 
 def fuse_scores(
-    image_scores: np.ndarray, text_scores: np.ndarray, fusion: Fusion, channels: Channels | None
+    image_scores: np.ndarray,
+    text_scores: np.ndarray,
+    fusion: Fusion,
+    channels: Channels | None,
+    *,
+    head: FusionHead | None = None,
+    query: np.ndarray | None = None,
 ) -> np.ndarray:
     """Fused scores (n,) float32 of documents; text_scores is NaN for documents without own
-    text, which keep their image score unchanged."""
+    text, which keep their image score unchanged. With a head (learned fusion), the query
+    vector (dim,) is needed too and the head decides the mix."""
+    if head is not None:
+        if query is None:
+            raise ValueError("learned fusion needs the query vector")
+        return head.fuse(query, image_scores, text_scores)
     aligned = align_text_scores(text_scores, channels, fusion.align)
     fused = mix(image_scores, aligned, fusion.text_weight, fusion.rule)
     return np.where(np.isnan(text_scores), image_scores, fused).astype(np.float32)
@@ -161,8 +206,10 @@ def score_documents(
     channels: Channels | None,
     allowed_ids: np.ndarray | None = None,
     params: SearchParams | None = None,
+    head: FusionHead | None = None,
 ) -> Scored:
-    """Top-k documents for a query vector (dim,), fusing own-text similarity when there is any.
+    """Top-k documents for a query vector (dim,), fusing own-text similarity when there is any;
+    with a head (learned fusion) the head mixes, else the linear rule of `fusion`.
 
     Both stores give a candidate pool; the union is scored exactly. The work is bounded by the
     pool size, never by the size of the collection: membership is looked up per candidate.
@@ -176,6 +223,7 @@ def score_documents(
         channels=[channels],
         allowed_ids=allowed_ids,
         params=params,
+        head=head,
     )[0]
 
 
@@ -189,18 +237,19 @@ def score_documents_batch(
     channels: Sequence[Channels | None],
     allowed_ids: np.ndarray | None = None,
     params: SearchParams | None = None,
+    head: FusionHead | None = None,
 ) -> list[Scored]:
-    """score_documents for query vectors (n, dim) sharing k, fusion and filter: each store is
-    searched once for all n (one FAISS batch), then each query is fused alone; channels[i] is
-    query i's (queries of different modalities compare on different channels)."""
+    """score_documents for query vectors (n, dim) sharing k, fusion, head and filter: each
+    store is searched once for all n (one FAISS batch), then each query is fused alone;
+    channels[i] is query i's (queries of different modalities compare on different channels)."""
     pool = max(k * CANDIDATE_FACTOR, MIN_CANDIDATES)
-    fuse = fusion.text_weight > 0 and len(doc_texts) > 0
+    fuse = (head is not None or fusion.text_weight > 0) and len(doc_texts) > 0
     by_image = images.search(vectors, pool if fuse else k, allowed_ids=allowed_ids, params=params)
     if not fuse:
         return [plain(found.ids[:k], found.scores[:k]) for found in by_image]
     by_text = doc_texts.search(vectors, pool, allowed_ids=allowed_ids)
     return [
-        _fuse_candidates(vector, images, doc_texts, k, found_image, found_text, fusion, query_channels)
+        _fuse_candidates(vector, images, doc_texts, k, found_image, found_text, fusion, query_channels, head)
         for vector, found_image, found_text, query_channels in zip(
             vectors, by_image, by_text, channels, strict=True
         )
@@ -216,6 +265,7 @@ def _fuse_candidates(
     by_text: SearchResult,
     fusion: Fusion,
     channels: Channels | None,
+    head: FusionHead | None,
 ) -> Scored:
     """The union of one query's two candidate pools scored exactly and fused, top k first."""
     ids = np.union1d(by_image.ids, by_text.ids)
@@ -223,7 +273,7 @@ def _fuse_candidates(
     has_image = ~np.isnan(image_scores)  # own text of an image a writer is still committing
     ids, image_scores = ids[has_image], image_scores[has_image]
     text_scores = _candidate_scores(vector, doc_texts, ids, by_text)
-    fused = fuse_scores(image_scores, text_scores, fusion, channels)
+    fused = fuse_scores(image_scores, text_scores, fusion, channels, head=head, query=vector)
     order = np.argsort(-fused, kind="stable")[:k]
     return Scored(ids[order], fused[order], image_scores[order], text_scores[order])
 

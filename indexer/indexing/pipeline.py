@@ -26,6 +26,7 @@ from indexer.errors import InvalidInputError
 from indexer.indexing import calibration
 from indexer.indexing.calibration import Calibration
 from indexer.indexing.decode_pool import EncodedBatch, Skipped, encode_files
+from indexer.indexing.fusion import DEFAULT_FUSION_METHOD, FusionMethod
 from indexer.indexing.ray_encode import RayTarget, encode_files_ray
 from indexer.media import caption_files, formats
 from indexer.media import own_text as doc_text
@@ -33,9 +34,10 @@ from indexer.media.content_id import algorithm_key, content_id_like, file_conten
 from indexer.media.images import DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_MEGAPIXELS
 from indexer.media.scan import FileEntry, ScanOptions, scan_folder
 from indexer.models.devices import indexing_threads, torch_threads
+from indexer.models.fusion_head import FusionHead, FusionHeadError, NoFusionHeadError, load_fusion_head
 from indexer.store import catalog, index_types
 from indexer.store.catalog import DocTextRow, ImageRecord, ImageRow, SkippedRow, TextRow
-from indexer.store.index_dir import IndexWriter
+from indexer.store.index_dir import FUSION_KEY, IndexWriter
 
 if TYPE_CHECKING:
     from indexer.models.encoder import Encoder  # torch-free callers pass a LazyEncoder
@@ -63,6 +65,7 @@ class IndexReport:
     own_texts: int = 0  # images given (or given a new) own text: caption, sidecar or metadata
     captions_unmatched: int = 0  # given captions naming no image found under the folders
     calibrated: bool = False  # the random-pair score calibration was (re)computed
+    fusion: str | None = None  # the fusion method the index records (None: none recorded, linear)
     # The image vectors were rebuilt into another index type (or re-tuned) at the end of the run.
     rebuilt: index_types.OptimizeReport | None = None
     elapsed_s: float = 0.0
@@ -85,6 +88,7 @@ class IndexReport:
             "own_texts": self.own_texts,
             "captions_unmatched": self.captions_unmatched,
             "calibrated": self.calibrated,
+            "fusion": self.fusion,
             "rebuilt": None if self.rebuilt is None else _rebuild_summary(self.rebuilt),
             "indexed": self.new + self.changed,
             "elapsed_s": round(self.elapsed_s, 3),
@@ -125,6 +129,9 @@ class IndexOptions:
     index_type: str | None = None
     memory_budget: int | None = None
     faiss_gpu: bool = False  # build a new index type on the GPU when FAISS sees one
+    # The fusion method to record (`--fusion`); None keeps the index's, and a new index gets
+    # DEFAULT_FUSION_METHOD when its model has a fusion head, else linear.
+    fusion: FusionMethod | None = None
 
 
 @dataclass
@@ -163,6 +170,8 @@ def index_folders(
     text) is embedded with the text tower and stored beside its image vector.
     """
     started = time.perf_counter()
+    if options.fusion == "learned":
+        load_fusion_head(encoder.info.source, encoder.info.model_id)  # refuse before any work
     folders = [_check_folder(r) for r in roots]
     by_path: dict[str, FileEntry] = {}
     for folder in folders:
@@ -174,6 +183,7 @@ def index_folders(
     with IndexWriter(index_dir, encoder.info, new_index_info=new_index_info) as writer:
         _apply_index_type(writer, options)
         report.repaired = writer.repaired
+        report.fusion = _record_fusion(writer, encoder, options.fusion)
         with writer.session() as session:
             plan = _classify(session, folders, entries, report)
             _apply_moves_and_removals(session, writer, plan, report)
@@ -202,6 +212,29 @@ def _apply_index_type(writer: IndexWriter, options: IndexOptions) -> None:
         )
     if options.memory_budget is not None:
         index_types.set_policy(writer, record.policy, options.memory_budget)
+
+
+def _record_fusion(writer: IndexWriter, encoder: Encoder, asked: FusionMethod | None) -> str | None:
+    """Record the fusion method asked for; a new index gets the default its model allows.
+    Returns what the index records now."""
+    with writer.session() as session:
+        recorded = catalog.read_info(session).get(FUSION_KEY)
+        chosen = asked
+        if chosen is None and writer.created:
+            chosen = DEFAULT_FUSION_METHOD if _fusion_head(encoder) is not None else "linear"
+        if chosen is None or chosen == recorded:
+            return recorded
+        catalog.write_info(session, {FUSION_KEY: chosen})
+        session.commit()
+    return chosen
+
+
+def _fusion_head(encoder: Encoder) -> FusionHead | None:
+    """The encoder's learned fusion head, or None when its model folder has no usable one."""
+    try:
+        return load_fusion_head(encoder.info.source, encoder.info.model_id)
+    except (NoFusionHeadError, FusionHeadError):
+        return None
 
 
 def _check_folder(root: Path) -> Path:
@@ -592,7 +625,10 @@ def _calibrate_if_needed(writer: IndexWriter, encoder: Encoder) -> bool:
     with writer.session() as session:
         current = calibration.read_calibration(session)
         if not calibration.needs_calibration(
-            current, images=len(writer.images), doc_texts=len(writer.doc_texts)
+            current,
+            images=len(writer.images),
+            doc_texts=len(writer.doc_texts),
+            learned=_fusion_head(encoder) is not None,
         ):
             return False
         _write_calibration(writer, session, encoder)
@@ -609,7 +645,7 @@ def _write_calibration(writer: IndexWriter, session: Session, encoder: Encoder) 
         text_owners={int(k): int(v) for k, v in owners.items() if v is not None},
         encode_probes=encoder.encode_texts,
     )
-    result = calibration.compute_calibration(sample)
+    result = calibration.compute_calibration(sample, head=_fusion_head(encoder))
     calibration.write_calibration(session, result)
     session.commit()
     return result

@@ -67,6 +67,7 @@ TEXTS_FAISS = "texts.faiss"
 DOC_TEXTS_FAISS = "doc_texts.faiss"
 LOCK_FILE = "write.lock"
 IMAGES, TEXTS, DOC_TEXTS = "images", "texts", "doc_texts"  # store names in every backend
+FUSION_KEY = "fusion"  # the index_info row recording the index's fusion method
 
 
 class IndexStoreError(UnavailableError):
@@ -96,6 +97,9 @@ class IndexInfo:
     dim: int
     index_type: str
     created_at: float
+    # How documents with own text are fused by default (indexer.indexing.fusion FUSION_METHODS);
+    # None for indexes from before the choice was recorded (they fuse linearly).
+    fusion: str | None = None
 
     @classmethod
     def from_rows(cls, rows: dict[str, str]) -> IndexInfo:
@@ -108,11 +112,12 @@ class IndexInfo:
             dim=int(rows["dim"]),
             index_type=rows.get("index_type", INDEX_TYPE),
             created_at=float(rows.get("created_at", "0")),
+            fusion=rows.get(FUSION_KEY),
         )
 
     def to_rows(self) -> dict[str, str]:
-        """Key/value rows for index_info."""
-        return {k: str(v) for k, v in self.__dict__.items()}
+        """Key/value rows for index_info (a field not recorded has no row)."""
+        return {k: str(v) for k, v in self.__dict__.items() if v is not None}
 
 
 def read_index_info(index_dir: Path) -> IndexInfo:

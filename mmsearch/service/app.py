@@ -53,7 +53,7 @@ def create_app(engine: Engine, settings: ServiceSettings | None = None) -> FastA
     api.include_router(index_router(context))
     app.include_router(api)
     add_page_routes(app)
-    document_dimension(app, engine.info.dim)
+    document_dimension(app, engine.info.dim, fusion_methods=engine.fusion_methods())
     return app
 
 

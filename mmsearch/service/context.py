@@ -8,7 +8,7 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Path as PathParam
 from fastapi import Query
@@ -39,6 +39,13 @@ EfSearchParam = Annotated[
     Query(ge=1, description="HNSW search width (hnsw index; default: the index's tuned value)."),
 ]
 IdParam = Annotated[int, PathParam(ge=1, le=MAX_IMAGE_ID, description="Image id from a search.")]
+FusionParam = Annotated[
+    Literal["linear", "learned"] | None,
+    Query(
+        description="How an image's own text joins its pixels: linear, or learned (the model's "
+        "fusion head); default: the index's recorded method."
+    ),
+]
 
 
 @dataclass

@@ -173,6 +173,11 @@ class VectorSearchRequest(BaseModel):
     modality: Literal["text", "image"] = Field(
         "text", description="What the vector encodes: picks the fusion of own texts and the relevance scale."
     )
+    fusion: Literal["linear", "learned"] | None = Field(
+        None,
+        description="How an image's own text joins its pixels: linear, or learned (the model's "
+        "fusion head); default: the index's recorded method.",
+    )
 
 
 class BatchingResponse(BaseModel):

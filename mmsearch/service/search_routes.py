@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -15,10 +16,18 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile as FormFile
 from starlette.exceptions import HTTPException
 
+from indexer.indexing.fusion import Fusion
 from indexer.store.search_params import SearchParams
 from mmsearch.engine import MAX_IMAGE_ID, MAX_K, ImageHit, TextHit
 from mmsearch.query import Query, QueryTerm
-from mmsearch.service.context import EfSearchParam, KParam, NprobeParam, QParam, ServiceContext
+from mmsearch.service.context import (
+    EfSearchParam,
+    FusionParam,
+    KParam,
+    NprobeParam,
+    QParam,
+    ServiceContext,
+)
 from mmsearch.service.errors import MALFORMED, NOT_FOUND, TOO_LARGE, UNSUPPORTED
 from mmsearch.service.files import display
 from mmsearch.service.models import (
@@ -60,13 +69,18 @@ def search_router(context: ServiceContext) -> APIRouter:
 
     @router.get("/search", response_model=ImageSearchResponse, tags=["search"])
     async def search(
-        q: QParam, k: KParam = DEFAULT_K, nprobe: NprobeParam = None, ef_search: EfSearchParam = None
+        q: QParam,
+        k: KParam = DEFAULT_K,
+        fusion: FusionParam = None,
+        nprobe: NprobeParam = None,
+        ef_search: EfSearchParam = None,
     ) -> SearchResponse:
         """Text to image: the indexed images that best match a sentence (answered together
         with the sentence queries that arrive within a few milliseconds of it)."""
         started = time.perf_counter()
         knobs = SearchParams(nprobe=nprobe, ef_search=ef_search)
-        results = await context.search(Query((QueryTerm("text", q),), k=k, search_params=knobs))
+        query = Query((QueryTerm("text", q),), k=k, fusion=Fusion(method=fusion), search_params=knobs)
+        results = await context.search(query)
         return _search_response(results.hits, to="image", query=QueryInfo(text=q), k=k, started=started)
 
     @router.post(
@@ -121,6 +135,7 @@ def search_router(context: ServiceContext) -> APIRouter:
                 request.k,
                 request.to,
                 modality=request.modality,
+                fusion=request.fusion,
             )
         return _search_response(results.hits, to=request.to, query=QueryInfo(), k=request.k, started=started)
 
@@ -151,16 +166,23 @@ def search_router(context: ServiceContext) -> APIRouter:
     return router
 
 
-def document_dimension(app: FastAPI, dim: int) -> None:
-    """State in /openapi.json how many numbers a vector has for the served index: a request
-    model cannot, the dimension belongs to the index."""
+def document_dimension(app: FastAPI, dim: int, *, fusion_methods: Sequence[str] | None = None) -> None:
+    """State in /openapi.json how many numbers a vector has for the served index, and which
+    fusion methods it can use (learned only with a fusion head): a request model cannot, both
+    belong to the index and its model."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schemas = build()["components"]["schemas"]
+            schema = build()
+            schemas = schema["components"]["schemas"]
             schemas["VectorSearchRequest"]["properties"]["vector"].update(minItems=dim, maxItems=dim)
             schemas["EmbedResponse"]["properties"]["vectors"]["items"].update(minItems=dim, maxItems=dim)
+            if fusion_methods is not None:
+                search = schema["paths"]["/search"]["get"]["parameters"]
+                fusion = next(p["schema"] for p in search if p["name"] == "fusion")
+                for option in (fusion, schemas["VectorSearchRequest"]["properties"]["fusion"]):
+                    option["anyOf"][0]["enum"] = list(fusion_methods)
         return app.openapi_schema  # type: ignore[return-value]  # set by build()
 
     app.openapi = openapi  # type: ignore[method-assign]
