@@ -21,7 +21,13 @@ from indexer.indexing.pipeline import (
     add_texts,
     index_folders,
 )
-from indexer.media.images import DECODE_TIMEOUT_FLAG, DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_MEGAPIXELS
+from indexer.media.images import (
+    DECODE_PROCESSES_FLAG,
+    DECODE_TIMEOUT_FLAG,
+    DEFAULT_DECODE_PROCESSES,
+    DEFAULT_DECODE_TIMEOUT_S,
+    DEFAULT_MAX_MEGAPIXELS,
+)
 from indexer.media.own_text import read_captions
 from indexer.media.scan import ScanOptions
 from indexer.models.config import TrainConfig, load_named_config
@@ -204,6 +210,14 @@ def index_cmd(
             "is skipped and named, and tried again on the next run.",
         ),
     ] = DEFAULT_DECODE_TIMEOUT_S,
+    decode_processes: Annotated[
+        bool,
+        typer.Option(
+            f"{DECODE_PROCESSES_FLAG}/--decode-threads",
+            help="Decode files in worker processes instead of threads: a file past "
+            f"{DECODE_TIMEOUT_FLAG} is stopped for real, and a decoder crash costs one file, not the run.",
+        ),
+    ] = DEFAULT_DECODE_PROCESSES,
     device: DeviceOption = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", help="Only errors.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -230,6 +244,7 @@ def index_cmd(
         exif_thumbnails=exif_thumbnails,
         torch_threads=torch_threads,
         decode_timeout_s=decode_timeout,
+        decode_processes=decode_processes,
     )
     bar: tqdm | None = None
 

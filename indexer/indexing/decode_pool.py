@@ -15,16 +15,21 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 
+from indexer.errors import warn_once
 from indexer.media import caption_files, formats
 from indexer.media import own_text as doc_text
 from indexer.media.content_id import content_id
 from indexer.media.images import (
+    DECODE_PROCESSES_FLAG,
     DECODE_TIMEOUT_FLAG,
+    DEFAULT_DECODE_PROCESSES,
     DEFAULT_DECODE_TIMEOUT_S,
     DEFAULT_MAX_MEGAPIXELS,
     ImageLoadError,
@@ -41,6 +46,8 @@ LOOKAHEAD_BATCHES = 2
 MAX_ABANDONED_DECODERS = 4
 # How often a wait for a file that has not started decoding yet looks at the pool again.
 START_POLL_S = 0.05
+# A file queued when the run stopped early (an error, Ctrl-C): never decoded, never remembered.
+STOPPED_REASON = "not decoded: indexing stopped first"
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,14 @@ def load_file(
 
 
 LoadResult = LoadedImage | Skipped
+
+
+class FileRequest(NamedTuple):
+    """One file to load and the text given for it (picklable: sent to worker processes)."""
+
+    entry: FileEntry
+    caption: str | None = None
+    sidecar: str | None = None
 
 
 @dataclass(eq=False)
@@ -253,7 +268,11 @@ class DecodePool:
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             with self._lock:
-                if job.abandoned or self._closed:
+                if job.abandoned:
+                    continue
+                if self._closed:  # an encoder thread may still wait for it: answer, do not run it
+                    job.outcome = Skipped(job.entry.path, STOPPED_REASON, retry=True)
+                    job.done.set()
                     continue
                 job.started_at = time.monotonic()
             try:
@@ -282,6 +301,70 @@ def _chunks(entries: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]
         yield chunk
 
 
+class _FilePool(Protocol):
+    """What encode_files needs of a decode pool: threads (DecodePool) or processes."""
+
+    def submit(self, request: FileRequest) -> Any:
+        """Queue one file; the returned job goes to result()."""
+        ...
+
+    def result(self, job: Any) -> LoadResult:
+        """The file's outcome, a Skipped past the time limit."""
+        ...
+
+    def close(self) -> None:
+        """Stop the workers; queued files are dropped."""
+        ...
+
+
+class _ThreadFiles:
+    """DecodePool behind the request interface the process pool has."""
+
+    def __init__(self, workers: int, *, timeout_s: float, load: Callable[[FileRequest], LoadResult]) -> None:
+        self._pool = DecodePool(workers, timeout_s=timeout_s)
+        self._load = load
+
+    def submit(self, request: FileRequest) -> _Job:
+        return self._pool.submit(request.entry, functools.partial(self._load, request))
+
+    def result(self, job: _Job) -> LoadResult:
+        return self._pool.result(job)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+@dataclass(frozen=True)
+class _RequestLoader:
+    """load_file with a run's options, called with one FileRequest (inherited by forked workers)."""
+
+    encoder: Encoder
+    max_megapixels: float
+    embedded_thumbnail: bool
+
+    def __call__(self, request: FileRequest) -> LoadResult:
+        return load_file(
+            request.entry,
+            self.encoder,
+            max_megapixels=self.max_megapixels,
+            embedded_thumbnail=self.embedded_thumbnail,
+            caption=request.caption,
+            sidecar=request.sidecar,
+        )
+
+
+def _start_pool(
+    workers: int, *, timeout_s: float, processes: bool, load: Callable[[FileRequest], LoadResult]
+) -> _FilePool:
+    if processes:
+        from indexer.indexing import decode_processes  # imports decode_pool: not at module level
+
+        if decode_processes.fork_available():
+            return decode_processes.ProcessDecodePool(workers, timeout_s=timeout_s, load=load)
+        warn_once(f"{DECODE_PROCESSES_FLAG}: this system cannot fork worker processes; decoding in threads")
+    return _ThreadFiles(workers, timeout_s=timeout_s, load=load)
+
+
 def encode_files(
     entries: Iterable[FileEntry],
     encoder: Encoder,
@@ -293,41 +376,46 @@ def encode_files(
     sidecars: Container[str] = frozenset(),
     workers: int | None = None,
     decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S,
+    decode_processes: bool = DEFAULT_DECODE_PROCESSES,
+    encode_streams: int = 1,
 ) -> Iterator[EncodedBatch]:
-    """Yield encoded batches in input order; decoding runs `LOOKAHEAD_BATCHES` ahead in threads.
+    """Yield encoded batches in input order; decoding runs `LOOKAHEAD_BATCHES` ahead in workers.
 
     sidecars: the caption files a folder scan found (none is looked for on disk).
+    decode_processes: decode in forked worker processes instead of threads (decode_processes).
+    encode_streams: batches encoded at once, each on its own thread (torch releases the GIL);
+    with one intra-op thread each, no stream waits at a barrier for a thread a decoder preempted.
     """
-    pool = DecodePool(workers or os.cpu_count() or 1, timeout_s=decode_timeout_s)
+    if encode_streams < 1:
+        raise ValueError(f"encode_streams must be at least 1, got {encode_streams}")
+    load = _RequestLoader(encoder, max_megapixels, embedded_thumbnail)
+    pool = _start_pool(
+        workers or os.cpu_count() or 1, timeout_s=decode_timeout_s, processes=decode_processes, load=load
+    )
+    streams = ThreadPoolExecutor(encode_streams, thread_name_prefix="encode")
     try:
-        pending: deque[list[_Job]] = deque()
+        decoding: deque[list[Any]] = deque()
+        encoding: deque[Future[EncodedBatch]] = deque()
         for chunk in _chunks(entries, batch_size):
-            pending.append(
-                [
-                    pool.submit(
-                        e,
-                        functools.partial(
-                            load_file,
-                            e,
-                            encoder,
-                            max_megapixels=max_megapixels,
-                            embedded_thumbnail=embedded_thumbnail,
-                            caption=captions.get(e.path) if captions else None,
-                            sidecar=caption_files.sidecar_among(e.path, sidecars),
-                        ),
-                    )
-                    for e in chunk
-                ]
-            )
-            if len(pending) > LOOKAHEAD_BATCHES:
-                yield _encode_ready(pool, pending.popleft(), encoder)
-        while pending:
-            yield _encode_ready(pool, pending.popleft(), encoder)
+            decoding.append([pool.submit(_request(e, captions, sidecars)) for e in chunk])
+            if len(decoding) > LOOKAHEAD_BATCHES:
+                encoding.append(streams.submit(_encode_ready, pool, decoding.popleft(), encoder))
+            if len(encoding) >= encode_streams:
+                yield encoding.popleft().result()
+        encoding.extend(streams.submit(_encode_ready, pool, jobs, encoder) for jobs in decoding)
+        while encoding:
+            yield encoding.popleft().result()
     finally:
+        streams.shutdown(wait=False, cancel_futures=True)
         pool.close()
 
 
-def _encode_ready(pool: DecodePool, jobs: list[_Job], encoder: Encoder) -> EncodedBatch:
+def _request(entry: FileEntry, captions: Mapping[str, str] | None, sidecars: Container[str]) -> FileRequest:
+    caption = captions.get(entry.path) if captions else None
+    return FileRequest(entry, caption, caption_files.sidecar_among(entry.path, sidecars))
+
+
+def _encode_ready(pool: _FilePool, jobs: list[Any], encoder: Encoder) -> EncodedBatch:
     results = [pool.result(job) for job in jobs]
     images = [r for r in results if isinstance(r, LoadedImage)]
     skipped = [r for r in results if isinstance(r, Skipped)]

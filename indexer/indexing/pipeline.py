@@ -28,7 +28,7 @@ from indexer.indexing.decode_pool import EncodedBatch, Skipped, encode_files
 from indexer.media import caption_files, formats
 from indexer.media import own_text as doc_text
 from indexer.media.content_id import algorithm_key, content_id_like, file_content_id
-from indexer.media.images import DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_MEGAPIXELS
+from indexer.media.images import DEFAULT_DECODE_PROCESSES, DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_MEGAPIXELS
 from indexer.media.scan import FileEntry, ScanOptions, scan_folder
 from indexer.models.devices import indexing_threads, torch_threads
 from indexer.models.encoder import Encoder
@@ -101,6 +101,10 @@ class IndexOptions:
     torch_threads: int | None = None
     # A file whose read + decode takes longer is skipped and named (decode_pool.DecodePool).
     decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S
+    # Decode in forked worker processes instead of threads (indexer.indexing.decode_processes).
+    decode_processes: bool = DEFAULT_DECODE_PROCESSES
+    # Batches encoded at once, each on its own thread with `torch_threads` intra-op threads.
+    encode_streams: int = 1
 
 
 @dataclass
@@ -338,6 +342,8 @@ def _encode_and_commit(
         sidecars=plan.sidecars,
         workers=options.workers,
         decode_timeout_s=options.decode_timeout_s,
+        decode_processes=options.decode_processes,
+        encode_streams=options.encode_streams,
     )
     session = writer.session()
     pending_ids: list[int] = []
