@@ -29,7 +29,7 @@ EMOJI_MODEL := .cache/models/emoji
 # on the unseen vendor but worse on unseen concepts, the main test (README).
 EMOJI_EPOCHS ?= 12
 
-.PHONY: install demo test lint bench clean sample-corpus default-model browser-deps
+.PHONY: install demo test lint bench bench-ingest bench-vit-compare clean sample-corpus default-model browser-deps
 .PHONY: openclip-env test-openclip emoji-corpus emoji-model
 
 install: $(STAMP)
@@ -103,6 +103,19 @@ lint: $(STAMP)
 
 bench: sample-corpus
 	$(PY) benchmarks/run.py --out benchmarks/RESULTS.md
+	$(PY) benchmarks/ingest.py --out benchmarks/RESULTS.md
+
+# Indexing throughput against encoder-only for the bundled model and a ViT-B/32-sized one, decoding
+# in threads vs processes, every split of the cores (one section of benchmarks/RESULTS.md; about
+# 15 min on an idle 2-core machine, generating the 300 photos included).
+bench-ingest: $(STAMP)
+	$(PY) benchmarks/ingest.py --out benchmarks/RESULTS.md
+
+# The bench's plain-torch ViT-B/32 against open_clip's own (cost per image), in the OpenCLIP venv;
+# the test-only torchvision shim lets open_clip import there (see tests/openclip).
+bench-vit-compare: $(OC_STAMP)
+	PYTHONPATH=.:tests/openclip:benchmarks $(OC_PY) -c \
+	    'import sys, mmsearch_torchvision_shim, vit_b32; sys.exit(vit_b32.main(["--compare-openclip"]))'
 
 clean:
 	rm -rf $(VENV) $(OC_VENV) .cache $(DEMO_CORPUS) .pytest_cache

@@ -844,7 +844,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elapsed_s=time.perf_counter() - STARTED,
     )
     settings.out.parent.mkdir(parents=True, exist_ok=True)
-    settings.out.write_text(text)
+    previous = settings.out.read_text() if settings.out.exists() else ""
+    settings.out.write_text(report.keep_marked_sections(previous, text))
     log(f"report written to {settings.out}")
     if reindex.encoded_on_rerun != 0:
         print(
