@@ -218,7 +218,7 @@ class DecodePool:
         return job.outcome
 
     def close(self) -> None:
-        """Let every thread end once its current job is done; queued jobs are dropped."""
+        """Let every thread end once its current job is done; queued jobs are answered, not run."""
         with self._lock:
             self._closed = True
             threads = self._live + self._abandoned
@@ -309,11 +309,11 @@ class _FilePool(Protocol):
         ...
 
     def result(self, job: Any) -> LoadResult:
-        """The file's outcome, a Skipped past the time limit."""
+        """The file's outcome; a Skipped past the time limit, or when the pool closed first."""
         ...
 
     def close(self) -> None:
-        """Stop the workers; queued files are dropped."""
+        """Stop the workers; files not started yet are answered as not decoded (STOPPED_REASON)."""
         ...
 
 
