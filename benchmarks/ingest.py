@@ -60,8 +60,9 @@ QUICK = {"photos": 64, "megapixels": 2.0, "rounds": 1}
 BATCH_SIZE = 64  # what `mmsearch index` uses (IndexOptions default)
 ENCODER_BATCHES = 4  # batches of real preprocessed photos timed encoder-only
 # Each photo indexed this many times per run (hard links): the bundled model indexes 300 photos in
-# under a second, too short to time against a run's fixed costs; the ViT takes half a minute.
-COPIES = {"bundled": 4, "vit-b-32": 1}
+# under a second, too short to time against a run's fixed costs; the ViT gets ~10 batches, so that
+# filling and draining the pipeline once (a batch's decoding, a last batch on one stream) weigh little.
+COPIES = {"bundled": 4, "vit-b-32": 2}
 DECODE_CPU_FILES = 48  # files decoded one after another to measure CPU time per image
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 GENERATION_PROCESSES = 2
@@ -170,6 +171,7 @@ class ModelResult:
     pipeline_rates: dict[Config, list[float]] = field(default_factory=dict)  # images/s, whole run
     streaming_rates: dict[Config, list[float]] = field(default_factory=dict)  # first to last batch
     pipeline_cpu_ms: dict[Config, list[float]] = field(default_factory=dict)  # CPU ms per image
+    progress: dict[Config, list[list[tuple[float, int, float]]]] = field(default_factory=dict)  # raw
     calibration_s: list[float] = field(default_factory=list)
     skipped: dict[Config, int] = field(default_factory=dict)
 
@@ -268,9 +270,10 @@ class PipelineRun:
     encoded: int
     skipped: int
     wall_s: float
-    # (seconds since the run started, files done, CPU seconds) after each batch: the streaming
-    # rate is read between the first batch and the last, past the start-up (scan, first decodes)
-    # and the end (last commit, calibration), which a large folder spreads over many more images.
+    # (seconds since the run started, files done, CPU seconds) when decoding starts (after the
+    # scan), then after each batch: the streaming rate is read from the first point to the last,
+    # leaving out the scan before and the last commit and calibration after, which a large folder
+    # spreads over many more images. It includes filling and draining the pipeline once.
     progress: list[tuple[float, int, float]]
     texts_s: float  # encoding the calibration sentences: once per new index, not per image
     cpu_s: float  # CPU time of this process and its decode workers over the run
@@ -286,7 +289,7 @@ class PipelineRun:
 
     @property
     def streaming_cpu_ms(self) -> float:
-        """CPU ms per image between the first batch and the last (all threads and workers)."""
+        """CPU ms per image while streaming (all threads and workers)."""
         (_, first_done, first_cpu), (_, last_done, last_cpu) = self.progress[0], self.progress[-1]
         return (
             MS_PER_S * (last_cpu - first_cpu) / (last_done - first_done)
@@ -338,11 +341,15 @@ def pipeline(encoder: Encoder, folder: Path, index_dir: Path, config: Config) ->
     cpu_before = _cpu_s()
     started = time.perf_counter()
 
-    def on_progress(done: int, skipped: int) -> None:
-        total = progress[-1][1] + done if progress else done
-        progress.append((time.perf_counter() - started, total, _cpu_s()))
+    def on_total(count: int) -> None:
+        progress.append((time.perf_counter() - started, 0, _cpu_s()))
 
-    result = index_folders([folder], index_dir, timed, options=options, on_progress=on_progress)
+    def on_progress(done: int, skipped: int) -> None:
+        progress.append((time.perf_counter() - started, progress[-1][1] + done, _cpu_s()))
+
+    result = index_folders(
+        [folder], index_dir, timed, options=options, on_total=on_total, on_progress=on_progress
+    )
     wall_s = time.perf_counter() - started
     _reap_workers()  # a worker's CPU time is counted once it has exited and been waited for
     run = PipelineRun(
@@ -417,6 +424,7 @@ def _pipeline_step(
         model.streaming_rates.setdefault(config, []).append(run.streaming_rate)
         model.calibration_s.append(run.texts_s)
         model.pipeline_cpu_ms.setdefault(config, []).append(run.streaming_cpu_ms)
+        model.progress.setdefault(config, []).append(run.progress)
         model.skipped[config] = model.skipped.get(config, 0) + run.skipped
 
     return step
@@ -564,10 +572,10 @@ def render(
     lines += [
         "",
         "Ratio = pipeline images/s over the fastest encoder-only rate of the same model. Streaming: "
-        "files done between the first batch and the last over the time between them, the rate a "
-        "large folder is indexed at; whole run: every file over index_folders' wall time, which on "
-        "a few hundred files also counts the start-up (scan, the first batch's decoding) and the "
-        "end (last commit, and the calibration sentences every new index encodes once: median "
+        "from the start of decoding (after the scan) to the last batch encoded, the rate a large "
+        "folder is indexed at (filling and draining the pipeline once included); whole run: every "
+        "file over index_folders' wall time, which on a few hundred files also counts the scan and "
+        "the end (last commit, and the calibration sentences every new index encodes once: median "
         f"{calibration} per run). The best configuration by streaming rate is in bold. CPU per "
         "image: CPU time of the indexer and its decode processes while streaming, per image; "
         "unlike the rates it hardly depends on how much of the shared machine a run was given, "
@@ -668,9 +676,9 @@ def measure(settings: argparse.Namespace) -> dict[str, Any]:
         "photos": f"{len(photos.files)} JPEGs, {width}x{height} ({settings.megapixels:g} MP), quality "
         f"{synth.JPEG_QUALITY}, {photos.total_bytes / len(photos.files) / 1e6:.2f} MB mean, with the "
         f"{synth.CAMERA_PREVIEW_SIZE[0]}x{synth.CAMERA_PREVIEW_SIZE[1]} EXIF preview cameras embed, "
-        f"in {folder}; the bundled model indexes each {COPIES['bundled']} times (hard links in "
-        f"{COPIES['bundled']} folders: the same bytes, decoded and encoded anew), so that its runs "
-        "last long enough to time",
+        f"in {folder}; each pipeline run of the bundled model indexes every photo "
+        f"{COPIES['bundled']} times, of the ViT {COPIES['vit-b-32']} times (hard links in as many "
+        "folders: the same bytes, decoded and encoded anew), so that runs last long enough to time",
         "ViT-B/32-sized model": "benchmarks/vit_b32.py: open_clip ViT-B-32's towers rebuilt in plain "
         "torch (random weights, 87.8 M image-tower weights as open_clip's), open_clip's preprocessing "
         "(224 px, bicubic, centre crop, CLIP mean/std); the camera preview (160x120) is smaller than "
