@@ -32,9 +32,9 @@ EMOJI_MODEL := .cache/models/emoji
 EMOJI_EPOCHS ?= 12
 EMOJI_BATCH ?= 128
 
-.PHONY: install demo test lint bench bench-scale clean sample-corpus default-model browser-deps
-.PHONY: openclip-env test-openclip emoji-corpus emoji-model postgres-deps test-distributed
-.PHONY: fusion-bench
+.PHONY: install demo test lint bench bench-scale bench-ingest bench-vit-compare clean sample-corpus
+.PHONY: default-model browser-deps openclip-env test-openclip emoji-corpus emoji-model postgres-deps
+.PHONY: test-distributed fusion-bench
 
 install: $(STAMP)
 
@@ -142,11 +142,24 @@ lint: $(STAMP)
 bench: sample-corpus
 	$(PY) benchmarks/run.py --out benchmarks/RESULTS.md
 	$(PY) benchmarks/startup.py --results benchmarks/RESULTS.md
+	$(PY) benchmarks/ingest.py --out benchmarks/RESULTS.md
 
 # Index types at N = 1e4, 1e5, 1e6 (128-d) and 1e5 (512-d), plus recall on the sample corpus's real
 # vectors: a section of benchmarks/RESULTS.md and benchmarks/scale.png. About an hour on 2 cores.
 bench-scale: sample-corpus
 	$(PY) benchmarks/scale.py --real-corpus $(DEMO_CORPUS) --out benchmarks/RESULTS.md --plot benchmarks/scale.png
+
+# Indexing throughput against encoder-only for the bundled model and a ViT-B/32-sized one, decoding
+# in threads vs processes, every split of the cores (one section of benchmarks/RESULTS.md; about
+# 15 min on an idle 2-core machine, generating the 300 photos included).
+bench-ingest: $(STAMP)
+	$(PY) benchmarks/ingest.py --out benchmarks/RESULTS.md
+
+# The bench's plain-torch ViT-B/32 against open_clip's own (cost per image), in the OpenCLIP venv;
+# the test-only torchvision shim lets open_clip import there (see tests/openclip).
+bench-vit-compare: $(OC_STAMP)
+	PYTHONPATH=.:tests/openclip:benchmarks $(OC_PY) -c \
+	    'import sys, mmsearch_torchvision_shim, vit_b32; sys.exit(vit_b32.main(["--compare-openclip"]))'
 
 clean:
 	rm -rf $(VENV) $(OC_VENV) .cache $(DEMO_CORPUS) .pytest_cache

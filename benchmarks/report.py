@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ import torch
 from indexer.models.encoder import Encoder
 
 KIB_PER_GIB = 1024 * 1024
+# A section another script writes into the results file (benchmarks/ingest.py), between markers.
+MARKED_SECTION = re.compile(r"<!-- ([\w-]+):begin -->.*?<!-- \1:end -->", re.DOTALL)
 
 
 @dataclass
@@ -153,3 +156,9 @@ def render(
         for note in section.notes:
             lines += [note, ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def keep_marked_sections(previous: str, text: str) -> str:
+    """text, followed by the marked sections of the previous results file: a rewrite keeps them."""
+    kept = [m.group(0) for m in MARKED_SECTION.finditer(previous)]
+    return text.rstrip() + "".join(f"\n\n{section}" for section in kept) + "\n"

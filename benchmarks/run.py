@@ -845,19 +845,6 @@ def measure_distributed(encoder: Encoder, folder: Path, settings: Settings) -> r
     return ray_bench.measure_ray(encoder, folder, settings.work)
 
 
-def _kept_scale_section(path: Path) -> str:
-    """The `make bench-scale` section of the results file (benchmarks/scale.py writes it between
-    markers), carried over so this report does not erase it."""
-    begin, end = "<!-- bench-scale:begin -->", "<!-- bench-scale:end -->"
-    try:
-        old = path.read_text()
-    except FileNotFoundError:
-        return ""
-    if begin not in old or end not in old:
-        return ""
-    return "\n" + begin + old.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every measurement and write the report; 1 if a hard check failed."""
     settings = parse_args(argv)
@@ -907,7 +894,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elapsed_s=time.perf_counter() - STARTED,
     )
     settings.out.parent.mkdir(parents=True, exist_ok=True)
-    settings.out.write_text(text + _kept_scale_section(settings.out))
+    previous = settings.out.read_text() if settings.out.exists() else ""
+    settings.out.write_text(report.keep_marked_sections(previous, text))
     log(f"report written to {settings.out}")
     if reindex.encoded_on_rerun != 0:
         print(

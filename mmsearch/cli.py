@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from indexer.indexing.fusion import DEFAULT_FUSION_METHOD, FUSION_METHODS, Fusion, FusionError, FusionMethod
-from indexer.media.images import DECODE_TIMEOUT_FLAG, DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_MEGAPIXELS
+from indexer.media.images import (
+    DECODE_PROCESSES_FLAG,
+    DECODE_TIMEOUT_FLAG,
+    DEFAULT_DECODE_PROCESSES,
+    DEFAULT_DECODE_TIMEOUT_S,
+    DEFAULT_MAX_MEGAPIXELS,
+)
 from indexer.models.config import FINETUNE_LR, TrainConfig
 from indexer.models.devices import Device
 from mmsearch import cli_admin, cli_fusion, cli_models
@@ -254,6 +260,14 @@ def index_cmd(
             "is skipped and named, and tried again on the next run.",
         ),
     ] = DEFAULT_DECODE_TIMEOUT_S,
+    decode_processes: Annotated[
+        bool,
+        typer.Option(
+            f"{DECODE_PROCESSES_FLAG}/--decode-threads",
+            help="Decode files in worker processes instead of threads: a file past "
+            f"{DECODE_TIMEOUT_FLAG} is stopped for real, and a decoder crash costs one file, not the run.",
+        ),
+    ] = DEFAULT_DECODE_PROCESSES,
     device: DeviceOption = DEFAULT_DEVICE,
     quiet: Annotated[bool, typer.Option("--quiet", help="Only errors.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -344,6 +358,7 @@ def index_cmd(
         memory_budget=budget,
         faiss_gpu=device.is_cuda or (device.is_auto and gpu_available()),
         fusion=method,
+        decode_processes=decode_processes,
     )
     bar: tqdm | None = None
 

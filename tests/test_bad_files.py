@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import faulthandler
 import io
 import json
 import os
@@ -35,6 +36,7 @@ from support import save_random_model
 from typer.testing import CliRunner
 
 from indexer.indexing import decode_pool as encode
+from indexer.indexing import file_loading
 from indexer.indexing.pipeline import IndexOptions, index_folders
 from indexer.media import images
 from indexer.media.scan import ScanOptions, scan_folder
@@ -233,7 +235,7 @@ def simulate_locked_and_vanishing(monkeypatch: pytest.MonkeyPatch, folder: BadFo
                 raise PermissionError(13, "Permission denied", folder.locked)
             return real_open(file, *args, **kwargs)
 
-        monkeypatch.setattr(encode, "open", open_refusing_locked, raising=False)
+        monkeypatch.setattr(file_loading, "open", open_refusing_locked, raising=False)
 
 
 def indexed_rows(index_dir: Path) -> dict[str, tuple[int, int]]:
@@ -280,12 +282,14 @@ def cli_index(folder: BadFolder, index_dir: Path, model_dir: Path, *extra: str) 
         return CliRunner().invoke(app, args)
 
 
+@pytest.mark.parametrize("decode_processes", [False, True], ids=["threads", "processes"])
 def test_one_run_indexes_every_good_file_and_skips_each_bad_file_once(
-    bad_folder: BadFolder, encoder: Encoder, tmp_path: Path
+    bad_folder: BadFolder, encoder: Encoder, tmp_path: Path, decode_processes: bool
 ) -> None:
     index_dir = tmp_path / "index"
+    options = replace(OPTIONS, decode_processes=decode_processes)
     with deadline(DEADLINE_S):
-        report = index_folders([bad_folder.root], index_dir, encoder, options=OPTIONS)
+        report = index_folders([bad_folder.root], index_dir, encoder, options=options)
 
     skipped = {s.path: s.reason for s in report.skipped}
     assert len(skipped) == len(report.skipped), "a file was reported twice"
@@ -318,10 +322,11 @@ def test_symlink_loop_and_dangling_link_end_the_walk_without_duplicates(
     assert sorted(found) == sorted([*bad_folder.good, *bad_folder.bad])
 
 
+@pytest.mark.parametrize("decoders", [[], ["--decode-processes"]], ids=["threads", "processes"])
 def test_cli_summary_prints_one_line_per_skipped_file_and_exits_zero(
-    bad_folder: BadFolder, bad_files_model_dir: Path, tmp_path: Path
+    bad_folder: BadFolder, bad_files_model_dir: Path, tmp_path: Path, decoders: list[str]
 ) -> None:
-    result = cli_index(bad_folder, tmp_path / "index", bad_files_model_dir)
+    result = cli_index(bad_folder, tmp_path / "index", bad_files_model_dir, *decoders)
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
 
     lines = [line for line in result.stdout.splitlines() if line.startswith("skipped ")]
@@ -485,26 +490,27 @@ def test_every_format_is_indexed_whatever_its_name_and_non_images_are_named(
 def slow_decoder(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """Make decoding any file named slow*.png hang until the returned event is set."""
     release = threading.Event()
-    decode_bytes = encode.decode_bytes
+    decode_bytes = file_loading.decode_bytes
 
     def decode_slowly(data: bytes, *, name: str = "<bytes>", **kwargs: Any) -> Any:
         if os.path.basename(name).startswith("slow"):
             release.wait(DEADLINE_S)  # a decoder stuck on a crafted file
         return decode_bytes(data, name=name, **kwargs)
 
-    monkeypatch.setattr(encode, "decode_bytes", decode_slowly)
+    monkeypatch.setattr(file_loading, "decode_bytes", decode_slowly)
     yield release
     release.set()  # let the abandoned decoders finish
 
 
+@pytest.mark.parametrize("decode_processes", [False, True], ids=["threads", "processes"])
 def test_a_file_that_decodes_too_slowly_is_skipped_and_the_run_goes_on(
-    encoder: Encoder, tmp_path: Path, slow_decoder: threading.Event
+    encoder: Encoder, tmp_path: Path, slow_decoder: threading.Event, decode_processes: bool
 ) -> None:
     root = (tmp_path / "photos").resolve()
     rng = np.random.default_rng(SEED)
     good = [_write(root / f"photo{i}.png", _encode(_noise(rng), "PNG")) for i in range(6)]
     slow = _write(root / "slow.png", _encode(_noise(rng), "PNG"))
-    options = replace(OPTIONS, workers=2, decode_timeout_s=0.5)
+    options = replace(OPTIONS, workers=2, decode_timeout_s=0.5, decode_processes=decode_processes)
     started = time.monotonic()
     with deadline(DEADLINE_S):
         report = index_folders([root], tmp_path / "index", encoder, options=options)
@@ -515,6 +521,7 @@ def test_a_file_that_decodes_too_slowly_is_skipped_and_the_run_goes_on(
     assert sorted(indexed_rows(tmp_path / "index")) == sorted(good)
 
     # Not remembered as bad: once it decodes in time (the decoder freed), the next run takes it.
+    # (Worker processes are forked per run: the next run's see the event set.)
     slow_decoder.set()
     again = index_folders([root], tmp_path / "index", encoder, options=options)
     assert (again.new, again.skipped) == (1, [])
@@ -537,3 +544,49 @@ def test_decoders_stuck_beyond_the_spare_threads_still_let_the_run_end(
     for path in queued:
         assert reasons[path].startswith("not decoded: 2 decoders are still busy"), reasons[path]
     assert report.new == 0
+
+
+def test_stuck_decoder_processes_are_killed_so_the_files_behind_them_are_decoded(
+    encoder: Encoder, tmp_path: Path, slow_decoder: threading.Event
+) -> None:
+    root = (tmp_path / "photos").resolve()
+    rng = np.random.default_rng(SEED)
+    stuck = [_write(root / f"slow{i}.png", _encode(_noise(rng), "PNG")) for i in range(3)]
+    queued = [_write(root / f"then{i}.png", _encode(_noise(rng), "PNG")) for i in range(3)]
+    options = replace(OPTIONS, workers=1, decode_timeout_s=0.3, decode_processes=True)
+    with deadline(DEADLINE_S):
+        report = index_folders([root], tmp_path / "index", encoder, options=options)
+    # One process, three stuck files: each is killed at its limit and a fresh one takes the next
+    # file, where threads would run out of spares and name the rest "not decoded".
+    assert {s.path: s.reason for s in report.skipped} == {
+        p: "decoding took longer than --decode-timeout 0.3 s" for p in stuck
+    }
+    assert sorted(indexed_rows(tmp_path / "index")) == sorted(queued)
+
+
+def test_a_decoder_that_crashes_costs_one_file_not_the_run(
+    encoder: Encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decode_bytes = file_loading.decode_bytes
+
+    def crash_on_some(data: bytes, *, name: str = "<bytes>", **kwargs: Any) -> Any:
+        if os.path.basename(name).startswith("crash"):
+            faulthandler.disable()  # in the worker only: no traceback dump in the test output
+            os.kill(os.getpid(), signal.SIGSEGV)  # a C decoder's fault
+        return decode_bytes(data, name=name, **kwargs)
+
+    monkeypatch.setattr(file_loading, "decode_bytes", crash_on_some)
+    root = (tmp_path / "photos").resolve()
+    rng = np.random.default_rng(SEED)
+    good = [_write(root / f"photo{i}.png", _encode(_noise(rng), "PNG")) for i in range(4)]
+    crash = _write(root / "crash.png", _encode(_noise(rng), "PNG"))
+    options = replace(OPTIONS, workers=1, decode_processes=True)
+    with deadline(DEADLINE_S):
+        report = index_folders([root], tmp_path / "index", encoder, options=options)
+    assert [(s.path, s.reason) for s in report.skipped] == [
+        (crash, "the decoder crashed on this file (killed by SIGSEGV)")
+    ]
+    assert sorted(indexed_rows(tmp_path / "index")) == sorted(good)
+    # Not remembered: a crash may come from the machine (memory), so the next run tries again.
+    again = index_folders([root], tmp_path / "index", encoder, options=options)
+    assert [s.path for s in again.skipped] == [crash]

@@ -10,31 +10,37 @@ from __future__ import annotations
 import functools
 import os
 import queue
-import stat
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from indexer.media import caption_files, formats
-from indexer.media import own_text as doc_text
-from indexer.media.content_id import content_id
+from indexer.errors import warn_once
+from indexer.indexing.file_loading import (  # re-exported: their home before file_loading.py
+    STOPPED_REASON as STOPPED_REASON,
+)
+from indexer.indexing.file_loading import EncodedBatch as EncodedBatch
+from indexer.indexing.file_loading import FileRequest as FileRequest
+from indexer.indexing.file_loading import LoadedImage as LoadedImage
+from indexer.indexing.file_loading import LoadResult as LoadResult
+from indexer.indexing.file_loading import Skipped as Skipped
+from indexer.indexing.file_loading import load_file as load_file
+from indexer.media import caption_files
 from indexer.media.images import (
+    DECODE_PROCESSES_FLAG,
     DECODE_TIMEOUT_FLAG,
+    DEFAULT_DECODE_PROCESSES,
     DEFAULT_DECODE_TIMEOUT_S,
     DEFAULT_MAX_MEGAPIXELS,
-    ImageLoadError,
-    MissingExtraError,
-    decode_bytes,
 )
 from indexer.media.scan import FileEntry
 
 if TYPE_CHECKING:
-    import torch  # imported by the first batch that is encoded: a no-change run never needs it
 
     from indexer.models.encoder import Encoder
 
@@ -45,108 +51,6 @@ LOOKAHEAD_BATCHES = 2
 MAX_ABANDONED_DECODERS = 4
 # How often a wait for a file that has not started decoding yet looks at the pool again.
 START_POLL_S = 0.05
-
-
-@dataclass(frozen=True)
-class LoadedImage:
-    """A decoded, preprocessed file with what the catalogue records about it."""
-
-    entry: FileEntry
-    pixels: torch.Tensor  # (3, S, S) float32
-    content_hash: str
-    width: int
-    height: int
-    own_text: doc_text.OwnText | None = None  # read here, in the worker, from the bytes in hand
-    decoded_from: str = "full"  # indexer.media.images.DecodedImage.source: full, draft or exif thumbnail
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A file that was not indexed, and why (one line in the summary).
-
-    retry: the failure is not about the file's bytes (a permission, a missing optional extra),
-    so it may be gone next run without the file changing; such skips are not remembered.
-    """
-
-    path: str
-    reason: str
-    retry: bool = False
-
-
-@dataclass(frozen=True)
-class EncodedBatch:
-    """Images that decoded, their vectors (n, dim) float32, and the files skipped in this batch."""
-
-    images: list[LoadedImage]
-    vectors: np.ndarray
-    skipped: list[Skipped]
-
-
-def load_file(
-    entry: FileEntry,
-    encoder: Encoder,
-    *,
-    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
-    embedded_thumbnail: bool = True,
-    caption: str | None = None,
-    sidecar: str | None = None,
-) -> LoadedImage | Skipped:
-    """Read, hash, decode and preprocess one file; any failure becomes a Skipped with a reason.
-
-    A file without an image extension is first classified by its header bytes, and a non-image
-    is skipped without reading the rest. caption: text given for this file at index time;
-    sidecar: the caption file the scan found beside it (indexer.media.caption_files); without
-    either, the image's own text comes from its metadata (indexer.media.own_text).
-
-    The whole file is read, not memory-mapped: a file truncated by another program while mapped
-    would kill the indexer with SIGBUS instead of becoming one skipped line.
-    """
-    if entry.problem is not None:
-        return Skipped(entry.path, entry.problem, retry=True)
-    try:
-        # stat first: opening a FIFO blocks until a writer comes, reading a device never ends.
-        if not stat.S_ISREG(os.stat(entry.path).st_mode):
-            return Skipped(entry.path, "not a regular file")
-        with open(entry.path, "rb") as fh:
-            header = b"" if entry.image_extension else fh.read(formats.SNIFF_BYTES)
-            if not entry.image_extension and not formats.looks_like_image(
-                header, formats.extension(entry.path)
-            ):
-                return Skipped(entry.path, formats.not_image_reason(entry.path, header))
-            data = header + fh.read()
-    except FileNotFoundError:
-        return Skipped(entry.path, "file vanished while indexing", retry=True)
-    except PermissionError:
-        return Skipped(entry.path, "permission denied", retry=True)
-    except OSError as exc:
-        return Skipped(entry.path, f"unreadable: {exc.strerror or exc}", retry=True)
-    try:
-        own = doc_text.caption_or_sidecar(caption=caption, sidecar=sidecar)
-        metadata: list[str | None] = []
-        decoded = decode_bytes(
-            data,
-            name=entry.path,
-            max_megapixels=max_megapixels,
-            target_size=encoder.preprocess_config.image_size,
-            embedded_thumbnail=embedded_thumbnail,
-            # Own text from metadata is read from the file decode opens anyway: one parse, not two.
-            inspect=None if own else lambda img: metadata.append(doc_text.text_of_open_image(img)),
-        )
-        pixels = encoder.preprocess(decoded.image)
-    except MissingExtraError as exc:
-        return Skipped(entry.path, exc.reason, retry=True)
-    except ImageLoadError as exc:
-        return Skipped(entry.path, exc.reason)
-    if own is None and metadata:
-        own = doc_text.metadata_own_text(metadata[0])
-    return LoadedImage(
-        entry, pixels, content_id(data), decoded.width, decoded.height, own, decoded.source
-    )
-
-
-LoadResult = LoadedImage | Skipped
-
-
 @dataclass(eq=False)
 class _Job:
     """One file's load, and what a consumer needs to wait for it or to give up on it."""
@@ -207,7 +111,7 @@ class DecodePool:
         return job.outcome
 
     def close(self) -> None:
-        """Let every thread end once its current job is done; queued jobs are dropped."""
+        """Let every thread end once its current job is done; queued jobs are answered, not run."""
         with self._lock:
             self._closed = True
             threads = self._live + self._abandoned
@@ -257,7 +161,11 @@ class DecodePool:
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             with self._lock:
-                if job.abandoned or self._closed:
+                if job.abandoned:
+                    continue
+                if self._closed:  # an encoder thread may still wait for it: answer, do not run it
+                    job.outcome = Skipped(job.entry.path, STOPPED_REASON, retry=True)
+                    job.done.set()
                     continue
                 job.started_at = time.monotonic()
             try:
@@ -286,6 +194,70 @@ def _chunks(entries: Iterable[FileEntry], size: int) -> Iterator[list[FileEntry]
         yield chunk
 
 
+class _FilePool(Protocol):
+    """What encode_files needs of a decode pool: threads (DecodePool) or processes."""
+
+    def submit(self, request: FileRequest) -> Any:
+        """Queue one file; the returned job goes to result()."""
+        ...
+
+    def result(self, job: Any) -> LoadResult:
+        """The file's outcome; a Skipped past the time limit, or when the pool closed first."""
+        ...
+
+    def close(self) -> None:
+        """Stop the workers; files not started yet are answered as not decoded (STOPPED_REASON)."""
+        ...
+
+
+class _ThreadFiles:
+    """DecodePool behind the request interface the process pool has."""
+
+    def __init__(self, workers: int, *, timeout_s: float, load: Callable[[FileRequest], LoadResult]) -> None:
+        self._pool = DecodePool(workers, timeout_s=timeout_s)
+        self._load = load
+
+    def submit(self, request: FileRequest) -> _Job:
+        return self._pool.submit(request.entry, functools.partial(self._load, request))
+
+    def result(self, job: _Job) -> LoadResult:
+        return self._pool.result(job)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+@dataclass(frozen=True)
+class _RequestLoader:
+    """load_file with a run's options, called with one FileRequest (inherited by forked workers)."""
+
+    encoder: Encoder
+    max_megapixels: float
+    embedded_thumbnail: bool
+
+    def __call__(self, request: FileRequest) -> LoadResult:
+        return load_file(
+            request.entry,
+            self.encoder,
+            max_megapixels=self.max_megapixels,
+            embedded_thumbnail=self.embedded_thumbnail,
+            caption=request.caption,
+            sidecar=request.sidecar,
+        )
+
+
+def _start_pool(
+    workers: int, *, timeout_s: float, processes: bool, load: Callable[[FileRequest], LoadResult]
+) -> _FilePool:
+    if processes:
+        from indexer.indexing import decode_processes  # imports decode_pool: not at module level
+
+        if decode_processes.fork_available():
+            return decode_processes.ProcessDecodePool(workers, timeout_s=timeout_s, load=load)
+        warn_once(f"{DECODE_PROCESSES_FLAG}: this system cannot fork worker processes; decoding in threads")
+    return _ThreadFiles(workers, timeout_s=timeout_s, load=load)
+
+
 def encode_files(
     entries: Iterable[FileEntry],
     encoder: Encoder,
@@ -297,41 +269,46 @@ def encode_files(
     sidecars: Container[str] = frozenset(),
     workers: int | None = None,
     decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S,
+    decode_processes: bool = DEFAULT_DECODE_PROCESSES,
+    encode_streams: int = 1,
 ) -> Iterator[EncodedBatch]:
-    """Yield encoded batches in input order; decoding runs `LOOKAHEAD_BATCHES` ahead in threads.
+    """Yield encoded batches in input order; decoding runs `LOOKAHEAD_BATCHES` ahead in workers.
 
     sidecars: the caption files a folder scan found (none is looked for on disk).
+    decode_processes: decode in forked worker processes instead of threads (decode_processes).
+    encode_streams: batches encoded at once, each on its own thread (torch releases the GIL);
+    with one intra-op thread each, no stream waits at a barrier for a thread a decoder preempted.
     """
-    pool = DecodePool(workers or os.cpu_count() or 1, timeout_s=decode_timeout_s)
+    if encode_streams < 1:
+        raise ValueError(f"encode_streams must be at least 1, got {encode_streams}")
+    load = _RequestLoader(encoder, max_megapixels, embedded_thumbnail)
+    pool = _start_pool(
+        workers or os.cpu_count() or 1, timeout_s=decode_timeout_s, processes=decode_processes, load=load
+    )
+    streams = ThreadPoolExecutor(encode_streams, thread_name_prefix="encode")
     try:
-        pending: deque[list[_Job]] = deque()
+        decoding: deque[list[Any]] = deque()
+        encoding: deque[Future[EncodedBatch]] = deque()
         for chunk in _chunks(entries, batch_size):
-            pending.append(
-                [
-                    pool.submit(
-                        e,
-                        functools.partial(
-                            load_file,
-                            e,
-                            encoder,
-                            max_megapixels=max_megapixels,
-                            embedded_thumbnail=embedded_thumbnail,
-                            caption=captions.get(e.path) if captions else None,
-                            sidecar=caption_files.sidecar_among(e.path, sidecars),
-                        ),
-                    )
-                    for e in chunk
-                ]
-            )
-            if len(pending) > LOOKAHEAD_BATCHES:
-                yield _encode_ready(pool, pending.popleft(), encoder)
-        while pending:
-            yield _encode_ready(pool, pending.popleft(), encoder)
+            decoding.append([pool.submit(_request(e, captions, sidecars)) for e in chunk])
+            if len(decoding) > LOOKAHEAD_BATCHES:
+                encoding.append(streams.submit(_encode_ready, pool, decoding.popleft(), encoder))
+            if len(encoding) >= encode_streams:
+                yield encoding.popleft().result()
+        encoding.extend(streams.submit(_encode_ready, pool, jobs, encoder) for jobs in decoding)
+        while encoding:
+            yield encoding.popleft().result()
     finally:
+        streams.shutdown(wait=False, cancel_futures=True)
         pool.close()
 
 
-def _encode_ready(pool: DecodePool, jobs: list[_Job], encoder: Encoder) -> EncodedBatch:
+def _request(entry: FileEntry, captions: Mapping[str, str] | None, sidecars: Container[str]) -> FileRequest:
+    caption = captions.get(entry.path) if captions else None
+    return FileRequest(entry, caption, caption_files.sidecar_among(entry.path, sidecars))
+
+
+def _encode_ready(pool: _FilePool, jobs: list[Any], encoder: Encoder) -> EncodedBatch:
     results = [pool.result(job) for job in jobs]
     images = [r for r in results if isinstance(r, LoadedImage)]
     skipped = [r for r in results if isinstance(r, Skipped)]

@@ -31,7 +31,7 @@ from indexer.indexing.ray_encode import RayTarget, encode_files_ray
 from indexer.media import caption_files, formats
 from indexer.media import own_text as doc_text
 from indexer.media.content_id import algorithm_key, content_id_like, file_content_id
-from indexer.media.images import DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_MEGAPIXELS
+from indexer.media.images import DEFAULT_DECODE_PROCESSES, DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_MEGAPIXELS
 from indexer.media.scan import FileEntry, ScanOptions, scan_folder
 from indexer.models.devices import indexing_threads, torch_threads
 from indexer.models.fusion_head import FusionHead, FusionHeadError, NoFusionHeadError, load_fusion_head
@@ -132,6 +132,10 @@ class IndexOptions:
     # The fusion method to record (`--fusion`); None keeps the index's, and a new index gets
     # DEFAULT_FUSION_METHOD when its model has a fusion head, else linear.
     fusion: FusionMethod | None = None
+    # Decode in forked worker processes instead of threads (indexer.indexing.decode_processes).
+    decode_processes: bool = DEFAULT_DECODE_PROCESSES
+    # Batches encoded at once, each on its own thread with `torch_threads` intra-op threads.
+    encode_streams: int = 1
 
 
 @dataclass
@@ -416,6 +420,8 @@ def _encode_and_commit(
             sidecars=plan.sidecars,
             workers=options.workers,
             decode_timeout_s=options.decode_timeout_s,
+            decode_processes=options.decode_processes,
+            encode_streams=options.encode_streams,
         )
         if options.ray is None
         else encode_files_ray(

@@ -27,7 +27,7 @@ from indexer.errors import InvalidInputError, UnavailableError
 from indexer.store.backends import require_extra
 
 if TYPE_CHECKING:
-    from indexer.indexing.decode_pool import EncodedBatch
+    from indexer.indexing.file_loading import EncodedBatch
     from indexer.media.scan import FileEntry
     from indexer.models.encoder import Encoder
 
@@ -115,7 +115,7 @@ def _decode_rows(
     batch: dict[str, np.ndarray], *, source: str, max_megapixels: float, embedded_thumbnail: bool
 ) -> dict[str, np.ndarray]:
     """A Ray task: read, hash, decode and preprocess files; a failure is a row with a reason."""
-    from indexer.indexing.decode_pool import LoadedImage, load_file
+    from indexer.indexing.file_loading import LoadedImage, load_file
     from indexer.media.scan import FileEntry
 
     encoder = _worker_encoder(source)
@@ -275,7 +275,7 @@ def _as_encoded_batch(batch: dict[str, np.ndarray], files: list[FileEntry], *, d
     """Ray's columns back into the EncodedBatch the writer stages (pixels are not kept)."""
     import torch
 
-    from indexer.indexing.decode_pool import EncodedBatch, LoadedImage, Skipped
+    from indexer.indexing.file_loading import EncodedBatch, LoadedImage, Skipped
     from indexer.media.own_text import OwnText
 
     images: list[LoadedImage] = []

@@ -43,6 +43,10 @@ MAX_MEGAPIXELS_FLAG = "--max-megapixels"
 # keeps a decoder busy ten times longer is broken or crafted, and must not stall a run.
 DEFAULT_DECODE_TIMEOUT_S = 30.0
 DECODE_TIMEOUT_FLAG = "--decode-timeout"
+# Decode in worker processes instead of threads (indexer.indexing.decode_processes); the default
+# is the faster of the two on the measured machine (benchmarks/RESULTS.md, "real-sized model").
+DECODE_PROCESSES_FLAG = "--decode-processes"
+DEFAULT_DECODE_PROCESSES = False
 
 HEIF_FORMAT = "HEIF"  # registered by pillow_heif
 JXL_FORMAT = "JXL"  # registered by pillow_jxl (the jxl extra)
