@@ -44,7 +44,7 @@ from mmsearch.cli_common import (
 from mmsearch.query import DEFAULT_TEXT_WEIGHT, Query, QuerySpecError, build_terms
 
 if TYPE_CHECKING:  # torch, transformers, FAISS and the catalogue load inside the commands that use them
-    from indexer.indexing.pipeline import IndexReport
+    from indexer.indexing.report import IndexReport
     from indexer.models.lazy import LazyEncoder
     from indexer.models.spec import ModelSpec
     from indexer.training.loop import EpochResult
@@ -458,7 +458,7 @@ def add_texts_cmd(
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
     """Index a text collection for image-to-text search."""
-    from indexer.indexing.pipeline import add_texts
+    from indexer.indexing.edits import add_texts
     from mmsearch.texts import read_texts
 
     index_dir = index_dir_of(db)

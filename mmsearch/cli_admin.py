@@ -197,7 +197,7 @@ def remove_cmd(
     db: DbOption = None,
 ) -> None:
     """Remove files (or everything under folders) from the index; the files themselves are untouched."""
-    from indexer.indexing.pipeline import remove_images
+    from indexer.indexing.edits import remove_images
 
     removed = remove_images(index_dir_of(db), paths)
     typer.echo(f"removed {removed} images from {index_dir_of(db)}")

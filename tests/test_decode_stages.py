@@ -22,7 +22,6 @@ from support import camera_jpeg, save_random_model
 
 from indexer.indexing import decode_pool
 from indexer.indexing.decode_pool import EncodedBatch, encode_files
-from indexer.indexing.decode_processes import WorkerError
 from indexer.media.scan import FileEntry, scan_folder
 from indexer.models.encoder import Encoder, load_encoder
 
@@ -153,7 +152,7 @@ def test_a_bug_in_a_worker_process_is_raised_with_its_traceback(
         return load_file(entry, *args, **kwargs)
 
     monkeypatch.setattr(decode_pool, "load_file", buggy)
-    with pytest.raises(WorkerError, match=r"(?s)drawing2\.png.*KeyError: 'a bug, not a bad file'"):
+    with pytest.raises(RuntimeError, match=r"(?s)drawing2\.png.*KeyError: 'a bug, not a bad file'"):
         _run(encoder, photos, decode_processes=True)
     assert _no_workers_left()
 

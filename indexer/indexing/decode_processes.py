@@ -91,10 +91,6 @@ def _from_wire(answer: _ImageWire | Skipped) -> LoadResult:
     )
 
 
-class WorkerError(RuntimeError):
-    """A bug in a worker's load (not a bad file: those come back as Skipped), with its traceback."""
-
-
 def _serve(conn: Connection, load: RequestLoad) -> None:
     """A worker's loop: load each requested file and send the outcome back, until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -272,7 +268,9 @@ class _Feeder:
         self.sent.popleft()
         self._head_since = time.monotonic()
         if kind == "error":
-            job.error = WorkerError(f"decoding {job.request.entry.path} failed:\n{payload}")
+            # A bug in the worker's load (bad files come back as Skipped): raised with its traceback,
+            # for the whole run, as a bug in this process would be.
+            job.error = RuntimeError(f"decoding {job.request.entry.path} failed:\n{payload}")
             job.done.set()
         else:
             assert isinstance(payload, _ImageWire | Skipped)

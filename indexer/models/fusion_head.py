@@ -175,6 +175,14 @@ def has_fusion_head(model_source: str, model_id: str) -> bool:
     return True
 
 
+def usable_fusion_head(model_source: str, model_id: str) -> FusionHead | None:
+    """The model's head, or None when its folder has none or an unusable one (linear then)."""
+    try:
+        return load_fusion_head(model_source, model_id)
+    except (NoFusionHeadError, FusionHeadError):
+        return None
+
+
 def load_fusion_head(model_source: str, model_id: str) -> FusionHead:
     """The head saved in a model folder, checked against the weights it must belong to.
 
