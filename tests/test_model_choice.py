@@ -160,8 +160,9 @@ def test_a_missing_model_folder_says_how_to_make_one(tmp_path: Path) -> None:
 def test_the_bundled_model_says_what_it_was_trained_on() -> None:
     trained = trained_on(DEFAULT_MODEL_DIR)
     assert trained is not None
-    assert trained.corpus == "mmsearch sample corpus"
-    assert "5 shapes, 8 colours, 2 sizes, 9 positions" in trained.domain
+    assert trained.corpus == "mmsearch-sample-corpus/2"  # generate.py's name and version, as training read it
+    vocabulary = "circles, squares, triangles, stars and hexagons in 8 colours, 2 sizes and 9 positions"
+    assert vocabulary in trained.domain
     assert (trained.images, trained.pairs) == (3600, 13400)  # the train split of generate.py --scale 1
 
 
@@ -242,7 +243,7 @@ def test_models_lists_the_bundled_model_and_model_folders_of_the_data_dir(
     listing = json.loads(result.stdout)
     [bundled] = listing["bundled"]
     assert bundled["model"] == str(DEFAULT_MODEL_DIR.resolve()) and bundled["kind"] == "native"
-    assert bundled["trained_on"]["corpus"] == "mmsearch sample corpus"
+    assert bundled["trained_on"]["corpus"] == "mmsearch-sample-corpus/2"
     assert listing["models_dir"] == str(models)
     assert [(m["model"], m["kind"], m["trained_on"]) for m in listing["local"]] == [
         (str(models / "colours"), "native", None)
@@ -258,7 +259,7 @@ def test_models_text_says_what_each_model_knows(
     result = CliRunner().invoke(app, ["models"])
     assert result.exit_code == 0, result.output
     assert "sample-shapes (native)" in result.stdout
-    assert "trained on: mmsearch sample corpus (96x96 rendered scenes" in result.stdout
+    assert "trained on: mmsearch-sample-corpus/2 (rendered scenes of the sample corpus" in result.stdout
     assert "3,600 images, 13,400 pairs" in result.stdout
     assert str(tmp_path / "models" / "colours") in result.stdout
     assert "trained on: unknown" in result.stdout
