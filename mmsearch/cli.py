@@ -13,8 +13,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from indexer.indexing.fusion import DEFAULT_FUSION_METHOD, FUSION_METHODS, Fusion, FusionError, FusionMethod
-from indexer.media.images import (
+from indexer.indexing.fusion_spec import (
+    DEFAULT_FUSION_METHOD,
+    FUSION_METHODS,
+    Fusion,
+    FusionError,
+    FusionMethod,
+)
+from indexer.media.settings import (
     DECODE_PROCESSES_FLAG,
     DECODE_TIMEOUT_FLAG,
     DEFAULT_DECODE_PROCESSES,

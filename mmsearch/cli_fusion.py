@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from indexer.models.fusion_head import HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE, head_dir
 from mmsearch.cli_common import DEFAULT_DEVICE, DeviceOption, ModelOption, command, fail
 
 if TYPE_CHECKING:
@@ -40,6 +39,7 @@ def train_fusion_cmd(
 ) -> None:
     """Train the learned fusion head (--fusion learned) on frozen model vectors; saved in the model folder."""
     from indexer.models.encoder import load_encoder
+    from indexer.models.fusion_head import head_dir
     from indexer.training.corpora import load_corpus
     from indexer.training.fusion_head import FusionTrainConfig, select_fusion_head, train_and_val
 
@@ -95,6 +95,8 @@ def _summary(report: FusionTrainReport, folder: Path, encoded_s: float) -> dict[
 
 
 def _summary_line(report: FusionTrainReport, folder: Path) -> str:
+    from indexer.models.fusion_head import HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE
+
     weight = report.best_linear_weight()
     learned, linear = report.val, report.linear[str(weight)]
     return (

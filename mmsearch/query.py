@@ -22,14 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-
 from indexer.errors import InvalidInputError
-from indexer.indexing.fusion import DEFAULT_TEXT_WEIGHT as DEFAULT_TEXT_WEIGHT  # kept importable here
-from indexer.indexing.fusion import Fusion, QueryModality, Scored
+from indexer.indexing.fusion_spec import DEFAULT_TEXT_WEIGHT as DEFAULT_TEXT_WEIGHT  # kept importable here
+from indexer.indexing.fusion_spec import Fusion, QueryModality, Scored
 from indexer.store.search_params import SearchParams
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
     from indexer.indexing.calibration import Calibration, ScoreStats
@@ -171,6 +170,8 @@ def main_kind(terms: Sequence[QueryTerm]) -> TermKind:
 
 def combine(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
     """Weighted sum of normalised term vectors (n, dim), renormalised -> (dim,) float32."""
+    import numpy as np  # here, not at import: the CLI parses queries before any search
+
     if not any(w > 0 for w in weights):
         raise QuerySpecError(
             "a query needs something to look for: only subtractions were given "
@@ -236,6 +237,8 @@ def cut(
     relevant_only: bool,
 ) -> tuple[Scored, list[Relevance] | None]:
     """Drop candidates below min_score (raw score) and, if asked, those not likely relevant."""
+    import numpy as np
+
     mask = np.ones(len(scored.ids), dtype=bool)
     if min_score is not None:
         mask &= scored.scores >= min_score

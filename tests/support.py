@@ -33,10 +33,12 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH_SYNTH_PATH = REPO / "benchmarks" / "synth.py"
 RECALL_KS = (1, 5, 10)  # the cut-offs `mmsearch eval` reports
 MODEL_MODULES = ("torch", "transformers")
-# Runs the real CLI entry point, then reports which model libraries the process imported.
+# Libraries `mmsearch --help` has no use for either: arrays, images, vectors, the catalogue.
+DATA_MODULES = ("numpy", "PIL", "faiss", "sqlalchemy")
+# Runs the real CLI entry point, then reports which of those libraries the process imported.
 IMPORT_PROBE = (
     "import atexit, json, sys\n"
-    f"heavy = {MODEL_MODULES!r}\n"
+    f"heavy = {MODEL_MODULES + DATA_MODULES!r}\n"
     "atexit.register(lambda: print('IMPORTED ' + json.dumps(sorted(m for m in heavy if m in sys.modules)),"
     " file=sys.stderr))\n"
     "from mmsearch.cli import main\n"
@@ -47,12 +49,14 @@ IMPORT_PROBE = (
 
 @dataclass(frozen=True)
 class ProcessRun:
-    """One `mmsearch` process: exit code, output, and the model libraries it imported."""
+    """One `mmsearch` process: exit code, output, the model libraries it imported, and every
+    watched library (MODEL_MODULES + DATA_MODULES) it imported."""
 
     code: int
     stdout: str
     stderr: str
     imported: list[str]
+    loaded: list[str]
 
 
 def mmsearch_process(*args: object) -> ProcessRun:
@@ -65,7 +69,9 @@ def mmsearch_process(*args: object) -> ProcessRun:
     marker = [line for line in lines if line.startswith("IMPORTED ")]
     assert marker, f"the probe did not report (exit {done.returncode}):\n{done.stderr}"
     stderr = "\n".join(line for line in lines if not line.startswith("IMPORTED "))
-    return ProcessRun(done.returncode, done.stdout, stderr, json.loads(marker[-1].removeprefix("IMPORTED ")))
+    loaded = json.loads(marker[-1].removeprefix("IMPORTED "))
+    imported = [m for m in loaded if m in MODEL_MODULES]
+    return ProcessRun(done.returncode, done.stdout, stderr, imported, loaded)
 
 
 def load_script(path: Path, name: str) -> ModuleType:

@@ -61,10 +61,14 @@ def indexed(colors_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     return folder, db
 
 
-def test_help_imports_no_model_library() -> None:
+def test_help_imports_no_model_or_data_library() -> None:
+    """Help is built from plain settings (media.settings, fusion_spec): not even NumPy or Pillow."""
     run = mmsearch_process("--help")
     assert run.code == 0 and "index" in run.stdout
-    assert run.imported == []
+    assert run.loaded == []
+    search_help = mmsearch_process("search", "--help")
+    assert search_help.code == 0 and "--fusion" in search_help.stdout
+    assert search_help.loaded == []
 
 
 def test_info_imports_no_model_library(indexed: tuple[Path, Path]) -> None:

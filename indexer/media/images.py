@@ -14,7 +14,7 @@ import os
 import stat
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -27,26 +27,23 @@ from indexer.media.formats import HEIF_EXTENSIONS, JXL_EXTENSIONS, RAW_EXTENSION
 from indexer.media.formats import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS  # re-exported, as before
 from indexer.media.formats import PILLOW_FORMATS as PILLOW_FORMATS  # re-exported, as before
 
+# Re-exported: these settings lived here before settings.py.
+from indexer.media.settings import DECODE_PROCESSES_FLAG as DECODE_PROCESSES_FLAG
+from indexer.media.settings import DECODE_TIMEOUT_FLAG as DECODE_TIMEOUT_FLAG
+from indexer.media.settings import DEFAULT_DECODE_PROCESSES as DEFAULT_DECODE_PROCESSES
+from indexer.media.settings import DEFAULT_DECODE_TIMEOUT_S as DEFAULT_DECODE_TIMEOUT_S
+from indexer.media.settings import DEFAULT_MAX_MEGAPIXELS as DEFAULT_MAX_MEGAPIXELS
+from indexer.media.settings import MAX_MEGAPIXELS_FLAG as MAX_MEGAPIXELS_FLAG
+from indexer.media.settings import PIXELS_PER_MEGAPIXEL as PIXELS_PER_MEGAPIXEL
+from indexer.media.settings import RESIZE_MODES as RESIZE_MODES
+from indexer.media.settings import PreprocessConfig as PreprocessConfig
+
 if TYPE_CHECKING:
     import torch  # imported where a tensor is made: decoding alone never needs torch
 
 HEIF_EXTRA_REASON = "HEIC/HEIF needs the optional extra: pip install 'mmsearch[heif]'"
 JXL_EXTRA_REASON = "JPEG XL needs the optional extra: pip install 'mmsearch[jxl]'"
 RAW_EXTRA_REASON = "camera RAW needs the optional extra: pip install 'mmsearch[raw]'"
-
-# 100 MP admits every phone and nearly every camera (102 MP medium format is the rare exception)
-# while refusing headers whose RGB decode would need more than ~300 MB per image.
-DEFAULT_MAX_MEGAPIXELS = 100.0
-PIXELS_PER_MEGAPIXEL = 1_000_000
-MAX_MEGAPIXELS_FLAG = "--max-megapixels"
-# A 100 MP TIFF or a full-size RAW demosaic takes a few seconds on two busy cores; a file that
-# keeps a decoder busy ten times longer is broken or crafted, and must not stall a run.
-DEFAULT_DECODE_TIMEOUT_S = 30.0
-DECODE_TIMEOUT_FLAG = "--decode-timeout"
-# Decode in worker processes instead of threads (indexer.indexing.decode_processes); the default
-# is the faster of the two on the measured machine (benchmarks/RESULTS.md, "real-sized model").
-DECODE_PROCESSES_FLAG = "--decode-processes"
-DEFAULT_DECODE_PROCESSES = False
 
 HEIF_FORMAT = "HEIF"  # registered by pillow_heif
 JXL_FORMAT = "JXL"  # registered by pillow_jxl (the jxl extra)
@@ -90,7 +87,6 @@ WIDE_INT_MODES: frozenset[str] = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16
 UINT16_MAX = 65535
 UINT8_MAX = 255
 
-RESIZE_MODES = ("shorter_side_center_crop", "squash")
 
 # What Pillow raises on bad bytes besides UnidentifiedImageError and the bomb checks: OSError for
 # truncated or broken streams, plus the parse errors Pillow's own open() treats as "this plugin
@@ -579,41 +575,6 @@ def _l_from_unit(unit: np.ndarray) -> Image.Image:
     unit *= UINT8_MAX
     np.rint(unit, out=unit)
     return Image.fromarray(unit.astype(np.uint8))
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """How an RGB image becomes a tensor; saved with the model so queries match training."""
-
-    image_size: int = 64
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
-    resize: str = "shorter_side_center_crop"  # or "squash"
-
-    def __post_init__(self) -> None:
-        """Refuse a config that would fail or divide by zero at the first image."""
-        if self.image_size <= 0:
-            raise ValueError(f"image_size must be positive, got {self.image_size}")
-        if self.resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError("mean and std need one value per RGB channel")
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"std values must be positive, got {self.std}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples become lists)."""
-        data = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
-        """Inverse of to_dict; missing keys take defaults, unknown keys are an error."""
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown PreprocessConfig keys: {', '.join(unknown)}")
-        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**values)
 
 
 def preprocess(image: Image.Image, config: PreprocessConfig) -> torch.Tensor:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer.errors import InvalidInputError
-from indexer.media.images import PreprocessConfig
+from indexer.media.settings import PreprocessConfig
 
 MODEL_CONFIG_DIR = Path(__file__).with_name("configs")
 # CLIP's initial temperature 0.07 and its cap of 100 on the logit scale.
