@@ -592,17 +592,6 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the marked section of the results file (or append it)."""
-    text = path.read_text() if path.exists() else "# mmsearch benchmark results\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.strip() + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
-
-
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -744,7 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"figures saved to {saved} (--from-json writes the section again from them)")
     section = render(run["models"], run["command"], run["header"], run["params"])
     settings.out.parent.mkdir(parents=True, exist_ok=True)
-    write_section(settings.out, section)
+    report.write_marked_section(settings.out, section, BEGIN, END)
     log(f"section written to {settings.out}")
     print(section)
     return 0

@@ -162,3 +162,15 @@ def keep_marked_sections(previous: str, text: str) -> str:
     """text, followed by the marked sections of the previous results file: a rewrite keeps them."""
     kept = [m.group(0) for m in MARKED_SECTION.finditer(previous)]
     return text.rstrip() + "".join(f"\n\n{section}" for section in kept) + "\n"
+
+
+def write_marked_section(path: Path, section: str, begin: str, end: str) -> None:
+    """Replace the section between `begin` and `end` in the results file (or append it); a
+    section starts with `begin` and ends with `end` itself."""
+    text = path.read_text() if path.exists() else "# mmsearch benchmark results\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section.strip() + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.write_text(text)

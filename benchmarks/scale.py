@@ -486,17 +486,6 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the marked section of the results file (or append it)."""
-    text = path.read_text() if path.exists() else "# mmsearch benchmark results\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.strip() + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every size and kind, write the section and the plot."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
@@ -581,7 +570,7 @@ def publish(
             "## Index types at scale (`make bench-scale`)\n\n> **Partial**: the run was still going "
             "(or was stopped) after the rows below.\n",
         )
-    write_section(args.out, section)
+    report.write_marked_section(args.out, section, BEGIN, END)
 
 
 def _remove_tree(path: Path) -> None:
