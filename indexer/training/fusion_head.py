@@ -16,7 +16,6 @@ are never read.
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -33,29 +32,39 @@ from indexer.models.fusion_head import FusionHead, FusionHeadConfig
 from indexer.training.corpora import Corpus
 from indexer.training.evaluate import embed_corpus
 
+# The protocol lived here before fusion_protocol.py (shared with `mmsearch eval`): re-exported.
+from indexer.training.fusion_protocol import GAP_PAIRS as GAP_PAIRS
+from indexer.training.fusion_protocol import MIN_SHORT_WORDS as MIN_SHORT_WORDS
+from indexer.training.fusion_protocol import OWN_TEXT_FRACTION, encode_split
+from indexer.training.fusion_protocol import RECALL_KS as RECALL_KS
+from indexer.training.fusion_protocol import SHORT_KEEP as SHORT_KEEP
+from indexer.training.fusion_protocol import FrozenSplit as FrozenSplit
+from indexer.training.fusion_protocol import Protocol as Protocol
+from indexer.training.fusion_protocol import Scorer as Scorer
+from indexer.training.fusion_protocol import fusion_recall as fusion_recall
+from indexer.training.fusion_protocol import head_scorer as head_scorer
+from indexer.training.fusion_protocol import linear_scorer as linear_scorer
+from indexer.training.fusion_protocol import modality_gap as modality_gap
+from indexer.training.fusion_protocol import protocol as protocol
+from indexer.training.fusion_protocol import shorten as shorten
+
 TRAIN_SPLIT = "train"
 VAL_SPLIT = "val"
 # Without splits, this share of the images (seeded) is held out to select the head on.
 HOLDOUT_FRACTION = 0.1
-# Share of val images that carry an own text in the selection protocol (as in benchmarks/FUSION.md).
-VAL_TEXT_FRACTION = 0.5
+# Share of val images that carry an own text in the selection protocol.
+VAL_TEXT_FRACTION = OWN_TEXT_FRACTION
 # Text weights the linear rule is measured at on val, to report the head against its best.
 LINEAR_WEIGHTS: tuple[float, ...] = tuple(i / 10 for i in range(11))
-RECALL_KS = (1, 5, 10)
 # InfoNCE temperature: learnt, starting at CLIP's 0.07 and capped at 0.01 like the towers'.
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
 MAX_LOGIT_SCALE = math.log(100.0)
-# A shortened own text keeps this share of its caption's words (drawn per text), at least two.
-SHORT_KEEP = (0.3, 0.7)
-MIN_SHORT_WORDS = 2
 # Loss weights of text-less targets tried by `select_fusion_head`, each selected on val: how
 # much must fusion protect images without own text? The answer depends on the model.
 TEXTLESS_WEIGHTS: tuple[float, ...] = (1.0, 2.0, 4.0)
 # The head starts as the linear rule at this text weight: indexer.indexing.fusion's
 # DEFAULT_TEXT_WEIGHT, restated because training does not import indexing (a test keeps the two equal).
 START_TEXT_WEIGHT = 0.2
-# Random non-matching pairs used to measure the modality gap the head's text alignment starts from.
-GAP_PAIRS = 20_000
 
 
 class FusionTrainError(ModelError):
@@ -88,63 +97,10 @@ class FusionTrainConfig:
     start_text_weight: float = START_TEXT_WEIGHT
 
 
-@dataclass(frozen=True)
-class FrozenSplit:
-    """Encoder vectors of one split: images (n, dim), captions (m, dim) float32, L2-normalised;
-    owners (m,) the image row of each caption; canonical (m,) captions preferred as queries;
-    shortened (m, dim) or None: each caption cut to a few of its words (`shorten`)."""
-
-    images: np.ndarray
-    captions: np.ndarray
-    owners: np.ndarray
-    canonical: np.ndarray
-    shortened: np.ndarray | None = None
-
-    def own_texts(self) -> np.ndarray:
-        """What an own text can be, by row: the captions (rows < m), then their shortened forms."""
-        if self.shortened is None:
-            return self.captions
-        return np.concatenate([self.captions, self.shortened])
-
-    def captions_of(self) -> list[np.ndarray]:
-        """Caption rows of each image."""
-        order = np.argsort(self.owners, kind="stable")
-        bounds = np.searchsorted(self.owners[order], np.arange(len(self.images) + 1))
-        return [order[bounds[i] : bounds[i + 1]] for i in range(len(self.images))]
-
-    def subset(self, image_rows: np.ndarray) -> FrozenSplit:
-        """The given images and their captions, renumbered."""
-        new_row = np.full(len(self.images), -1, np.int64)
-        new_row[image_rows] = np.arange(len(image_rows))
-        keep = new_row[self.owners] >= 0
-        return FrozenSplit(
-            self.images[image_rows],
-            self.captions[keep],
-            new_row[self.owners[keep]],
-            self.canonical[keep],
-            None if self.shortened is None else self.shortened[keep],
-        )
-
-
-def shorten(caption: str, rng: random.Random) -> str:
-    """A few of a caption's words, in order (SHORT_KEEP of them, at least MIN_SHORT_WORDS): an
-    own text as photo metadata often is, keywords rather than a sentence."""
-    words = caption.split()
-    keep = max(MIN_SHORT_WORDS, round(rng.uniform(*SHORT_KEEP) * len(words)))
-    if keep >= len(words):
-        return caption
-    return " ".join(words[i] for i in sorted(rng.sample(range(len(words)), keep)))
-
-
 def frozen_split(encoder: Encoder, corpus: Corpus, *, seed: int = 0, batch_size: int = 64) -> FrozenSplit:
     """Encode a corpus (split) once, with a shortened form of every caption; unreadable images
     drop out with their captions."""
-    emb = embed_corpus(encoder, corpus, batch_size=batch_size)
-    canonical = np.array([bool(p.meta.get("canonical")) for p in emb.pairs], dtype=bool)
-    rng = random.Random(seed)
-    shortened = encoder.encode_texts([shorten(p.caption, rng) for p in emb.pairs])
-    owners = np.asarray(emb.caption_to_image, np.int64)
-    return FrozenSplit(emb.image_emb, emb.text_emb, owners, canonical, shortened)
+    return encode_split(encoder, embed_corpus(encoder, corpus, batch_size=batch_size), seed=seed)
 
 
 def train_and_val(encoder: Encoder, corpus: Corpus, *, seed: int) -> tuple[FrozenSplit, FrozenSplit]:
@@ -223,94 +179,7 @@ class TorchFusionHead(nn.Module):
         return FusionHead(config, {k: v.detach().cpu().float().numpy().copy() for k, v in arrays.items()})
 
 
-# -- the selection protocol ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """One fixed evaluation: a query caption per image and, for some images, an own text."""
-
-    queries: np.ndarray  # (n_images,) caption row queried for each image
-    own_text: np.ndarray  # (n_images,) caption row of its own text, -1 for none
-
-
-def protocol(
-    split: FrozenSplit, *, seed: int, fraction: float = VAL_TEXT_FRACTION, short: float = 0.5
-) -> Protocol:
-    """Every image queried by its canonical caption (else its first); a seeded `fraction` of
-    the images that have another caption carry one of those as own text, a `short` share of
-    them shortened (when the split has shortened captions). own_text rows index own_texts()."""
-    rng = np.random.default_rng(seed)
-    captions = split.captions_of()
-    queries = np.array(
-        [next((c for c in rows if split.canonical[c]), rows[0]) if len(rows) else -1 for rows in captions]
-    )
-    own = np.full(len(captions), -1, np.int64)
-    chosen = rng.random(len(captions)) < fraction
-    shortened = (rng.random(len(captions)) < short) & (split.shortened is not None)
-    for image, rows in enumerate(captions):
-        others = rows[rows != queries[image]]
-        if chosen[image] and len(others):
-            own[image] = rng.choice(others) + (len(split.captions) if shortened[image] else 0)
-    return Protocol(queries, own)
-
-
-Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-
-
-def fusion_recall(split: FrozenSplit, plan: Protocol, score: Scorer) -> dict[str, dict[str, float]]:
-    """Text->image R@1/5/10 over the whole split for all queries, and for targets with and
-    without own text. score(queries (q, dim), image (q, n), text (q, n) NaN for none) -> (q, n)."""
-    asked = np.flatnonzero(plan.queries >= 0)
-    queries = split.captions[plan.queries[asked]]  # (q, dim)
-    image = queries @ split.images.T  # (q, n)
-    has_text = plan.own_text >= 0
-    own = split.own_texts()[np.maximum(plan.own_text, 0)]  # (n, dim)
-    text = np.where(has_text[None, :], queries @ own.T, np.nan)  # (q, n)
-    fused = score(queries, image, text)  # (q, n)
-    target = fused[np.arange(len(asked)), asked]
-    ranks = (fused > target[:, None]).sum(axis=1) + 1  # (q,) ties count for the query
-    groups = {
-        "all": np.ones(len(asked), bool),
-        "with_text": has_text[asked],
-        "without_text": ~has_text[asked],
-    }
-    return {
-        name: {f"R@{k}": round(float((ranks[mask] <= k).mean()) if mask.any() else 0.0, 4) for k in RECALL_KS}
-        for name, mask in groups.items()
-    }
-
-
-def modality_gap(split: FrozenSplit, *, seed: int) -> tuple[float, float]:
-    """Mean scores of random non-matching (caption, image) and (caption, other caption) pairs."""
-    rng = np.random.default_rng(seed)
-    left = rng.integers(len(split.captions), size=GAP_PAIRS)
-    image = rng.integers(len(split.images), size=GAP_PAIRS)
-    other = rng.integers(len(split.captions), size=GAP_PAIRS)
-    apart = split.owners[left] != image
-    image_mean = float(np.einsum("nd,nd->n", split.captions[left[apart]], split.images[image[apart]]).mean())
-    apart = split.owners[left] != split.owners[other]
-    text_mean = float(np.einsum("nd,nd->n", split.captions[left[apart]], split.captions[other[apart]]).mean())
-    return image_mean, text_mean
-
-
-def linear_scorer(weight: float, shift: float) -> Scorer:
-    """The linear rule (indexer.indexing.fusion, "mean" alignment) as a Scorer."""
-
-    def score(queries: np.ndarray, image: np.ndarray, text: np.ndarray) -> np.ndarray:
-        fused = (1 - weight) * image + weight * (text + shift)
-        return np.where(np.isnan(text), image, fused)
-
-    return score
-
-
-def head_scorer(head: FusionHead) -> Scorer:
-    """The NumPy head as a Scorer, one query at a time, as the engine runs it."""
-
-    def score(queries: np.ndarray, image: np.ndarray, text: np.ndarray) -> np.ndarray:
-        return np.stack([head.fuse(q, i, t) for q, i, t in zip(queries, image, text, strict=True)])
-
-    return score
+# -- selection on val, by the protocol of indexer.training.fusion_protocol ---------------------------
 
 
 def mean_recall(metrics: dict[str, dict[str, float]], group: str) -> float:
