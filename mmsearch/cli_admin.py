@@ -32,6 +32,12 @@ from mmsearch.cli_common import (
 
 if TYPE_CHECKING:  # the store, FAISS and the model load inside the commands that use them
     from indexer.store.index_types import OptimizeReport
+    from indexer.training.fusion_protocol import FusionEvalSettings
+
+# What `mmsearch eval` says of learned fusion for a model without a head.
+NO_HEAD = "no head (train one with `mmsearch train-fusion`)"
+# The fusion block's groups of queries, by the own text of their target, and their labels.
+FUSION_GROUPS = (("all", "all"), ("with_text", "with own text"), ("without_text", "without own text"))
 
 
 def calibrate_cmd(
@@ -133,10 +139,19 @@ def eval_cmd(
     checkpoint: CheckpointOption = None,
     pretrained: PretrainedOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    no_fusion: Annotated[
+        bool,
+        typer.Option(
+            "--no-fusion",
+            help="Skip the fusion block (text->image with own text on half the images: image "
+            "only, linear, learned).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     device: DeviceOption = DEFAULT_DEVICE,
 ) -> None:
-    """Recall@1/5/10 and median rank for text->image and image->text (and the shift split)."""
+    """Recall@1/5/10 and median rank for text->image and image->text (and the shift split), and
+    text->image with own text on half the images: image only, linear and learned fusion."""
     from indexer.models.encoder import load_encoder
     from indexer.training.corpora import load_corpus
     from indexer.training.evaluate import SHIFT_SPLIT, evaluate_with_shift
@@ -145,7 +160,8 @@ def eval_cmd(
     if split is not None:
         data.select(split)  # an unknown split is refused before the model loads
     encoder = load_encoder(model_option_spec(model, checkpoint, pretrained), device=device)
-    result = evaluate_with_shift(encoder, data, split=split, batch_size=batch_size)
+    fusion = None if no_fusion else _fusion_settings(encoder.info.source, encoder.info.model_id)
+    result = evaluate_with_shift(encoder, data, split=split, batch_size=batch_size, fusion=fusion)
     if as_json:
         typer.echo(json.dumps(result))
         return
@@ -157,6 +173,21 @@ def eval_cmd(
         )
 
 
+def _fusion_settings(model_source: str, model_id: str) -> FusionEvalSettings:
+    """The engine's default linear fusion, and the model's head when it has a usable one."""
+    from indexer.indexing.fusion_spec import DEFAULT_TEXT_WEIGHT
+    from indexer.models.fusion_head import FusionHeadError, NoFusionHeadError, load_fusion_head
+    from indexer.training.fusion_protocol import FusionEvalSettings
+
+    try:
+        head = load_fusion_head(model_source, model_id)
+    except NoFusionHeadError:
+        return FusionEvalSettings(DEFAULT_TEXT_WEIGHT, missing_head=NO_HEAD)
+    except FusionHeadError as exc:
+        return FusionEvalSettings(DEFAULT_TEXT_WEIGHT, missing_head=f"unusable head ({exc})")
+    return FusionEvalSettings(DEFAULT_TEXT_WEIGHT, head=head)
+
+
 def _print_evaluation(title: str, result: dict) -> None:  # type: ignore[type-arg]
     typer.echo(
         f"{title}: {result['counts']['images']} images, {result['counts']['captions']} captions"
@@ -164,6 +195,33 @@ def _print_evaluation(title: str, result: dict) -> None:  # type: ignore[type-ar
     _print_metrics("all captions", result)
     for name, group in result.get("breakdown", {}).items():
         _print_metrics(f"{name} (n={group['n']})", group)
+    if "fusion" in result:
+        _print_fusion(result["fusion"])
+
+
+def _print_fusion(fusion: dict) -> None:  # type: ignore[type-arg]
+    """Three lines (all, with and without own text) per fusion method the block has."""
+    typer.echo(
+        f"fusion, t2i with own text on {fusion['images_with_text']} of {fusion['images']} images "
+        f"({fusion['short_text_share']:.0%} of those shortened; seed {fusion['seed']}):"
+    )
+    linear = fusion["linear"]
+    methods = [
+        ("image only", fusion["image_only"]),
+        (f"linear w={linear['text_weight']:g}", linear),
+        ("learned", fusion["learned"]),
+    ]
+    for method, metrics in methods:
+        if metrics is None:
+            continue
+        for group, label in FUSION_GROUPS:
+            m = metrics[group]
+            typer.echo(
+                f"  {method if group == 'all' else '':14s} {label:16s} R@1 {m['R@1']:.3f}  "
+                f"R@5 {m['R@5']:.3f}  R@10 {m['R@10']:.3f}"
+            )
+    if "note" in fusion:
+        typer.echo(fusion["note"])
 
 
 def _print_metrics(label: str, metrics: dict) -> None:  # type: ignore[type-arg]

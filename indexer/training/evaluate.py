@@ -18,6 +18,7 @@ import torch
 from indexer.media.images import ImageLoadError, open_image
 from indexer.models.encoder import Encoder
 from indexer.training.corpora import CaptionPair, Corpus, CorpusError, retrieval_set
+from indexer.training.fusion_protocol import FusionEvalSettings, encode_split, fusion_metrics
 
 RECALL_KS = (1, 5, 10)
 # A test split drawn by a second, independent renderer: reported beside the split evaluated.
@@ -159,12 +160,18 @@ def corpus_metrics(encoder: Encoder, corpus: Corpus, *, batch_size: int = 64) ->
 
 
 def evaluate_with_shift(
-    encoder: Encoder, corpus: Corpus, *, split: str | None, batch_size: int = 64
+    encoder: Encoder,
+    corpus: Corpus,
+    *,
+    split: str | None,
+    batch_size: int = 64,
+    fusion: FusionEvalSettings | None = None,
 ) -> dict[str, Any]:
     """evaluate_corpus on `split` (None: every split but the shift one), plus the shift split.
 
     A corpus may hold a "shift" split drawn by another renderer, never used for training or
-    model selection; it is reported under "shift" next to the split asked for.
+    model selection; it is reported under "shift" next to the split asked for. With `fusion`,
+    each gets a "fusion" block (`evaluate_corpus`).
     """
     has_shift = SHIFT_SPLIT in corpus.splits()
     if split is not None:
@@ -173,14 +180,20 @@ def evaluate_with_shift(
         main = Corpus(tuple(p for p in corpus.pairs if p.split != SHIFT_SPLIT), corpus.source, corpus.format)
     else:
         main = corpus
-    result = evaluate_corpus(encoder, main, batch_size=batch_size)
+    result = evaluate_corpus(encoder, main, batch_size=batch_size, fusion=fusion)
     if has_shift and split != SHIFT_SPLIT:
-        result[SHIFT_SPLIT] = evaluate_corpus(encoder, corpus.select(SHIFT_SPLIT), batch_size=batch_size)
+        result[SHIFT_SPLIT] = evaluate_corpus(
+            encoder, corpus.select(SHIFT_SPLIT), batch_size=batch_size, fusion=fusion
+        )
     return result
 
 
-def evaluate_corpus(encoder: Encoder, corpus: Corpus, *, batch_size: int = 64) -> dict[str, Any]:
-    """Recall@1/5/10 and median rank both ways; a "breakdown" for corpora that tag their scenes."""
+def evaluate_corpus(
+    encoder: Encoder, corpus: Corpus, *, batch_size: int = 64, fusion: FusionEvalSettings | None = None
+) -> dict[str, Any]:
+    """Recall@1/5/10 and median rank both ways; a "breakdown" for corpora that tag their scenes;
+    with `fusion`, a "fusion" block: text->image recall with own text on some images
+    (indexer.training.fusion_protocol's `fusion_metrics`, on the same image vectors)."""
     emb = embed_corpus(encoder, corpus, batch_size=batch_size)
     if not emb.pairs:
         raise CorpusError(f"{corpus.source}: no readable images to evaluate on")
@@ -195,6 +208,8 @@ def evaluate_corpus(encoder: Encoder, corpus: Corpus, *, batch_size: int = 64) -
         "captions": len(emb.pairs),
         "skipped": len(emb.skipped),
     }
+    if fusion is not None:
+        result["fusion"] = fusion_metrics(encode_split(encoder, emb, seed=fusion.seed), fusion)
     return result
 
 

@@ -3,7 +3,9 @@
 A split's images and captions are encoded once (`FrozenSplit`); `protocol` fixes, seeded, which
 caption queries each image and which images carry an own text (another of their captions, never
 the query itself, a share of them shortened to a few words); `fusion_recall` scores any fusion
-rule (`Scorer`) under that plan. indexer.training.fusion_head selects a head on val by it.
+rule (`Scorer`) under that plan. indexer.training.fusion_head selects a head on val by it, and
+`mmsearch eval` reports image-only, linear and learned fusion on test and shift by it
+(`fusion_metrics`), so the numbers of the two compare.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +32,11 @@ SHORT_KEEP = (0.3, 0.7)
 MIN_SHORT_WORDS = 2
 # Random non-matching pairs used to measure the modality gap the head's text alignment starts from.
 GAP_PAIRS = 20_000
+# The seed of the protocol `mmsearch eval` reports: that of head training's default selection.
+EVAL_SEED = 0
+# How the linear rule aligns own-text scores here: indexer.indexing.fusion's FUSION_ALIGN,
+# restated because training does not import indexing (a test keeps the two equal).
+LINEAR_ALIGN = "mean"
 
 
 @dataclass(frozen=True)
@@ -179,3 +186,52 @@ def encode_split(encoder: Encoder, emb: CorpusEmbeddings, *, seed: int = 0) -> F
     owners = np.asarray(emb.caption_to_image, np.int64)
     return FrozenSplit(emb.image_emb, emb.text_emb, owners, canonical, shortened)
 
+
+# -- fusion as `mmsearch eval` reports it --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FusionEvalSettings:
+    """What the fusion block of an evaluation compares: image only, the linear rule at
+    text_weight (the engine's default, given by the caller: training does not import indexing),
+    and the learned head when there is one (else missing_head says why, in the report)."""
+
+    text_weight: float
+    head: FusionHead | None = None
+    missing_head: str = "no head"
+    seed: int = EVAL_SEED
+
+
+def fusion_metrics(split: FrozenSplit, settings: FusionEvalSettings) -> dict[str, Any]:
+    """Text->image R@1/5/10 under `protocol` (own text on OWN_TEXT_FRACTION of the images), for
+    all queries and for targets with and without own text: image only (text weight 0), linear
+    fusion at settings.text_weight with the mean modality-gap alignment measured on the split,
+    and the learned head (None without one, with a "note")."""
+    plan = protocol(split, seed=settings.seed)
+    notes = []
+    block: dict[str, Any] = {
+        "own_text_share": OWN_TEXT_FRACTION,
+        "short_text_share": SHORT_TEXT_FRACTION,
+        "seed": settings.seed,
+        "images": len(split.images),
+        "images_with_text": int((plan.own_text >= 0).sum()),
+    }
+    if block["images_with_text"] == 0:
+        notes.append("no image has a second caption to carry as own text: fusion changes nothing here")
+    # One image has no non-matching pair to measure the gap on; its rank is 1 whatever the shift.
+    shift = float(np.subtract(*modality_gap(split, seed=settings.seed))) if len(split.images) > 1 else 0.0
+    block["image_only"] = fusion_recall(split, plan, linear_scorer(0.0, 0.0))
+    block["linear"] = {
+        "text_weight": settings.text_weight,
+        "align": LINEAR_ALIGN,
+        "text_shift": round(shift, 4),
+        **fusion_recall(split, plan, linear_scorer(settings.text_weight, shift)),
+    }
+    if settings.head is None:
+        block["learned"] = None
+        notes.append(f"learned fusion: {settings.missing_head}")
+    else:
+        block["learned"] = fusion_recall(split, plan, head_scorer(settings.head))
+    if notes:
+        block["note"] = "; ".join(notes)
+    return block
