@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from indexer.errors import InvalidInputError, MMSearchError, NotFoundError, UnavailableError
-from indexer.indexing.calibration import Calibration, read_calibration
+from indexer.indexing.calibration import CALIBRATION_KEY, Calibration, parse_calibration
 from indexer.indexing.fusion import (
     FUSION_METHODS,
     Fusion,
@@ -44,7 +44,7 @@ from indexer.models.lazy import LazyEncoder
 from indexer.models.spec import ModelLoadError, ModelSpec
 from indexer.store import catalog
 from indexer.store.backends import VectorBackend, read_backends, vector_backend
-from indexer.store.catalog import DocTextRow, ImageRow, TextRow
+from indexer.store.catalog import DocTextRow, HitRows, ImageRow, TextRow
 from indexer.store.index_dir import (
     DOC_TEXTS,
     IMAGES,
@@ -86,6 +86,10 @@ MAX_IMAGE_ID = 2**63 - 1
 # A caller's query vector (search_vector) whose length is off 1 by more than this is
 # renormalised; unit vectors (from encode_query_*, or POST /embed) are used bit for bit.
 UNIT_TOLERANCE = 1e-3
+# A search whose catalogue read finds the calibration changed since the search began is answered
+# again with the new one, at most this many times in all (computing one takes seconds: a change
+# during the retry is a writer racing it, and that answer is then as fresh as any before).
+CALIBRATION_ATTEMPTS = 3
 
 
 class EngineError(MMSearchError):
@@ -243,6 +247,9 @@ class Engine:
         self._doc_texts = _Snapshot(self._vectors, DOC_TEXTS, info.dim, use_gpu=use_gpu)
         self._fusion_head: FusionHead | None = None
         self._head_lock = threading.Lock()
+        # The calibration the last search read (None: not read yet); every search reads it again
+        # in its one catalogue statement and answers again if it changed (_answer_batch).
+        self._calibration_seen: _SeenCalibration | None = None
 
     @classmethod
     def open(
@@ -575,10 +582,24 @@ class Engine:
 
     def _answer_batch(self, jobs: Sequence[_Job]) -> list[SearchResults | MMSearchError]:
         """Score, judge and cut each job's query vector; jobs that search alike share one
-        FAISS batch and all share one catalogue read."""
+        FAISS batch and all share one catalogue statement. That statement also reads the
+        calibration again: the cached one judged the search, and if it has changed since (a
+        writer recalibrated) the search is answered again with the new one."""
         if not jobs:
             return []
-        calibration = self.calibration()
+        seen = self._calibration_seen or self._read_calibration()
+        for _ in range(CALIBRATION_ATTEMPTS):
+            judged = self._judge_batch(jobs, seen.calibration)
+            rows = self._hit_rows(jobs, judged)
+            if rows.info_value == seen.text:
+                break
+            seen = self._calibration_seen = _SeenCalibration(rows.info_value)
+        return self._results(jobs, judged, rows)
+
+    def _judge_batch(
+        self, jobs: Sequence[_Job], calibration: Calibration | None
+    ) -> list[_Judged | MMSearchError]:
+        """Each job's candidates after relevance and cut-offs, or the error that refuses it."""
         resolved = list(jobs)  # each query's fusion made concrete below
         judged: list[_Judged | MMSearchError] = [_NOT_SCORED] * len(jobs)
         groups: dict[Query, list[int]] = {}
@@ -604,7 +625,7 @@ class Engine:
                     judged[position] = _judge(scored, job, calibration)
                 except QueryError as exc:
                     judged[position] = exc
-        return self._results(resolved, judged)
+        return judged
 
     def _score(self, jobs: Sequence[_Job], calibration: Calibration | None) -> list[Scored]:
         """Candidates for jobs that search alike (one _search_key, fusion resolved by
@@ -651,27 +672,34 @@ class Engine:
                 self._fusion_head = load_fusion_head(self.encoder.info.source, self.encoder.info.model_id)
             return self._fusion_head
 
-    def _results(
-        self,
-        jobs: Sequence[_Job],
-        judged: Sequence[_Judged | MMSearchError],
-    ) -> list[SearchResults | MMSearchError]:
-        """Judged candidates as hits, with the catalogue rows of every job read in one session."""
-        wanted: dict[Target, list[int]] = {"image": [], "text": []}
+    def _hit_rows(self, jobs: Sequence[_Job], judged: Sequence[_Judged | MMSearchError]) -> HitRows:
+        """The catalogue rows of every job's candidates and the calibration, in one statement."""
+        wanted: dict[Target, set[int]] = {"image": set(), "text": set()}
         for job, outcome in zip(jobs, judged, strict=True):
             if not isinstance(outcome, MMSearchError):
-                wanted[job.query.to] += outcome[0].ids.tolist()
-        with Session(self._sql) as session:
-            images = catalog.image_rows(session, wanted["image"]) if wanted["image"] else {}
-            texts = catalog.text_rows(session, wanted["text"]) if wanted["text"] else {}
+                wanted[job.query.to].update(outcome[0].ids.tolist())
+        return catalog.hit_rows(
+            self._sql,
+            image_ids=sorted(wanted["image"]),
+            text_ids=sorted(wanted["text"]),
+            info_key=CALIBRATION_KEY,
+        )
+
+    @staticmethod
+    def _results(
+        jobs: Sequence[_Job],
+        judged: Sequence[_Judged | MMSearchError],
+        rows: HitRows,
+    ) -> list[SearchResults | MMSearchError]:
+        """Judged candidates as hits, named from the catalogue rows read for them."""
         results: list[SearchResults | MMSearchError] = []
         for job, outcome in zip(jobs, judged, strict=True):
             if isinstance(outcome, MMSearchError):
                 results.append(outcome)
                 continue
             scored, relevance = outcome
-            hits = _hits(scored, job.query.to, images=images, texts=texts)
-            if relevance is not None:
+            hits = _hits(scored, job.query.to, rows)
+            if relevance is not None and len(hits) < len(relevance):  # a row not yet committed
                 by_id = dict(zip(scored.ids.tolist(), relevance, strict=True))
                 relevance = [by_id[h.id] for h in hits]
             results.append(SearchResults(hits, relevance))
@@ -685,8 +713,14 @@ class Engine:
 
     def calibration(self) -> Calibration | None:
         """The index's random-pair score calibration, or None (not computed, or an old index)."""
-        with Session(self._sql) as session:
-            return read_calibration(session)
+        return self._read_calibration().calibration
+
+    def _read_calibration(self) -> _SeenCalibration:
+        """The calibration as stored now, remembered for the next search."""
+        with self._sql.connect() as connection:
+            seen = _SeenCalibration(catalog.read_info_value(connection, CALIBRATION_KEY))
+        self._calibration_seen = seen
+        return seen
 
     def calibrate(self) -> Calibration:
         """(Re)compute the calibration now (takes the writer lock)."""
@@ -849,6 +883,17 @@ class _TermPlan:
 
 
 _Judged = tuple[Scored, list[Relevance] | None]  # candidates after the cut-offs, their relevance
+
+
+class _SeenCalibration:
+    """The calibration row's text as a search read it (None: no row) and the calibration in it."""
+
+    __slots__ = ("calibration", "text")
+
+    def __init__(self, text: str | None) -> None:
+        self.text = text
+        self.calibration: Calibration | None = parse_calibration(text)
+
 # Placeholders in search_batch's lists for queries still being answered (replaced before return).
 _PENDING = SearchResults([], None)
 _NOT_SCORED = QueryError("not scored")
@@ -878,13 +923,11 @@ def _judge(scored: Scored, job: _Job, calibration: Calibration | None) -> _Judge
     return cut(scored, relevance, min_score=query.min_score, relevant_only=query.relevant)
 
 
-def _hits(
-    scored: Scored, to: Target, *, images: Mapping[int, ImageRow], texts: Mapping[int, TextRow]
-) -> list[ImageHit] | list[TextHit]:
+def _hits(scored: Scored, to: Target, rows: HitRows) -> list[ImageHit] | list[TextHit]:
     """Scored candidates as ranked hits, from catalogue rows read beforehand."""
     if to == "text":
-        return _ranked(scored.ids, scored.scores, texts, lambda r, s, i, row: TextHit(r, s, i, row.text))
-    return _ranked(scored.ids, scored.scores, images, lambda r, s, i, row: ImageHit(r, s, i, row.path))
+        return _ranked(scored.ids, scored.scores, rows.texts, TextHit)
+    return _ranked(scored.ids, scored.scores, rows.paths, ImageHit)
 
 
 def _query_text(query: str | None) -> str:
@@ -925,11 +968,11 @@ def _query(
         raise QueryError(str(exc)) from exc
 
 
-def _ranked(ids, scores, rows, make):  # type: ignore[no-untyped-def]
+def _ranked(ids, scores, names, make):  # type: ignore[no-untyped-def]
     """Hits in score order, skipping ids whose row a concurrent writer has not committed."""
     hits = []
-    for id_, score in zip(ids, scores, strict=True):
-        row = rows.get(int(id_))
-        if row is not None:
-            hits.append(make(len(hits) + 1, round(float(score), 4), int(id_), row))
+    for id_, score in zip(ids.tolist(), scores.tolist(), strict=True):
+        name = names.get(id_)
+        if name is not None:
+            hits.append(make(len(hits) + 1, round(score, 4), id_, name))
     return hits

@@ -237,6 +237,8 @@ def cut(
     relevant_only: bool,
 ) -> tuple[Scored, list[Relevance] | None]:
     """Drop candidates below min_score (raw score) and, if asked, those not likely relevant."""
+    if min_score is None and not (relevant_only and relevance is not None):
+        return scored, relevance  # nothing to drop: no copies per query
     import numpy as np
 
     mask = np.ones(len(scored.ids), dtype=bool)

@@ -371,10 +371,13 @@ def _vectors(store: VectorStore, ids: np.ndarray) -> np.ndarray:
 
 
 def read_calibration(session: Session) -> Calibration | None:
-    """The stored calibration, or None (never computed, or written by another format).
+    """The stored calibration, or None (never computed, or written by another format)."""
+    return parse_calibration(catalog.read_info_value(session, CALIBRATION_KEY))
 
-    Read on every query: one row by key, and the JSON parsed once per distinct text."""
-    text = catalog.read_info_value(session, CALIBRATION_KEY)
+
+def parse_calibration(text: str | None) -> Calibration | None:
+    """The calibration in a stored row's text (None: no row); parsed once per distinct text,
+    so a reader that reads the row on every query (mmsearch.engine) parses it once."""
     return _parsed_calibration(text) if text else None
 
 
