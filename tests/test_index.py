@@ -211,6 +211,42 @@ def test_faiss_ids_are_sqlite_primary_keys(
         assert np.allclose(store.reconstruct(rows[path]), want, atol=1e-5), path
 
 
+def test_hit_rows_reads_any_number_of_ids_and_one_info_value(index_dir: Path, encoder: Encoder) -> None:
+    """catalog.hit_rows: paths (undecodable names as os.scandir gives them) and texts by id past
+    one statement's id limit, ids without a row left out, the info value or None."""
+    from sqlalchemy import insert
+
+    from indexer.store import catalog
+
+    odd = os.fsdecode(b"/photos/caf\xe9.png")  # a Latin-1 name: a lone surrogate in the str
+    count = catalog.IDS_PER_STATEMENT * 2 + 5
+    with IndexWriter(index_dir, encoder.info) as writer, writer.session() as session:
+        session.execute(
+            insert(catalog.ImageRow),
+            [
+                {"id": i, "path": odd if i == 7 else f"/photos/{i}.png", "root": "/photos", "size": 1,
+                 "mtime_ns": 0, "content_hash": str(i), "width": 1, "height": 1, "indexed_at": 0.0}
+                for i in range(1, count + 1)
+            ],
+        )
+        session.execute(
+            insert(catalog.TextRow),
+            [{"id": i, "text": f"caption {i}", "source": "api", "added_at": 0.0} for i in (1, 2, 3)],
+        )
+        catalog.write_info(session, {"note": "kept"})
+        session.commit()
+    sql_engine = catalog.open_catalog(index_dir, create=False)
+    try:
+        wanted = [*range(1, count + 1), count + 1, count + 2]  # the last two have no row
+        rows = catalog.hit_rows(sql_engine, image_ids=wanted, text_ids=[3, 1, 99], info_key="note")
+        assert rows.paths == {i: odd if i == 7 else f"/photos/{i}.png" for i in range(1, count + 1)}
+        assert rows.texts == {1: "caption 1", 3: "caption 3"} and rows.info_value == "kept"
+        none = catalog.hit_rows(sql_engine, image_ids=[], text_ids=[], info_key="absent")
+        assert none == catalog.HitRows({}, {}, None)
+    finally:
+        sql_engine.dispose()
+
+
 def test_remove_accepts_the_path_spelled_through_a_symlink(
     photo_folder: PhotoFolder, index_dir: Path, encoder: Encoder, tmp_path: Path
 ) -> None:

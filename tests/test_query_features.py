@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from indexer.indexing import calibration as calib
 from indexer.indexing.fusion import Fusion, FusionError
-from indexer.indexing.pipeline import index_folders
+from indexer.indexing.pipeline import index_folders, remove_images
 from indexer.media import own_text as doc_text
 from indexer.models.encoder import Encoder, load_encoder
 from indexer.store.catalog import CATALOG_FILE
@@ -27,7 +27,7 @@ from indexer.store.index_dir import DOC_TEXTS_FAISS, IMAGES_FAISS, IndexWriter
 from indexer.store.vectors import VectorStore
 from mmsearch import preview
 from mmsearch.cli import app
-from mmsearch.engine import MAX_K, Engine, ImageHit, QueryError, TextHit
+from mmsearch.engine import MAX_K, Engine, ImageHit, QueryError, SearchResults, TextHit
 from mmsearch.query import Query, QuerySpecError, QueryTerm, build_terms, combine, parse_weighted
 
 QUERY = "a red image"
@@ -591,6 +591,56 @@ def test_calibrations_without_image_fusion_are_read_and_recomputed(engine: Engin
     assert old is not None and old.image_fused == () and old.fused_null("image", 0.2) is None
     assert calib.needs_calibration(old, images=cal.images, doc_texts=cal.doc_texts)
     assert not calib.needs_calibration(cal, images=cal.images, doc_texts=cal.doc_texts)
+
+
+def test_an_open_engine_sees_what_other_writers_change(encoder: Encoder, tmp_path: Path) -> None:
+    """What an Engine keeps between searches (the vector stores per snapshot, the calibration it
+    last read) never answers stale: after another writer adds images (and recalibrates),
+    rewrites only the calibration, or removes images, the open Engine's next search answers
+    exactly as a freshly opened one does."""
+    photos, more, index = tmp_path / "photos", tmp_path / "more", tmp_path / "index"
+    write_gallery(photos)
+    more.mkdir()
+    for n in range(6):  # 10 -> 16 images: the index run recalibrates (> RECALIBRATE_FRACTION)
+        color_image("red", seed=900 + n).save(more / f"late red{n}.png")
+    index_folders([photos], index, encoder, captions={str(photos / "twin_a.png"): QUERY})
+    terms = [QueryTerm("text", QUERY)]
+
+    def fresh(**options: object) -> SearchResults:
+        with Engine.open(index, device="cpu") as opened:
+            return opened.search_scored(terms, k=MAX_K, **options)  # type: ignore[arg-type]
+
+    with Engine.open(index, device="cpu") as reader:
+        first_calibration = reader.calibration()
+        first = reader.search_scored(terms, k=MAX_K)
+        assert first == fresh() and first.relevance is not None
+
+        # Other writers, never through `reader`: an index run, a calibration, a removal.
+        report = index_folders([more], index, encoder)
+        assert report.new == 6 and report.calibrated
+        added = reader.search_scored(terms, k=MAX_K)
+        assert added == fresh()
+        assert {Path(h.path).parent for h in added.hits} == {photos, more}
+        with Engine.open(index, device="cpu") as other:
+            added_calibration = other.calibration()
+        assert first_calibration is not None and added_calibration is not None
+        assert added_calibration.text_image != first_calibration.text_image
+
+        shifted = dataclasses.replace(  # written alone: no vector file changes
+            added_calibration,
+            text_image=dataclasses.replace(added_calibration.text_image, mean=-3.0, p99=-2.0),
+        )
+        with IndexWriter(index, encoder.info) as writer, writer.session() as session:
+            calib.write_calibration(session, shifted)
+            session.commit()
+        recalibrated = reader.search_scored(terms, k=MAX_K, text_weight=0)
+        assert recalibrated == fresh(text_weight=0)
+        assert recalibrated.relevance and all(r.likely_relevant for r in recalibrated.relevance)
+
+        assert remove_images(index, [more]) == 6
+        removed = reader.search_scored(terms, k=MAX_K)
+        assert removed == fresh()
+        assert {Path(h.path).parent for h in removed.hits} == {photos}
 
 
 # -- indexing own texts: refresh, removal, crash safety ----------------------------------------------
