@@ -236,6 +236,8 @@ class FaissFiles:
 
     def __init__(self, index_dir: Path) -> None:
         self.index_dir = index_dir
+        # stamp() runs on every query: its paths as str, built once (a Path costs more than the stat).
+        self._stamp_paths = {name: str(self.path(name)) for name in STORE_NAMES}
 
     def path(self, name: str) -> Path:
         """The file that holds store `name`."""
@@ -256,7 +258,7 @@ class FaissFiles:
     def stamp(self, name: str) -> Hashable:
         """(inode, mtime) of the file: a save replaces it."""
         try:
-            st = os.stat(self.path(name))
+            st = os.stat(self._stamp_paths.get(name) or self.path(name))
         except FileNotFoundError:
             return None
         return (st.st_ino, st.st_mtime_ns)
