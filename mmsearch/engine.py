@@ -897,6 +897,7 @@ class _SeenCalibration:
         self.text = text
         self.calibration: Calibration | None = parse_calibration(text)
 
+
 # Placeholders in search_batch's lists for queries still being answered (replaced before return).
 _PENDING = SearchResults([], None)
 _NOT_SCORED = QueryError("not scored")

@@ -9,6 +9,7 @@ one index per database.
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -370,19 +371,21 @@ class _HitStatement:
     image_slots: int
     text_slots: int
     info: bool
-    order: tuple[str, ...] | None  # bind names in statement order (positional paramstyles)
+    names: tuple[str, ...] | None  # bind names for a named paramstyle; None: positional
 
     def parameters(
         self, image_ids: Sequence[int], text_ids: Sequence[int], info_key: str
     ) -> tuple[object, ...] | dict[str, object]:
-        """The DBAPI parameters: each id list padded with _NO_ID to its slots."""
-        values: dict[str, object] = {}
-        for prefix, ids, slots in (("i", image_ids, self.image_slots), ("t", text_ids, self.text_slots)):
-            padded = [*ids, *[_NO_ID] * (slots - len(ids))]
-            values.update(zip([f"{prefix}{j}" for j in range(slots)], padded, strict=True))
+        """The DBAPI parameters in statement order: each id list padded with _NO_ID to its slots."""
+        values: list[object] = [
+            *image_ids,
+            *itertools.repeat(_NO_ID, self.image_slots - len(image_ids)),
+            *text_ids,
+            *itertools.repeat(_NO_ID, self.text_slots - len(text_ids)),
+        ]
         if self.info:
-            values["key"] = info_key
-        return values if self.order is None else tuple(values[name] for name in self.order)
+            values.append(info_key)
+        return tuple(values) if self.names is None else dict(zip(self.names, values, strict=True))
 
 
 @functools.lru_cache(maxsize=64)
@@ -419,10 +422,17 @@ def _hit_statement(dialect: Dialect, image_slots: int, text_slots: int, info: bo
             )
         )
     compiled = union_all(*parts).compile(dialect=dialect)
-    if compiled.escaped_bind_names:  # plain names are never escaped; a dialect that does is unknown
-        raise NotImplementedError(f"bind names escaped by {dialect.name}: {compiled.escaped_bind_names}")
-    order = None if compiled.positiontup is None else tuple(compiled.positiontup)
-    return _HitStatement(compiled.string, image_slots, text_slots, info, order)
+    names = (
+        *(f"i{j}" for j in range(image_slots)),
+        *(f"t{j}" for j in range(text_slots)),
+        *(["key"] if info else []),
+    )
+    # _HitStatement.parameters lists values in the order the parts are written: positional
+    # paramstyles number their binds so, and named ones must keep the names as given.
+    positional = compiled.positiontup is not None
+    if (positional and tuple(compiled.positiontup or ()) != names) or compiled.escaped_bind_names:
+        raise NotImplementedError(f"the {dialect.name} dialect binds hit_rows' parameters in another way")
+    return _HitStatement(compiled.string, image_slots, text_slots, info, None if positional else names)
 
 
 def text_rows(session: Session, ids: Sequence[int]) -> dict[int, TextRow]:
