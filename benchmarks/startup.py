@@ -109,11 +109,13 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def prepare_index(build: Build, folder: Path, index_dir: Path) -> None:
-    """A fresh index of `folder` built once, untimed, by the measured build."""
+def prepare_index(build: Build, folder: Path, index_dir: Path, model: Path | None = None) -> None:
+    """A fresh index of `folder` built once, untimed, by the measured build; `model` lets an
+    older baseline read it (a model folder written in a format both builds know)."""
     if index_dir.exists():
         shutil.rmtree(index_dir)
-    argv, env = build.command(["index", str(folder), "--db", str(index_dir), "--quiet"])
+    extra = ["--model", str(model)] if model is not None else []
+    argv, env = build.command(["index", str(folder), "--db", str(index_dir), "--quiet", *extra])
     done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=build.root)
     if done.returncode != 0:
         raise SystemExit(f"startup: indexing {folder} ({build.label}) failed:\n{done.stderr}")
@@ -150,6 +152,7 @@ def render(
     files: int,
     repeats: int,
     load_before: str,
+    model: Path | None = None,
 ) -> str:
     """The "CLI start-up" section as Markdown."""
     labels = [b.label for b in builds]
@@ -176,7 +179,8 @@ def render(
         "run by run; wall time from process spawn to exit through the console entry point; CPU = median "
         "user + system time of the process (all its threads)",
         f"- index: {files:,} {synth.SMALL_SIZE}px PNGs in {folder.name}/ (benchmarks/synth.py), indexed "
-        f"once, untimed, with the bundled model by the '{builds[-1].label}' build; info and re-index use it",
+        f"once, untimed, with {'the model in ' + str(model) if model else 'the bundled model'} by the "
+        f"'{builds[-1].label}' build; info and re-index use it",
         "- imports: `torch`/`transformers` found in `sys.modules` at the exit of any timed run",
         f"- goal: issue 10's, checked against the median wall time of the '{labels[-1]}' build",
         f"- load average (1/5/15 min) at start: {load_before}; at end: {report.load_average()} (2 cores "
@@ -230,6 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--work", type=Path, default=BENCH_DIR / "work", help="generated inputs and the index"
     )
     parser.add_argument("--results", type=Path, help="write the section into this Markdown file")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="model folder the index is built with (default: the bundled one); give an older "
+        "model folder when the baseline cannot read this release's model config",
+    )
     args = parser.parse_args(argv)
     current = Build("after" if args.baseline else "this checkout", Path(sys.executable), REPO_DIR)
     builds = [current] if not args.baseline else [parse_build(args.baseline, "before"), current]
@@ -237,10 +247,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     small = synth.ensure_small_files(args.work, count=args.files, processes=GENERATION_PROCESSES)
     index_dir = args.work / f"startup-index-{args.files}"
     print(f"startup: indexing {args.files} files into {index_dir} (untimed)", flush=True)
-    prepare_index(builds[-1], small.folder, index_dir)
+    prepare_index(builds[-1], small.folder, index_dir, args.model)
     results = measure(builds, small.folder, index_dir, args.repeats)
     section = render(
-        builds, results, folder=small.folder, files=args.files, repeats=args.repeats, load_before=load_before
+        builds,
+        results,
+        folder=small.folder,
+        files=args.files,
+        repeats=args.repeats,
+        load_before=load_before,
+        model=args.model,
     )
     if args.results:
         write_section(args.results, section)
