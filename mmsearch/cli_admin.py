@@ -241,8 +241,11 @@ def info_cmd(db: DbOption = None, as_json: Annotated[bool, typer.Option("--json"
     """Model, counts, dimension, index type (kind, parameters, recall at build) and size on disk."""
     from mmsearch.engine import Engine
 
-    with Engine.open(index_dir_of(db)) as engine:
+    with Engine.open(index_dir_of(db), check_model=False) as engine:
         stats = engine.stats()
+        problem = engine.model_problem
+    if problem is not None:  # described all the same: that is when a user asks what it holds
+        typer.echo(f"note: {problem}", err=True)
     if as_json:
         typer.echo(json.dumps(asdict(stats)))
         return

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -42,7 +42,7 @@ from indexer.media.images import ImageLoadError, open_image
 from indexer.models.devices import AUTO, CPU, Device
 from indexer.models.fusion_head import FusionHead, load_fusion_head
 from indexer.models.lazy import LazyEncoder
-from indexer.models.spec import ModelLoadError, ModelSpec
+from indexer.models.spec import EncoderInfo, ModelLoadError, ModelSpec
 from indexer.store import catalog
 from indexer.store.backends import VectorBackend, read_backends, vector_backend
 from indexer.store.catalog import DocTextRow, HitRows, ImageRow, TextRow
@@ -99,6 +99,19 @@ class EngineError(MMSearchError):
 
 class IndexUnavailableError(EngineError, UnavailableError):
     """No index, or an index that cannot be used with the requested model."""
+
+
+class _UnusableModel:
+    """Stands in for a model that is missing or no longer matches the index, so the index can
+    still be described; every use raises the problem found when it was opened."""
+
+    def __init__(self, info: IndexInfo, problem: str) -> None:
+        self.info = EncoderInfo(info.model_kind, info.model_source, info.model_id, info.dim)
+        self.problem = problem
+        self.device = CPU  # where FAISS searches ready vectors; nothing is encoded
+
+    def __getattr__(self, name: str) -> Any:
+        raise IndexUnavailableError(self.problem)
 
 
 class QueryError(EngineError, InvalidInputError):
@@ -259,24 +272,38 @@ class Engine:
         *,
         model: ModelSpec | str | Path | None = None,
         device: Device | str = AUTO,
+        check_model: bool = True,
     ) -> Engine:
         """Open an index with its recorded model, or with `model` after checking it matches.
 
         The model's weights load on the first query that needs encoding, so opening (for stats,
         or a search by a ready vector) imports no torch; a mismatched model is refused here.
+        check_model=False opens the index even when its model is missing or has changed (to
+        describe it: `mmsearch info`); then `model_problem` says what is wrong, and anything
+        that needs the model raises that error.
         """
         index_dir = Path(index_dir).expanduser().resolve()
         target = Device.parse(device)
         try:
             info = read_index_info(index_dir)
+        except (IndexStoreError, VectorStoreError) as exc:
+            raise IndexUnavailableError(str(exc)) from exc
+        try:
             spec = (
                 ModelSpec.parse(model) if model is not None else ModelSpec.from_recorded(info.model_source)
             )
-            encoder = LazyEncoder(spec, device=target)
+            encoder: Encoder = LazyEncoder(spec, device=target)
             check_compatible(info, encoder.info, index_dir)
         except (IndexStoreError, ModelLoadError, VectorStoreError) as exc:
-            raise IndexUnavailableError(str(exc)) from exc
+            if check_model:
+                raise IndexUnavailableError(str(exc)) from exc
+            encoder = _UnusableModel(info, str(exc))
         return cls(index_dir, info, encoder, device=target)
+
+    @property
+    def model_problem(self) -> str | None:
+        """Why the index's model cannot be used (opened with check_model=False), else None."""
+        return self.encoder.problem if isinstance(self.encoder, _UnusableModel) else None
 
     def load_model(self) -> None:
         """Load the model's weights now instead of on the first query (a server does, so that a
