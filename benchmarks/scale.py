@@ -4,6 +4,8 @@ overhead over raw FAISS doing the same searches on the same index.
     .venv/bin/python benchmarks/scale.py                       # N = 1e4, 1e5, 1e6 (128-d) + 1e5 (512-d)
     .venv/bin/python benchmarks/scale.py --quick               # N = 2e3, 1e4 (harness check, ~2 min)
     .venv/bin/python benchmarks/scale.py --real-corpus /tmp/sc # + recall on the bundled model's vectors
+    .venv/bin/python benchmarks/scale.py --real-only --real-corpus sample_corpus/build \
+        --real-emoji .cache/emoji --emoji-model .cache/models/emoji   # only that table (minutes)
 
 For every N and index kind: `build_index` on synthetic clustered unit vectors (the build an
 `mmsearch optimize --index-type KIND` runs, knob tuning included); bytes per vector of the FAISS
@@ -21,6 +23,7 @@ and the plot to benchmarks/scale.png.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -38,7 +41,7 @@ import numpy as np
 import torch
 from sqlalchemy import insert
 
-from indexer.models.encoder import load_encoder
+from indexer.models.encoder import Encoder, load_encoder
 from indexer.store import catalog
 from indexer.store.catalog import ImageRow
 from indexer.store.index_dir import IMAGES_FAISS, IndexWriter
@@ -53,6 +56,8 @@ import report
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 BEGIN, END = "<!-- bench-scale:begin -->", "<!-- bench-scale:end -->"
+# Opens the real-embeddings recall paragraph; `--real-only` finds the block to rewrite by it.
+REAL_INTRO = "Recall@10 of each kind's tuned defaults on real embeddings"
 SEED = 0
 K = 10
 BATCH = 64
@@ -285,29 +290,70 @@ def fit_exponent(ns: Sequence[int], values: Sequence[float]) -> float | None:
 
 @dataclass
 class RealResult:
-    """Recall of each kind's tuned defaults on real embeddings vs synthetic ones of the same size."""
+    """Recall of each kind's tuned defaults on one set of real embeddings vs synthetic ones of the
+    same size."""
 
-    n: int
+    label: str  # which corpus and model, e.g. "sample corpus, bundled model"
+    n: int  # image vectors
+    dim: int
     rows: list[tuple[str, float, float, float]]  # kind, text-query recall, image-query recall, synthetic
 
 
-def measure_real(corpus: Path, work: Path) -> RealResult | None:
-    """Index the sample corpus with the bundled model, then recall@10 of each kind's defaults for
-    caption queries (the real workload) and stored-image queries, against synthetic vectors."""
-    from indexer.indexing.pipeline import index_folders
-    from indexer.training.corpora import load_corpus
+@dataclass(frozen=True)
+class RealEmbeddings:
+    """A model's vectors of a caption corpus: every image once, and each distinct caption once."""
 
-    encoder = load_encoder(None, device="cpu")
-    folder = BENCH_DIR / "work" / "scale-real-index"  # kept between runs: indexing takes minutes
-    if not (folder / IMAGES_FAISS).exists():
-        log(f"real: indexing {corpus} with the bundled model")
-        index_folders([corpus / "images"], folder, encoder)
-    store = VectorStore.load(folder / IMAGES_FAISS, dim=encoder.info.dim, with_raw=True)
-    ids, vectors = store.all_vectors()
+    images: np.ndarray  # (images, dim) float32, L2-normalised
+    captions: np.ndarray  # (distinct captions, dim) float32, L2-normalised
+
+
+def corpus_file(corpus: Path) -> Path:
+    """corpus.jsonl of a corpus folder (sample_corpus/build, .cache/emoji), or the file itself."""
+    return corpus / "corpus.jsonl" if corpus.is_dir() else corpus
+
+
+def real_cache_dir(corpus: Path, model_id: str, work_root: Path) -> Path:
+    """Where one model's vectors of one corpus are kept between runs: keyed by the model's content
+    id and the corpus file's bytes, so a retrained model or a rebuilt corpus is encoded again."""
+    digest = hashlib.sha256(corpus_file(corpus).read_bytes()).hexdigest()[:12]
+    return work_root / f"scale-real-{model_id[:16]}-{digest}"
+
+
+def real_embeddings(corpus: Path, encoder: Encoder) -> RealEmbeddings:
+    """The encoder's vectors of every image of the corpus (where its corpus.jsonl points) and of
+    its distinct captions, read from the work cache when this model already encoded this corpus."""
+    from indexer.training.corpora import load_corpus
+    from indexer.training.evaluate import embed_corpus
+
+    folder = real_cache_dir(corpus, encoder.info.model_id, BENCH_DIR / "work")
+    cached = folder / "vectors.npz"
+    if cached.exists():
+        with np.load(cached) as saved:
+            return RealEmbeddings(saved["images"], saved["captions"])
+    log(f"real: encoding {corpus_file(corpus)} with {encoder.info.source}")
+    embedded = embed_corpus(encoder, load_corpus(corpus_file(corpus)))
+    first_row: dict[str, int] = {}  # each distinct caption's first row of text_emb
+    for row, pair in enumerate(embedded.pairs):
+        first_row.setdefault(pair.caption, row)
+    out = RealEmbeddings(embedded.image_emb, embedded.text_emb[list(first_row.values())])
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / "vectors.partial.npz"
+    np.savez(partial, images=out.images, captions=out.captions)
+    partial.replace(cached)  # a present cache file is always complete
+    return out
+
+
+def measure_real(corpus: Path, model: Path | None, label: str) -> RealResult:
+    """Recall@10 of each kind's tuned defaults on one model's image vectors of a caption corpus
+    (None: the bundled model), queried by its caption vectors (the real workload) and by stored
+    image vectors, against synthetic clustered vectors of the same count and dimension."""
+    encoder = load_encoder(model, device="cpu")
+    embedded = real_embeddings(corpus, encoder)
+    vectors = embedded.images
+    ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
     rng = np.random.default_rng(SEED)
-    captions = list(dict.fromkeys(p.caption for p in load_corpus(corpus / "corpus.jsonl").pairs))
-    picked = rng.choice(len(captions), min(RECALL_QUERIES, len(captions)), replace=False)
-    text_queries = encoder.encode_texts([captions[i] for i in picked])
+    picked = rng.choice(len(embedded.captions), min(RECALL_QUERIES, len(embedded.captions)), replace=False)
+    text_queries = embedded.captions[picked]
     image_queries = vectors[rng.choice(len(vectors), min(RECALL_QUERIES, len(vectors)), replace=False)]
     generated = clustered(len(ids) + RECALL_QUERIES, vectors.shape[1], seed=SEED + 7)
     synthetic, synthetic_queries = generated[: len(ids)], generated[len(ids) :]
@@ -316,21 +362,17 @@ def measure_real(corpus: Path, work: Path) -> RealResult | None:
         if kind == "flat":
             continue
         real = build_index(ArraySource(ids, vectors), vectors.shape[1], BuildSpec(kind)).store  # type: ignore[arg-type]
-        synth_store = build_index(
-            ArraySource(np.arange(1, len(ids) + 1), synthetic),
-            vectors.shape[1],
-            BuildSpec(kind),  # type: ignore[arg-type]
-        ).store
+        synth_store = build_index(ArraySource(ids, synthetic), vectors.shape[1], BuildSpec(kind)).store  # type: ignore[arg-type]
         rows.append(
             (
                 f"{kind} ({real.describe()})",
                 _recall_against(real, vectors, ids, text_queries),
                 _recall_against(real, vectors, ids, image_queries),
-                _recall_against(synth_store, synthetic, np.arange(1, len(ids) + 1), synthetic_queries),
+                _recall_against(synth_store, synthetic, ids, synthetic_queries),
             )
         )
-        log(f"real: {rows[-1]}")
-    return RealResult(len(ids), rows)
+        log(f"real ({label}): {rows[-1]}")
+    return RealResult(label, len(ids), vectors.shape[1], rows)
 
 
 def _recall_against(store: VectorStore, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray) -> float:
@@ -375,7 +417,7 @@ def plot(results: list[KindResult], path: Path) -> None:
 
 def render(
     results: list[KindResult],
-    real: RealResult | None,
+    reals: Sequence[RealResult],
     *,
     command: str,
     elapsed_s: float,
@@ -459,20 +501,56 @@ def render(
         build_b = fit_exponent(ns, [r.build_s for r in rows])
         latency_b = fit_exponent(ns, [r.single[0] for r in rows])
         lines.append(f"| {kind} | {_fmt(build_b)} | {_fmt(latency_b)} |")
-    if real is not None:
-        lines += [
-            "",
-            f"Recall@10 of each kind's tuned defaults on real embeddings: the bundled model's "
-            f"{real.n:,} image vectors of the sample corpus (`sample_corpus/generate.py`), queried "
-            "by caption vectors (what a sentence search sends) and by stored image vectors, against "
-            "synthetic clustered vectors of the same count and dimension:",
-            "",
-            "| kind | real, caption queries | real, image queries | synthetic |",
-            "|---|---|---|---|",
-        ]
-        lines += [f"| {k} | {t:.3f} | {i:.3f} | {s:.3f} |" for k, t, i, s in real.rows]
+    if reals:
+        lines += ["", *render_real(reals)]
     lines += ["", END]
     return "\n".join(lines) + "\n"
+
+
+def render_real(reals: Sequence[RealResult], *, provenance: str = "") -> list[str]:
+    """The real-embeddings recall paragraph and table (one row group per set), as lines;
+    `provenance` says how it was measured when that differs from the section's command."""
+    lines = [
+        f"{REAL_INTRO}: for each set below, a model's vectors of every image of a caption corpus "
+        f"(where its corpus.jsonl points), queried by {RECALL_QUERIES} of its distinct captions' "
+        f"vectors (what a sentence search sends) and by {RECALL_QUERIES} stored image vectors, "
+        "against synthetic clustered vectors of the same count and dimension. Each kind is built "
+        "and its knobs tuned on each set (the structure column shows the real set's)."
+        + (f" {provenance}" if provenance else ""),
+        "",
+        "| kind | real, caption queries | real, image queries | synthetic |",
+        "|---|---|---|---|",
+    ]
+    for real in reals:
+        lines.append(f"| **{real.label}** ({real.n:,} images, {real.dim}-d) | | | |")
+        lines += [f"| {k} | {t:.3f} | {i:.3f} | {s:.3f} |" for k, t, i, s in real.rows]
+    return lines
+
+
+def replace_real_block(text: str, block: str) -> str:
+    """The results file `text` with the real-embeddings recall paragraph and the table after it
+    replaced by `block` inside the bench-scale section (appended before the section's end marker
+    when it has none); every other byte is kept."""
+    begin, end = text.find(BEGIN), text.find(END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"no {BEGIN} ... {END} section: run the full benchmarks/scale.py first")
+    section = text[begin:end]
+    block = block.strip("\n") + "\n"
+    start = section.find(REAL_INTRO)
+    if start < 0:
+        return text[:begin] + section.rstrip("\n") + "\n\n" + block + "\n" + text[end:]
+    lines = section[start:].splitlines(keepends=True)
+    i = 0
+    while i < len(lines) and lines[i].strip() and not lines[i].startswith("|"):  # the paragraph
+        i += 1
+    while i < len(lines) and not lines[i].strip():  # blank lines before the table
+        i += 1
+    if i == len(lines) or not lines[i].startswith("|"):
+        raise ValueError(f"the paragraph starting {REAL_INTRO!r} is not followed by a table")
+    while i < len(lines) and lines[i].startswith("|"):
+        i += 1
+    stop = start + sum(len(line) for line in lines[:i])
+    return text[:begin] + section[:start] + block + section[stop:] + text[end:]
 
 
 def index_types_rerank_factor() -> int:
@@ -486,8 +564,28 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+@dataclass(frozen=True)
+class RealSet:
+    """One set of real embeddings: a caption corpus and the model that encodes it."""
+
+    corpus: Path  # a corpus folder holding corpus.jsonl, or the file
+    model: Path | None  # a model folder; None: the bundled model
+    label: str
+
+
+def real_sets(args: argparse.Namespace) -> list[RealSet]:
+    """The sets the flags ask for, sample corpus first."""
+    sets = []
+    if args.real_corpus:
+        sets.append(RealSet(args.real_corpus, None, "sample corpus, bundled model"))
+    if args.real_emoji:
+        sets.append(RealSet(args.real_emoji, args.emoji_model, "emoji corpus, emoji model"))
+    return sets
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run every size and kind, write the section and the plot."""
+    """Run every size and kind, write the section and the plot (or, with --real-only, re-measure
+    the real-embeddings recall table alone)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small N, to check the harness")
     parser.add_argument("--sizes", help="comma-separated N for dim 128 (default 10000,100000,1000000)")
@@ -497,14 +595,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--engine-max", type=int, default=1_000_000, help="largest N timed through the Engine"
     )
     parser.add_argument("--real-corpus", type=Path, help="a sample corpus folder for recall on real vectors")
+    parser.add_argument(
+        "--real-emoji",
+        type=Path,
+        help="the emoji corpus folder (make emoji-corpus) for recall on real vectors",
+    )
+    parser.add_argument(
+        "--emoji-model",
+        type=Path,
+        default=REPO_DIR / ".cache" / "models" / "emoji",
+        help="the model that encodes --real-emoji (make emoji-model; default .cache/models/emoji)",
+    )
+    parser.add_argument(
+        "--real-only",
+        action="store_true",
+        help="measure only the real-embeddings recall and rewrite only its table in --out",
+    )
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "RESULTS.md")
     parser.add_argument("--plot", type=Path, default=BENCH_DIR / "scale.png")
     parser.add_argument("--json", type=Path, help="also dump the raw figures here")
     args = parser.parse_args(argv)
+    sets = real_sets(args)
+    for real_set in sets:  # refuse now rather than after an hour of synthetic sizes
+        if not corpus_file(real_set.corpus).is_file():
+            parser.error(
+                f"no corpus at {corpus_file(real_set.corpus)} (make sample-corpus / make emoji-corpus)"
+            )
+        if real_set.model is not None and not (real_set.model / "config.json").is_file():
+            parser.error(f"no model in {real_set.model}: run `make emoji-model` or pass --emoji-model DIR")
+    if args.real_only:
+        if not sets:
+            parser.error("--real-only needs --real-corpus and/or --real-emoji")
+        try:
+            replace_real_block(args.out.read_text() if args.out.exists() else "", "")
+        except ValueError as exc:
+            parser.error(f"{args.out}: {exc}")
     started = time.perf_counter()
     load_start = report.load_average()
     faiss.omp_set_num_threads(1)
     torch.set_num_threads(1)  # text encoding: two threads spin against the other jobs here (6x slower)
+    if args.real_only:
+        return _real_only(args, sets, started, load_start, argv)
     sizes = (
         [int(s) for s in args.sizes.split(",")]
         if args.sizes
@@ -529,20 +660,45 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results.append(result)
                 if args.json:
                     args.json.write_text(json.dumps([r.__dict__ for r in results], indent=1))
-                publish(results, None, args, started, load_start, argv, partial=True)
+                publish(results, [], args, started, load_start, argv, partial=True)
                 for leftover in work.glob(f"{kind}-{n}-*"):
                     _remove_tree(leftover)
                 _remove_tree(work / f"engine-{kind}-{n}")
             _remove_tree(work / f"catalog-{n}")
-        real = measure_real(args.real_corpus, work) if args.real_corpus else None
-    publish(results, real, args, started, load_start, argv, partial=False)
+    reals = [measure_real(s.corpus, s.model, s.label) for s in sets]
+    publish(results, reals, args, started, load_start, argv, partial=False)
     log(f"wrote {args.out} and {args.plot}")
     return 0
 
 
+def _real_only(
+    args: argparse.Namespace,
+    sets: Sequence[RealSet],
+    started: float,
+    load_start: str,
+    argv: Sequence[str] | None,
+) -> int:
+    """Measure the real sets and rewrite only their paragraph and table in args.out."""
+    reals = [measure_real(s.corpus, s.model, s.label) for s in sets]
+    provenance = (
+        f"Re-measured alone by `{_command(argv)}` in {(time.perf_counter() - started) / 60:.1f} min "
+        f"at commit {report.git_revision(REPO_DIR)}, load average at start {load_start}, at end "
+        f"{report.load_average()}."
+    )
+    block = "\n".join(render_real(reals, provenance=provenance))
+    args.out.write_text(replace_real_block(args.out.read_text(), block))
+    log(f"rewrote the real-embeddings recall table in {args.out}")
+    return 0
+
+
+def _command(argv: Sequence[str] | None) -> str:
+    """This run's command line, as the report shows it."""
+    return ("benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+
+
 def publish(
     results: list[KindResult],
-    real: RealResult | None,
+    reals: Sequence[RealResult],
     args: argparse.Namespace,
     started: float,
     load_start: str,
@@ -553,11 +709,10 @@ def publish(
     """Write the plot and the section (after every measurement, so a long run that is stopped
     still leaves what it measured, marked as partial)."""
     plot(results, args.plot)
-    command = "benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
     section = render(
         results,
-        real,
-        command=command.strip(),
+        reals,
+        command=_command(argv),
         elapsed_s=time.perf_counter() - started,
         load_start=load_start,
         load_end=report.load_average(),

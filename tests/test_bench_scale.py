@@ -1,0 +1,106 @@
+"""benchmarks/scale.py: `--real-only` rewrites the real-embeddings recall table and nothing else, and
+the real vectors kept between runs are keyed by the model and the corpus."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from support import REPO, load_script
+
+BENCH_DIR = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH_DIR))  # scale.py imports its sibling report.py
+try:
+    scale = load_script(BENCH_DIR / "scale.py", "mmsearch_bench_scale")
+finally:
+    sys.path.remove(str(BENCH_DIR))
+
+SAMPLE = scale.RealResult(
+    "sample corpus, bundled model", 5050, 128, [("ivf (IVF115,FlatIP nprobe=8)", 0.975, 0.989, 0.999)]
+)
+EMOJI = scale.RealResult(
+    "emoji corpus, emoji model",
+    4858,
+    256,
+    [("ivf (IVF110,FlatIP nprobe=8)", 0.91, 0.95, 0.999), ("hnsw (HNSW32)", 0.99, 1.0, 1.0)],
+)
+BEFORE_TABLE = (
+    "# results\n\n<!-- other:begin -->\nother | section\n<!-- other:end -->\n\n"
+    f"{scale.BEGIN}\n\n## Index types at scale\n\n| N | kind |\n|---|---|\n| 10 | ivf |\n\n"
+)
+OLD_TABLE = (
+    f"{scale.REAL_INTRO}: the bundled model's vectors, old words.\n\n"
+    "| kind | real, caption queries | real, image queries | synthetic |\n|---|---|---|---|\n"
+    "| ivf (old) | 0.100 | 0.200 | 0.300 |\n"
+)
+AFTER_TABLE = f"\nReading these figures:\n\n- a note | with a pipe\n\n{scale.END}\n\ntail\n"
+
+
+def block(*reals: object) -> str:
+    return "\n".join(scale.render_real(list(reals), provenance="Re-measured alone."))
+
+
+def test_real_only_replaces_the_paragraph_and_table_and_keeps_every_other_byte() -> None:
+    new = block(SAMPLE, EMOJI)
+    out = scale.replace_real_block(BEFORE_TABLE + OLD_TABLE + AFTER_TABLE, new)
+    assert out == BEFORE_TABLE + new + "\n" + AFTER_TABLE
+    assert scale.replace_real_block(out, new) == out  # a second re-measure finds its own block
+
+
+def test_a_section_without_the_table_gets_it_before_the_end_marker() -> None:
+    text = BEFORE_TABLE + AFTER_TABLE
+    out = scale.replace_real_block(text, block(SAMPLE))
+    head, tail = text.split(scale.END)
+    assert out == head.rstrip("\n") + "\n\n" + block(SAMPLE) + "\n\n" + scale.END + tail
+
+
+def test_the_full_section_holds_a_block_real_only_can_find() -> None:
+    section = scale.render(
+        [],
+        [SAMPLE],
+        command="benchmarks/scale.py",
+        elapsed_s=1.0,
+        load_start="0",
+        load_end="0",
+        quick=True,
+        plot_name="scale.png",
+    )
+    out = scale.replace_real_block(section, block(EMOJI))
+    assert "| ivf (IVF115,FlatIP nprobe=8) | 0.975" not in out
+    assert block(EMOJI) in out
+    assert out.startswith(section[: section.index(scale.REAL_INTRO)])
+    assert out.endswith(scale.END + "\n")
+
+
+def test_one_row_group_per_set_in_order() -> None:
+    lines = block(SAMPLE, EMOJI).splitlines()
+    table = lines[lines.index("|---|---|---|---|") + 1 :]
+    assert table == [
+        "| **sample corpus, bundled model** (5,050 images, 128-d) | | | |",
+        "| ivf (IVF115,FlatIP nprobe=8) | 0.975 | 0.989 | 0.999 |",
+        "| **emoji corpus, emoji model** (4,858 images, 256-d) | | | |",
+        "| ivf (IVF110,FlatIP nprobe=8) | 0.910 | 0.950 | 0.999 |",
+        "| hnsw (HNSW32) | 0.990 | 1.000 | 1.000 |",
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["# results, no section\n", f"{scale.BEGIN}\n{scale.REAL_INTRO}: words.\n\nno table\n{scale.END}\n"],
+)
+def test_a_file_it_cannot_edit_safely_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        scale.replace_real_block(text, block(SAMPLE))
+
+
+def test_the_vector_cache_is_keyed_by_model_and_corpus(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "corpus.jsonl").write_text('{"image": "a.png", "caption": "a"}\n')
+    work = tmp_path / "work"
+    first = scale.real_cache_dir(corpus, "model-a", work)
+    assert scale.real_cache_dir(corpus / "corpus.jsonl", "model-a", work) == first
+    assert scale.real_cache_dir(corpus, "model-b", work) != first  # a retrained model
+    (corpus / "corpus.jsonl").write_text('{"image": "b.png", "caption": "b"}\n')
+    assert scale.real_cache_dir(corpus, "model-a", work) != first  # a rebuilt corpus
