@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -316,7 +317,8 @@ def real_cache_dir(corpus: Path, model_id: str, work_root: Path) -> Path:
     """Where one model's vectors of one corpus are kept between runs: keyed by the model's content
     id and the corpus file's bytes, so a retrained model or a rebuilt corpus is encoded again."""
     digest = hashlib.sha256(corpus_file(corpus).read_bytes()).hexdigest()[:12]
-    return work_root / f"scale-real-{model_id[:16]}-{digest}"
+    model = re.sub(r"[^\w.-]", "-", model_id)  # "native:77a0..." -> "native-77a0..."
+    return work_root / f"scale-real-{model}-{digest}"
 
 
 def real_embeddings(corpus: Path, encoder: Encoder) -> RealEmbeddings:

@@ -99,8 +99,9 @@ def test_the_vector_cache_is_keyed_by_model_and_corpus(tmp_path: Path) -> None:
     corpus.mkdir()
     (corpus / "corpus.jsonl").write_text('{"image": "a.png", "caption": "a"}\n')
     work = tmp_path / "work"
-    first = scale.real_cache_dir(corpus, "model-a", work)
-    assert scale.real_cache_dir(corpus / "corpus.jsonl", "model-a", work) == first
+    first = scale.real_cache_dir(corpus, "native:0123456789abcdef", work)
+    assert first.parent == work and first.name.startswith("scale-real-native-0123456789abcdef-")
+    assert scale.real_cache_dir(corpus / "corpus.jsonl", "native:0123456789abcdef", work) == first
     assert scale.real_cache_dir(corpus, "model-b", work) != first  # a retrained model
     (corpus / "corpus.jsonl").write_text('{"image": "b.png", "caption": "b"}\n')
-    assert scale.real_cache_dir(corpus, "model-a", work) != first  # a rebuilt corpus
+    assert scale.real_cache_dir(corpus, "native:0123456789abcdef", work) != first  # a rebuilt corpus
