@@ -226,12 +226,12 @@ def test_engine_on_cuda_searches_a_gpu_copy(colors_model: Path, photo_folder: ob
         assert got == [h.path for h in on_cpu.search_text("a red image", k=4)]
 
 
-def test_indexing_threads_take_half_the_cores_but_never_more_than_torch_has() -> None:
+def test_indexing_threads_take_every_core_but_never_more_than_torch_has() -> None:
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         assert devices.indexing_threads() == 1
         torch.set_num_threads(64)
-        assert devices.indexing_threads() == max(1, (os.cpu_count() or 1) // 2)
+        assert devices.indexing_threads() == max(1, os.cpu_count() or 1)
     finally:
         torch.set_num_threads(before)
