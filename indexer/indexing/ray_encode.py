@@ -47,8 +47,12 @@ class RayStartError(UnavailableError):
 
 
 # A local Ray listens on loopback only: nothing outside this machine needs to reach it, and
-# guessing the "external" address (Ray asks the route to 8.8.8.8) fails in sandboxes.
+# its "external" address (Ray asks for the route to 8.8.8.8) may be unreachable from the machine
+# itself in sandboxes and containers. Ray turns an explicit 127.0.0.1 back into that address on
+# Linux; this switch (read by ray_constants and inherited by every process Ray spawns) is the
+# one that makes it keep loopback.
 LOCAL_RAY_ADDRESS = "127.0.0.1"
+RAY_LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 RAY_LOG_HINT = "Ray's own logs are in /tmp/ray/session_latest/logs (raylet.err, gcs_server.err)"
 
 
@@ -79,6 +83,8 @@ def connect(target: RayTarget, *, object_store_bytes: int | None = None) -> None
     # Ray's C++ core and Ray Data log at INFO to this process's stderr; the CLI has its own bar.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     local = target.address is None
+    if local:
+        _keep_local_ray_on_loopback()
     try:
         ray.init(
             address=target.address,
@@ -98,6 +104,14 @@ def connect(target: RayTarget, *, object_store_bytes: int | None = None) -> None
         if "timed out" not in str(error):
             raise
         raise RayStartError(f"Ray did not start in time: {error}. {RAY_LOG_HINT}") from error
+
+
+def _keep_local_ray_on_loopback() -> None:
+    """Make the Ray about to start bind and advertise 127.0.0.1, in this process and its children."""
+    import ray._private.ray_constants as ray_constants
+
+    os.environ[RAY_LOOPBACK_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read once at import, which may have happened already
 
 
 @functools.lru_cache(maxsize=2)

@@ -102,6 +102,14 @@ def vectors(db: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     return ids[order], found[order]
 
 
+def test_local_ray_listens_on_loopback_only(local_ray: None) -> None:
+    """A local Ray is reachable from this machine only, and never depends on the route out."""
+    import ray
+
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+
+
 def test_ray_local_writes_the_same_index_as_one_process(
     local_ray: None, photos: Path, colors_model: Path, tmp_path: Path
 ) -> None:
