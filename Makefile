@@ -80,7 +80,7 @@ test: $(STAMP) lint $(OC_STAMP) browser-deps
 
 # Milvus Lite, a throw-away PostgreSQL cluster and a local Ray, started by the tests themselves.
 test-distributed: $(STAMP) postgres-deps
-	$(PY) -m pytest -q tests/distributed
+	$(PY) -m pytest -q -rs tests/distributed
 
 openclip-env: $(OC_STAMP)
 
