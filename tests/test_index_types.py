@@ -31,7 +31,7 @@ from indexer.store.index_types import (
     parse_size,
     resident_bytes,
 )
-from indexer.store.raw_vectors import RawVectors, raw_path_for
+from indexer.store.raw_vectors import InMemoryVectors, RawVectors, raw_path_for
 from indexer.store.vectors import SearchParams, SearchParamsError, VectorStore, gpu_available
 from mmsearch import Engine
 from mmsearch.cli import app
@@ -141,6 +141,51 @@ def test_compressed_kinds_rerank_to_exact_scores_from_the_full_vectors(
         np.testing.assert_allclose(result.scores, vectors[result.ids - 1000] @ query, atol=1e-5)
         assert list(result.scores) == sorted(result.scores, reverse=True)
     np.testing.assert_array_equal(store.reconstruct(1005), vectors[5])  # full precision, not codes
+
+
+@pytest.mark.parametrize(
+    "stored_ids",
+    [np.arange(1, 401), np.delete(np.arange(1, 401), np.s_[50:120]), np.arange(1, 401) * 7_919],
+    ids=["dense", "with-holes", "sparse"],
+)
+def test_the_full_vectors_are_found_by_id_however_ids_are_spread(
+    tmp_path: Path, stored_ids: np.ndarray
+) -> None:
+    """Re-ranking looks candidates up by id: present ids give their own vector, absent ones
+    (removed, never stored, FAISS's -1 padding, past the last id) are reported missing."""
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(len(stored_ids), DIM)).astype(np.float32)
+    raw = RawVectors(tmp_path / "images.vectors", DIM)
+    raw.write_all(stored_ids.astype(np.int64), vectors)
+    raw = RawVectors(tmp_path / "images.vectors", DIM)
+    present = stored_ids[[0, 7, len(stored_ids) - 1, 3]]
+    absent = np.array([-1, 0, 60, int(stored_ids[-1]) + 1, 10**12])
+    absent = absent[~np.isin(absent, stored_ids)]
+    asked = np.concatenate([present[:2], absent, present[2:]])
+    found, got = raw.vectors(asked)
+    assert found.tolist() == [True, True, *([False] * len(absent)), True, True]
+    want = [vectors[int(np.flatnonzero(stored_ids == i)[0])] for i in asked[found]]
+    np.testing.assert_array_equal(got, np.stack(want))
+
+
+@pytest.mark.parametrize("kind", ["sq8", "ivfpq"])
+def test_a_batch_reranks_like_its_queries_one_by_one_and_skips_ids_without_vectors(
+    data: Data, kind: str
+) -> None:
+    """One batched re-ranking answers each query as it would alone; a candidate whose full vector
+    is gone is left out, never scored from nothing."""
+    ids, vectors, queries = data
+    missing = ids[::3]
+    keep = ~np.isin(ids, missing)
+    built = build_index(ArraySource(ids, vectors), DIM, BuildSpec(kind))  # type: ignore[arg-type]
+    store = VectorStore(built.store.index, raw=InMemoryVectors(ids[keep], vectors[keep]))
+    batch = store.search(queries[:8], K)
+    for query, together in zip(queries[:8], batch, strict=True):
+        alone = store.search(query[None], K)[0]
+        assert together.ids.tolist() == alone.ids.tolist()
+        np.testing.assert_allclose(together.scores, alone.scores, atol=1e-6)
+        assert not np.isin(together.ids, missing).any() and len(together.ids) == K
+        np.testing.assert_allclose(together.scores, vectors[together.ids - 1000] @ query, atol=1e-5)
 
 
 def test_more_search_width_never_hurts_and_bad_knobs_are_refused(built: Built, data: Data) -> None:

@@ -25,6 +25,10 @@ RAW_SUFFIX = ".vectors"  # images.faiss -> images.vectors
 # Records streamed per chunk by rebuilds and rewrites: 64 MiB of 128-d vectors, 16 MiB of ids.
 CHUNK_ROWS = 131_072
 TEMP_MARK = ".tmp-"
+# positions() looks ids up in a table indexed by id while it costs no more RAM than the id column
+# (two int32 slots per record) and positions fit int32.
+DENSE_TABLE_SLOTS_PER_ID = 2
+DENSE_TABLE_MAX_IDS = 2**31 - 1
 
 
 class VectorLookup(Protocol):
@@ -51,6 +55,20 @@ class InMemoryVectors:
         at = np.minimum(np.searchsorted(self._ids, ids), len(self._ids) - 1)
         found = self._ids[at] == ids
         return found, self._vectors[at[found]]
+
+
+def _position_table(ids: np.ndarray) -> np.ndarray:
+    """What positions() looks ids up in: where ids are dense (ids are keys counted from 1, so only
+    removals leave holes), an int32 table indexed by id holding each record's position: one
+    gather per lookup instead of a binary search's ~17 dependent reads (5,120 re-ranking
+    candidates: ~0.5 ms -> ~0.03 ms), in no more RAM than the id column. Sparse ids keep the
+    sorted int64 column."""
+    last = int(ids.max())
+    if last >= DENSE_TABLE_MAX_IDS or last + 1 > DENSE_TABLE_SLOTS_PER_ID * len(ids):
+        return ids
+    table = np.full(last + 1, -1, np.int32)
+    table[ids] = np.arange(len(ids), dtype=np.int32)
+    return table
 
 
 def raw_path_for(faiss_path: Path) -> Path:
@@ -87,7 +105,9 @@ class RawVectors:
             self._records = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(rows,))
         self._last_id = int(self._records["id"][-1]) if rows else -1
         self._id_column = None
-        self._vector_column = self._records["vector"]  # the field view, made once per mapping
+        # The field view, made once per mapping, as a plain ndarray: np.memmap's Python-level
+        # __getitem__ cost ~15 us per re-ranking query.
+        self._vector_column = self._records["vector"].view(np.ndarray)
 
     def exists(self) -> bool:
         """True when the file is there (an index from before this file has none)."""
@@ -106,18 +126,20 @@ class RawVectors:
         return np.asarray(self._records["id"])
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
-        """Record index of each id (m,) int64, -1 where absent: a binary search of the id column,
-        which the first call copies into RAM (8 bytes per record; a re-ranking query then costs
-        microseconds, where bisecting the mapped file cost ~0.15 ms)."""
+        """Record index of each id (m,) int64, -1 where absent, from a lookup table the first call
+        builds in RAM (a re-ranking query then costs microseconds, where bisecting the mapped file
+        cost ~0.15 ms)."""
         wanted = np.asarray(ids, dtype=np.int64)
-        count = len(self._records)
-        if count == 0 or len(wanted) == 0:
+        if len(self._records) == 0 or len(wanted) == 0:
             return np.full(len(wanted), -1, np.int64)
         if self._id_column is None:
-            self._id_column = np.array(self._records["id"])
-        column = self._id_column
-        at = np.minimum(np.searchsorted(column, wanted), count - 1)
-        return np.where(column[at] == wanted, at, -1)
+            self._id_column = _position_table(np.array(self._records["id"]))
+        table = self._id_column
+        if table.dtype == np.int64:  # sparse ids: the sorted id column itself, bisected
+            at = np.minimum(np.searchsorted(table, wanted), len(table) - 1)
+            return np.where(table[at] == wanted, at, -1)
+        inside = (wanted >= 0) & (wanted < len(table))
+        return np.where(inside, table[np.where(inside, wanted, 0)], -1).astype(np.int64)
 
     def vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found mask (m,) bool, vectors (found, dim) float32) of the given ids, in their order."""
