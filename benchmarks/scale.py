@@ -436,11 +436,10 @@ def render(
         f"Command: `{command}`; wall time {elapsed_s / 60:.1f} min; {report.cpu_model()}, "
         f"{os.cpu_count()} cores, {report.memory_gib()}; faiss {faiss.__version__}; commit "
         f"{report.git_revision(REPO_DIR)}; load average at start {load_start}, at end {load_end}. "
-        "**The machine was shared with other developers' jobs throughout** (its load average is "
-        "above 2 on 2 cores), so absolute times are inflated and noisy; mmsearch and raw FAISS were "
-        "timed back to back on the same index, so their ratio is the steadier figure. FAISS used one "
-        "OpenMP thread and torch one thread (with two, spin-waiting threads under this load made some "
-        "builds 15x and text encoding 6x slower). "
+        + _machine_state(load_start, load_end)
+        + "mmsearch and raw FAISS were timed back to back on the same index, so their ratio is the "
+        "steadier figure. FAISS used one OpenMP thread and torch one thread (with two, spin-waiting "
+        "threads on a loaded machine made some builds 15x and text encoding 6x slower). "
         "No GPU: no GPU figure is claimed.",
         "",
         f"![latency, build time and memory per index type]({plot_name})",
@@ -507,6 +506,20 @@ def render(
         lines += ["", *render_real(reals)]
     lines += ["", END]
     return "\n".join(lines) + "\n"
+
+
+def _machine_state(load_start: str, load_end: str) -> str:
+    """What the load averages say about the figures: shared (above one per core) or quiet."""
+    try:
+        peak = max(float(part) for text in (load_start, load_end) for part in text.split("/"))
+    except ValueError:
+        return "The machine's load is unknown. "
+    if peak > (os.cpu_count() or 1):
+        return (
+            "**The machine was shared with other jobs** (its load average rose above its core "
+            "count), so absolute times are inflated and noisy; "
+        )
+    return "The machine was quiet (load average at most its core count at start and end). "
 
 
 def render_real(reals: Sequence[RealResult], *, provenance: str = "") -> list[str]:
