@@ -105,3 +105,26 @@ def test_the_vector_cache_is_keyed_by_model_and_corpus(tmp_path: Path) -> None:
     assert scale.real_cache_dir(corpus, "model-b", work) != first  # a retrained model
     (corpus / "corpus.jsonl").write_text('{"image": "b.png", "caption": "b"}\n')
     assert scale.real_cache_dir(corpus, "native:0123456789abcdef", work) != first  # a rebuilt corpus
+
+
+def test_the_startup_section_is_rewritten_without_eating_the_next_sections_marker(tmp_path: Path) -> None:
+    """benchmarks/startup.py replaces its own section only: the begin marker of the section after
+    it stays, so `make bench-scale` finds and replaces its section instead of adding another."""
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        startup = load_script(BENCH_DIR / "startup.py", "mmsearch_bench_startup")
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+    results = tmp_path / "RESULTS.md"
+    results.write_text(
+        "# results\n\n## CLI start-up\n\nold figures\n\n"
+        f"{scale.BEGIN}\n\n## Index types at scale\n\nscale figures\n{scale.END}\n"
+    )
+    startup.write_section(results, "## CLI start-up\n\nnew figures\n")
+    text = results.read_text()
+    assert "new figures" in text and "old figures" not in text
+    assert text.count(scale.BEGIN) == 1 and text.index(scale.BEGIN) > text.index("new figures")
+    section = f"{scale.BEGIN}\nnew scale\n{scale.END}"
+    scale.report.write_marked_section(results, section, scale.BEGIN, scale.END)
+    text = results.read_text()
+    assert "## Index types at scale" not in text and text.count("new scale") == 1
