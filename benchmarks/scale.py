@@ -191,9 +191,9 @@ def measure_kind(
 
 def index_types_rerank(store: VectorStore) -> int:
     """Candidates per wanted hit that VectorStore asks FAISS for."""
-    from indexer.store.vectors import RERANK_FACTOR
+    from indexer.store.vectors import RERANK_FACTORS
 
-    return RERANK_FACTOR if store.is_lossy else 1
+    return RERANK_FACTORS[store.kind] if store.is_lossy else 1
 
 
 def recall(found: Sequence[np.ndarray], truth: np.ndarray) -> float:
@@ -463,7 +463,7 @@ def render(
         "",
         '"raw FAISS" is `index.search` on the same loaded index with the same parameters and the '
         f"same candidate count: for the compressed kinds (sq8, ivfpq) mmsearch asks FAISS for "
-        f"{index_types_rerank_factor()}x k candidates and re-ranks them exactly from the memory-mapped "
+        f"{index_types_rerank_factors()} candidates and re-ranks them exactly from the memory-mapped "
         "full vectors, and the raw figure is that same FAISS call; the table below shows what the "
         "re-ranking costs and buys against FAISS's own top-k.",
         "",
@@ -568,11 +568,11 @@ def replace_real_block(text: str, block: str) -> str:
     return text[:begin] + section[:start] + block + section[stop:] + text[end:]
 
 
-def index_types_rerank_factor() -> int:
-    """RERANK_FACTOR, for the text."""
-    from indexer.store.vectors import RERANK_FACTOR
+def index_types_rerank_factors() -> str:
+    """RERANK_FACTORS, for the text: "8x k (sq8) or 16x k (ivfpq)"."""
+    from indexer.store.vectors import RERANK_FACTORS
 
-    return RERANK_FACTOR
+    return " or ".join(f"{factor}x k ({kind})" for kind, factor in RERANK_FACTORS.items())
 
 
 def _fmt(value: float | None) -> str:
