@@ -551,3 +551,22 @@ def test_gpu_builds_match_the_cpu_builds(data: Data, kind: str) -> None:
     on_gpu = build_index(ArraySource(ids, vectors), DIM, BuildSpec(kind), use_gpu=True)
     assert on_gpu.device == "gpu" and on_gpu.store.cpu is None  # the saved form is the CPU one
     assert _recall(on_gpu.store, ids, vectors, queries) >= 0.9
+
+
+def test_an_optimize_that_fails_leaves_the_index_type_and_policy_as_they_were(
+    tmp_path: Path, colors_model: Path
+) -> None:
+    """Too few vectors for IVF: the command fails with the reason, and the index keeps answering
+    as before; it must not record the policy it could not build (the next run would obey it)."""
+    db, photos = tmp_path / "db", tmp_path / "photos"
+    _photos(photos, 4, seed=21)
+    _ok("index", photos, "--db", db, "--model", colors_model, "--device", "cpu")
+    before = _info(db)
+    result = CliRunner().invoke(app, ["optimize", "--index-type", "ivf", "--db", str(db)])
+    assert result.exit_code != 0 and "error:" in result.stderr
+    after = _info(db)
+    for key in ("index_kind", "index_type", "index_policy", "memory_budget", "images"):
+        assert after[key] == before[key], key
+    assert before["index_policy"] == "auto"
+    with Engine.open(db, device="cpu") as engine:
+        assert len(engine.search_image(next(photos.iterdir()), k=4)) == 4

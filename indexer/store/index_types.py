@@ -24,7 +24,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -644,11 +644,17 @@ def _compact_raw(store: VectorStore) -> None:
 
 
 def rebuild(
-    writer: IndexWriter, spec: BuildSpec, *, use_gpu: bool = False, reason: str = ""
+    writer: IndexWriter,
+    spec: BuildSpec,
+    *,
+    use_gpu: bool = False,
+    reason: str = "",
+    also_record: Mapping[str, str] | None = None,
 ) -> OptimizeReport:
     """Build `spec` from the full-precision vectors and swap it in atomically: the raw file is
     compacted first (same live ids as the old index), then the FAISS file is replaced; readers
-    answer from the old file until they see the new one."""
+    answer from the old file until they see the new one. `also_record` (index_info rows) is
+    committed with the new type's record, so a build that fails records nothing."""
     store = writer.images
     before = store.describe()
     source = source_of(store)
@@ -672,6 +678,8 @@ def rebuild(
         )
         if built.recall is None:
             catalog.delete_info(session, [RECALL_KEY])
+        if also_record:
+            catalog.write_info(session, dict(also_record))
         session.commit()
     writer.images = built.store
     return OptimizeReport(
@@ -697,18 +705,21 @@ def use_index_type(
     memory_budget: int | None = None,
     use_gpu: bool = False,
 ) -> OptimizeReport:
-    """`mmsearch optimize`: record the policy and rebuild the image vectors into it now."""
+    """`mmsearch optimize`: rebuild the image vectors into the policy's type now, and record the
+    policy with the new type (a refused or failed build leaves the index and its policy as
+    they were)."""
+    policy_record = policy_rows(policy, memory_budget)  # refuses an unknown policy first
     with IndexWriter(index_dir, None) as writer:
         _require_faiss(writer)
-        set_policy(writer, policy, memory_budget)
         record = read_record(writer)
         store = writer.images
         if policy == AUTO:
-            choice = choose_kind(len(store), store.dim, memory_budget=record.budget())
+            budget = memory_budget if memory_budget is not None else record.budget()
+            choice = choose_kind(len(store), store.dim, memory_budget=budget)
         else:
             choice = Choice(policy, f"--index-type {policy}")  # type: ignore[arg-type]
         spec = BuildSpec(choice.kind, lists=lists, nprobe=nprobe, ef_search=ef_search)
-        return rebuild(writer, spec, use_gpu=use_gpu, reason=choice.reason)
+        return rebuild(writer, spec, use_gpu=use_gpu, reason=choice.reason, also_record=policy_record)
 
 
 def _require_faiss(writer: IndexWriter) -> None:
