@@ -532,7 +532,8 @@ def test_a_rebuild_killed_after_the_vector_file_leaves_a_consistent_index(
         assert catalog.count(session, catalog.ImageRow) == 55
     report = pipeline.index_folders([photos], db, _encoder(colors_model))
     assert (report.new, report.unchanged) == (5, 55)  # the removed files are still in the folder
-    assert report.rebuilt is not None and report.rebuilt.kind == "ivf"  # the policy optimize recorded
+    # The killed optimize recorded nothing: the index keeps its policy and type until asked again.
+    assert report.rebuilt is None and _info(db)["index_policy"] == "hnsw"
 
 
 def _encoder(model: Path) -> NativeEncoder:
