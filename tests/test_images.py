@@ -291,7 +291,7 @@ def test_permission_denied(tmp_path: Path) -> None:
 def test_file_vanished_between_scan_and_load(tmp_path: Path) -> None:
     path = _write(tmp_path / "gone.png", _encode(Image.new("RGB", (4, 4)), "PNG"))
     path.unlink()  # what a sync client or a user does after the scan listed the file
-    with pytest.raises(ImageLoadError, match="file vanished"):
+    with pytest.raises(ImageLoadError, match="file not found"):
         open_image(path)
 
 

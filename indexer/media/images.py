@@ -229,7 +229,7 @@ def _open_regular_file(path: Path | str) -> BinaryIO:
             raise ImageLoadError(path, "empty file")
         return open(path, "rb")  # the caller closes it
     except (FileNotFoundError, NotADirectoryError) as exc:
-        raise ImageLoadError(path, "file vanished (not found)") from exc
+        raise ImageLoadError(path, "file not found") from exc
     except IsADirectoryError as exc:
         raise ImageLoadError(path, "is a directory") from exc
     except PermissionError as exc:
