@@ -651,7 +651,7 @@ def search_cmd(
         for hit in results.hits:
             typer.echo(_shown(hit).replace("\n", " "))
     else:
-        _print_hits(results, show_preview=show_preview, filtered=relevant or threshold is not None)
+        _print_hits(results, show_preview=show_preview, empty=_no_results(request))
 
 
 search_cmd.__doc__ = f"{search_cmd.__doc__}\n\n{SEARCH_EPILOG}"  # typer shows it under --help
@@ -681,14 +681,22 @@ def _display_path(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _print_hits(results: SearchResults, *, show_preview: bool, filtered: bool) -> None:
-    """rank, score (* = likely relevant), path or text; the legend goes to stderr."""
+def _no_results(request: Query) -> str:
+    """What an empty answer most likely means for this query, and what to do about it."""
+    if request.relevant or request.min_score is not None:
+        return "no results above the cut-off (try a lower --min-score or drop --relevant)"
+    if request.under is not None:
+        return f"no results: no indexed image is under {request.under}"
+    if request.to == "text":
+        return "no results: the index holds no captions (add some with `mmsearch add-texts`)"
+    return "no results (is the index empty? add images with `mmsearch index`)"
+
+
+def _print_hits(results: SearchResults, *, show_preview: bool, empty: str) -> None:
+    """rank, score (* = likely relevant), path or text; the legend goes to stderr. `empty` is
+    printed when there are no hits."""
     if not results.hits:
-        typer.echo(
-            "no results above the cut-off (try a lower --min-score or drop --relevant)"
-            if filtered
-            else "no results (is the index empty? add images with `mmsearch index`)"
-        )
+        typer.echo(empty)
         return
     from mmsearch import preview
     from mmsearch.engine import ImageHit

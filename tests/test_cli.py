@@ -127,6 +127,20 @@ def test_search_by_image_finds_the_image_itself_first(indexed: PhotoFolder, run:
         assert top["score"] == pytest.approx(1.0, abs=1e-3)
 
 
+def test_an_empty_answer_says_what_it_most_likely_means(
+    indexed: PhotoFolder, tmp_path: Path, run: Run
+) -> None:
+    """No hits is not an error, but the one line printed must point at the likely cause."""
+    nowhere = tmp_path / "not-indexed"
+    assert ok(run("search", "a blue image", "--under", nowhere, "--device", "cpu")).strip() == (
+        f"no results: no indexed image is under {nowhere}"
+    )
+    no_captions = ok(run("search", "a blue image", "--to", "text", "--device", "cpu")).strip()
+    assert no_captions == "no results: the index holds no captions (add some with `mmsearch add-texts`)"
+    cut = ok(run("search", "a blue image", "--min-score", "2", "--device", "cpu")).strip()
+    assert cut.startswith("no results above the cut-off")
+
+
 def test_add_texts_then_image_to_text_search(
     indexed: PhotoFolder, home: Path, tmp_path: Path, run: Run
 ) -> None:
@@ -240,7 +254,9 @@ def test_missing_index_is_an_error(home: Path, tmp_path: Path, run: Run) -> None
 
 def test_missing_query_image_is_an_error(indexed: PhotoFolder, tmp_path: Path, run: Run) -> None:
     missing = tmp_path / "nope.jpg"
-    one_error_line(run("search", "--image", missing, "--device", "cpu"), "query image", str(missing))
+    one_error_line(
+        run("search", "--image", missing, "--device", "cpu"), "query image", str(missing), "file not found"
+    )
 
 
 def test_sentence_and_image_together_is_an_error(indexed: PhotoFolder, run: Run) -> None:
