@@ -506,7 +506,8 @@ def search_cmd(
         Path | None, typer.Option("--image", help="Search by this image instead.")
     ] = None,
     to: Annotated[
-        str, typer.Option("--to", help="With --image: find similar images or describing texts.")
+        str,
+        typer.Option("--to", help="What to find: image or text (indexed captions), for SENTENCE or --image."),
     ] = "image",
     db: DbOption = None,
     model: ModelOption = None,

@@ -149,5 +149,9 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def index_dir_of(db: Path | None) -> Path:
-    """The --db folder, or the default one, as an absolute path."""
-    return (db or default_index_dir()).expanduser().resolve()
+    """The --db folder, or the default one, as an absolute path; a --db that names an existing
+    file (not a folder) is refused here, before any command reads or creates index files."""
+    index_dir = (db or default_index_dir()).expanduser().resolve()
+    if index_dir.exists() and not index_dir.is_dir():
+        fail(f"--db {index_dir} is a file, not an index folder", 2)
+    return index_dir

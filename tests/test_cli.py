@@ -252,6 +252,18 @@ def test_missing_index_is_an_error(home: Path, tmp_path: Path, run: Run) -> None
     assert not (home / "index").exists()  # a failed search creates nothing
 
 
+def test_a_db_that_is_a_file_is_refused_and_left_alone(
+    tmp_path: Path, photo_folder: PhotoFolder, run: Run
+) -> None:
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("my notes\n")
+    for args in (["search", "a red image"], ["info"], ["index", photo_folder.root]):
+        result = run(*args, "--db", not_a_folder)
+        assert result.exit_code == 2
+        one_error_line(result, str(not_a_folder), "is a file, not an index folder")
+    assert not_a_folder.read_text() == "my notes\n"
+
+
 def test_missing_query_image_is_an_error(indexed: PhotoFolder, tmp_path: Path, run: Run) -> None:
     missing = tmp_path / "nope.jpg"
     one_error_line(
