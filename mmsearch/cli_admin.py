@@ -261,7 +261,7 @@ def remove_cmd(
     from indexer.indexing.edits import remove_images
 
     removed = remove_images(index_dir_of(db), paths)
-    typer.echo(f"removed {removed} images from {index_dir_of(db)}")
+    typer.echo(f"removed {removed} image{'' if removed == 1 else 's'} from {index_dir_of(db)}")
 
 
 def register() -> None:

@@ -179,7 +179,7 @@ def test_info_shows_model_counts_dim_type_and_size(
 
 def test_remove_drops_a_file(indexed: PhotoFolder, run: Run) -> None:
     red = indexed.valid["red"]
-    assert ok(run("remove", red)).startswith("removed 1 images")
+    assert ok(run("remove", red)).startswith("removed 1 image from")
     assert json.loads(ok(run("info", "--json")))["images"] == len(indexed.valid) - 1
     hits = json.loads(ok(run("search", "a red image", "--json", "--device", "cpu")))["results"]
     paths = [h["path"] for h in hits]
