@@ -74,7 +74,10 @@ def main() -> None:
     )
     truth = _canonical_captions(args.corpus, args.split)
     texts = add_texts(args.db, encoder, list(truth.values()), source="demo")
-    print(f"captions for image->text search: {texts.added} added, {texts.duplicates} already there\n")
+    print(
+        f"captions for image->text search: {texts.added} added, {texts.duplicates} skipped "
+        "(the same words as a caption already indexed)\n"
+    )
 
     with Engine.open(args.db) as engine:
         for query in DEMO_QUERIES:
