@@ -190,10 +190,8 @@ def measure_kind(
 
 
 def index_types_rerank(store: VectorStore) -> int:
-    """Candidates per wanted hit that VectorStore asks FAISS for."""
-    from indexer.store.vectors import RERANK_FACTORS
-
-    return RERANK_FACTORS[store.kind] if store.is_lossy else 1
+    """Candidates per wanted hit that VectorStore asks FAISS for (its recorded re-rank factor)."""
+    return int(store.params().get("rerank", 1))
 
 
 def recall(found: Sequence[np.ndarray], truth: np.ndarray) -> float:
