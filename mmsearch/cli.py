@@ -254,7 +254,7 @@ def index_cmd(
             "--torch-threads",
             min=1,
             help="Torch threads for encoding while decode workers run "
-            "(default: every core; a real-sized model indexes 1.6x as fast so on 2 cores).",
+            "(default: every core; a real-sized model indexes about 1.5x as fast so on 2 cores).",
         ),
     ] = None,
     decode_timeout: Annotated[

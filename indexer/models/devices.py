@@ -101,9 +101,10 @@ def indexing_threads() -> int:
 
     Measured on the quiet 2-core machine (benchmarks/RESULTS.md, "Indexing with a real-sized
     model"): with a ViT-B/32-sized model, encoding on both cores beside 2 decode threads indexes
-    14.8 images/s against 9.2 with one torch thread (pipeline / encoder-only 0.745 against 0.464);
-    decoding (31 ms of CPU per 12-MP photo against 101 ms to encode) fits in the gaps. With the
-    bundled 64-px model the two are within a few percent (823 against 762 images/s).
+    12.7-14.8 images/s against 8.7-9.2 with one torch thread (two one-round runs; pipeline /
+    encoder-only 0.64-0.75 against 0.44-0.46); decoding (31 ms of CPU per 12-MP photo against
+    100 ms to encode) fits in the gaps. With the bundled 64-px model the two are within a few
+    percent (777-823 against 753-762 images/s).
     """
     import torch
 
