@@ -46,6 +46,7 @@ from indexer.models.spec import EncoderInfo, ModelLoadError, ModelSpec
 from indexer.store import catalog
 from indexer.store.backends import VectorBackend, read_backends, vector_backend
 from indexer.store.catalog import DocTextRow, HitRows, ImageRow, TextRow
+from indexer.store.hit_cache import HitRowCache
 from indexer.store.index_dir import (
     DOC_TEXTS,
     IMAGES,
@@ -91,6 +92,9 @@ UNIT_TOLERANCE = 1e-3
 # again with the new one, at most this many times in all (computing one takes seconds: a change
 # during the retry is a writer racing it, and that answer is then as fresh as any before).
 CALIBRATION_ATTEMPTS = 3
+# Resolved fusions an engine remembers (callers pass a handful of distinct policies; a bound
+# keeps a caller sweeping text weights from growing it without end).
+RESOLVED_FUSIONS_KEPT = 64
 
 
 class EngineError(MMSearchError):
@@ -167,9 +171,7 @@ class SearchResults:
         hits: list[ImageHit | TextHit] = list(self.hits)
         out: dict[str, object] = {"results": [asdict(h) for h in hits]}
         if self.relevance is not None:
-            out["relevance"] = [
-                {"id": h.id, **asdict(r)} for h, r in zip(hits, self.relevance, strict=True)
-            ]
+            out["relevance"] = [{"id": h.id, **asdict(r)} for h, r in zip(hits, self.relevance, strict=True)]
         return out
 
 
@@ -254,12 +256,14 @@ class Engine:
         self.encoder = encoder
         self.backends = read_backends(index_dir)
         self._sql = catalog.open_catalog(index_dir, create=False)
+        self._hit_cache = HitRowCache(self._sql)
         self._vectors = vector_backend(index_dir, self.backends)
         use_gpu = _faiss_on_gpu(device or Device.parse(getattr(encoder, "device", CPU)))
         self._images = _Snapshot(self._vectors, IMAGES, info.dim, use_gpu=use_gpu)
         self._texts = _Snapshot(self._vectors, TEXTS, info.dim, use_gpu=use_gpu)
         self._doc_texts = _Snapshot(self._vectors, DOC_TEXTS, info.dim, use_gpu=use_gpu)
         self._fusion_head: FusionHead | None = None
+        self._resolved_fusions: dict[tuple[Fusion, TermKind], Fusion] = {}  # see _fusion_for
         self._head_lock = threading.Lock()
         # The calibration the last search read (None: not read yet); every search reads it again
         # in its one catalogue statement and answers again if it changed (_answer_batch).
@@ -289,9 +293,7 @@ class Engine:
         except (IndexStoreError, VectorStoreError) as exc:
             raise IndexUnavailableError(str(exc)) from exc
         try:
-            spec = (
-                ModelSpec.parse(model) if model is not None else ModelSpec.from_recorded(info.model_source)
-            )
+            spec = ModelSpec.parse(model) if model is not None else ModelSpec.from_recorded(info.model_source)
             encoder: Encoder = LazyEncoder(spec, device=target)
             check_compatible(info, encoder.info, index_dir)
         except (IndexStoreError, ModelLoadError, VectorStoreError) as exc:
@@ -317,6 +319,7 @@ class Engine:
 
     def close(self) -> None:
         """Release the catalogue's and the vector store's connections."""
+        self._hit_cache.close()
         self._sql.dispose()
         self._vectors.close()
 
@@ -632,7 +635,7 @@ class Engine:
         """Each job's candidates after relevance and cut-offs, or the error that refuses it."""
         resolved = list(jobs)  # each query's fusion made concrete below
         judged: list[_Judged | MMSearchError] = [_NOT_SCORED] * len(jobs)
-        groups: dict[Query, list[int]] = {}
+        groups: dict[tuple[object, ...], list[int]] = {}
         for position, job in enumerate(resolved):
             if job.query.relevant and calibration is None:
                 judged[position] = QueryError(
@@ -646,8 +649,8 @@ class Engine:
                 judged[position] = exc
                 continue
             # The resolved method is part of the search key: learned and linear never share a batch.
-            resolved[position] = job = replace(job, query=replace(job.query, fusion=fusion))
-            groups.setdefault(_search_key(job.query), []).append(position)
+            resolved[position] = job = _Job(job.vector, job.modality, job.query, fusion)
+            groups.setdefault(_search_key(job), []).append(position)
         for members in groups.values():
             group = [resolved[i] for i in members]
             for position, job, scored in zip(members, group, self._score(group, calibration), strict=True):
@@ -660,7 +663,7 @@ class Engine:
     def _score(self, jobs: Sequence[_Job], calibration: Calibration | None) -> list[Scored]:
         """Candidates for jobs that search alike (one _search_key, fusion resolved by
         `_fusion_for`): one FAISS batch per store."""
-        query = jobs[0].query
+        query, fusion = jobs[0].query, jobs[0].fusion
         vectors = np.stack([job.vector for job in jobs])  # (n, dim) float32
         if query.to == "text":
             found = self._texts.refresh().search(vectors, query.k)
@@ -670,21 +673,27 @@ class Engine:
             self._images.refresh(),
             self._doc_texts.refresh(),
             query.k,
-            fusion=query.fusion,
+            fusion=fusion,
             channels=[None if calibration is None else calibration.channels(job.modality) for job in jobs],
             allowed_ids=None if query.under is None else self._ids_under(query.under),
             params=query.search_params,
-            head=self.fusion_head() if query.fusion.method == "learned" else None,
+            head=self.fusion_head() if fusion.method == "learned" else None,
         )
 
     def _fusion_for(self, fusion: Fusion, modality: TermKind) -> Fusion:
         """The query's fusion with a concrete method (the index's when it names none): learned
         fusion is trained for sentences, so an image query under it uses the linear rule. Asking
-        for learned fusion without a usable head raises (NoFusionHeadError, FusionHeadError)."""
-        fusion = fusion.resolved(self.info.fusion)
-        if fusion.method == "learned" and modality != self.fusion_head().config.query_modality:
-            return replace(fusion, method="linear")
-        return fusion
+        for learned fusion without a usable head raises (NoFusionHeadError, FusionHeadError).
+        Remembered per (fusion, modality): the answer never changes for an open engine."""
+        key = (fusion, modality)
+        known = self._resolved_fusions.get(key)
+        if known is None:
+            known = fusion.resolved(self.info.fusion)
+            if known.method == "learned" and modality != self.fusion_head().config.query_modality:
+                known = replace(known, method="linear")
+            if len(self._resolved_fusions) < RESOLVED_FUSIONS_KEPT:
+                self._resolved_fusions[key] = known
+        return known
 
     def fusion_methods(self) -> tuple[str, ...]:
         """The fusion methods queries can ask for: learned only when the model has a usable head."""
@@ -708,8 +717,7 @@ class Engine:
         for job, outcome in zip(jobs, judged, strict=True):
             if not isinstance(outcome, MMSearchError):
                 wanted[job.query.to].update(outcome[0].ids.tolist())
-        return catalog.hit_rows(
-            self._sql,
+        return self._hit_cache.read(
             image_ids=sorted(wanted["image"]),
             text_ids=sorted(wanted["text"]),
             info_key=CALIBRATION_KEY,
@@ -893,13 +901,19 @@ def _search_params(nprobe: int | None, ef_search: int | None) -> SearchParams | 
         raise QueryError(str(exc)) from exc
 
 
-@dataclass(frozen=True)
 class _Job:
-    """One query on its way through search_batch: its vector (dim,) float32, unit length."""
+    """One query on its way through search_batch: its vector (dim,) float32, unit length, and
+    its fusion with the method resolved (_fusion_for; the query's own until then)."""
 
-    vector: np.ndarray
-    modality: TermKind
-    query: Query
+    __slots__ = ("fusion", "modality", "query", "vector")
+
+    def __init__(
+        self, vector: np.ndarray, modality: TermKind, query: Query, fusion: Fusion | None = None
+    ) -> None:
+        self.vector = vector
+        self.modality = modality
+        self.query = query
+        self.fusion = query.fusion if fusion is None else fusion
 
 
 @dataclass(frozen=True)
@@ -938,17 +952,19 @@ def _raised(answer: _Answer | MMSearchError) -> _Answer:
     return answer
 
 
-def _search_key(query: Query) -> Query:
-    """What decides a query's FAISS searches: everything but its terms and the cut-offs (which
-    only drop hits afterwards). Queries with equal keys are searched as one batch."""
-    return replace(query, terms=(), min_score=None, relevant=False)
+def _search_key(job: _Job) -> tuple[object, ...]:
+    """What decides a job's FAISS searches: its query but for the terms and the cut-offs (which
+    only drop hits afterwards), with the fusion resolved. Jobs with equal keys are searched as
+    one batch. A tuple, not a Query: replace() would validate the query again on every search."""
+    query = job.query
+    return (query.to, query.k, query.under, job.fusion, query.search_params)
 
 
 def _judge(scored: Scored, job: _Job, calibration: Calibration | None) -> _Judged:
     """Each candidate's relevance, then the cut-offs; QueryError when relevance was asked for
     and the calibration does not cover this kind of query."""
     query = job.query
-    relevance = relevance_of(scored, calibration, modality=job.modality, to=query.to, fusion=query.fusion)
+    relevance = relevance_of(scored, calibration, modality=job.modality, to=query.to, fusion=job.fusion)
     if query.relevant and relevance is None:
         raise QueryError("this index's calibration does not cover this kind of query")
     return cut(scored, relevance, min_score=query.min_score, relevant_only=query.relevant)
