@@ -59,6 +59,12 @@ REPO_DIR = BENCH_DIR.parent
 BEGIN, END = "<!-- bench-scale:begin -->", "<!-- bench-scale:end -->"
 # Opens the real-embeddings recall paragraph; `--real-only` finds the block to rewrite by it.
 REAL_INTRO = "Recall@10 of each kind's tuned defaults on real embeddings"
+# Marks a row group kept from an earlier run in its header; the patterns read render_real's rows.
+CARRIED_MARK = "; measured in an earlier run"
+_GROUP_HEAD = re.compile(
+    rf"^\| \*\*(?P<label>.+?)\*\* \((?P<n>[\d,]+) images, (?P<dim>\d+)-d(?:{re.escape(CARRIED_MARK)})?\) \|"
+)
+_GROUP_ROW = re.compile(r"^\| (?P<kind>[^|*]+?) \| (?P<t>[\d.]+) \| (?P<i>[\d.]+) \| (?P<s>[\d.]+) \|$")
 SEED = 0
 K = 10
 BATCH = 64
@@ -117,6 +123,24 @@ def timed(run: Callable[[int], object], count: int) -> list[float]:
     return out
 
 
+def timed_pair(
+    run_a: Callable[[int], object], run_b: Callable[[int], object], count: int
+) -> tuple[list[float], list[float]]:
+    """timed() for two ways of doing the same thing, interleaved query by query (which goes first
+    alternates): a drift in the machine's speed during the run then weighs on both alike, where
+    timing one after the other let it decide a ratio of two sub-millisecond figures."""
+    out_a: list[float] = []
+    out_b: list[float] = []
+    for i in range(count + WARMUP):
+        order = ((run_a, out_a), (run_b, out_b)) if i % 2 == 0 else ((run_b, out_b), (run_a, out_a))
+        for run, out in order:
+            started = time.perf_counter()
+            run(i)
+            if i >= WARMUP:
+                out.append(time.perf_counter() - started)
+    return out_a, out_b
+
+
 @dataclass
 class KindResult:
     """One (N, dim, kind) row."""
@@ -162,15 +186,19 @@ def measure_kind(
     log(f"  built in {result.build_s:.1f} s ({result.describe}); timing")
     index: object = store.index
     fetch = K * index_types_rerank(store)
-    result.single = percentiles(
-        timed(lambda i: store.search(queries[i % len(queries)][None], K), SINGLE_QUERIES)
+    single, single_raw = timed_pair(
+        lambda i: store.search(queries[i % len(queries)][None], K),
+        lambda i: index.search(queries[i % len(queries)][None], fetch),  # type: ignore[attr-defined]
+        SINGLE_QUERIES,
     )
-    result.single_raw = percentiles(
-        timed(lambda i: index.search(queries[i % len(queries)][None], fetch), SINGLE_QUERIES)  # type: ignore[attr-defined]
-    )
+    result.single, result.single_raw = percentiles(single), percentiles(single_raw)
     batches = [queries[(b * BATCH) % len(queries) :][:BATCH] for b in range(BATCHES + WARMUP)]
-    result.batch = percentiles(timed(lambda i: store.search(batches[i], K), BATCHES))
-    result.batch_raw = percentiles(timed(lambda i: index.search(batches[i], fetch), BATCHES))  # type: ignore[attr-defined]
+    batch, batch_raw = timed_pair(
+        lambda i: store.search(batches[i], K),
+        lambda i: index.search(batches[i], fetch),  # type: ignore[attr-defined]
+        BATCHES,
+    )
+    result.batch, result.batch_raw = percentiles(batch), percentiles(batch_raw)
     found = [r.ids for r in store.search(queries[:RECALL_QUERIES], K)]
     result.recall = recall(found, truth)
     if fetch != K:
@@ -265,11 +293,14 @@ def measure_engine(
     with Engine.open(folder, device="cpu") as engine:
         index: object = VectorStore.load(folder / IMAGES_FAISS, dim=dim).index
         fetch = K * index_types_rerank(store)
-        vector_s = timed(lambda i: engine.search_vector(queries[i % len(queries)], K), SINGLE_QUERIES)
-        raw_s = timed(lambda i: index.search(queries[i % len(queries)][None], fetch), SINGLE_QUERIES)  # type: ignore[attr-defined]
+        vector_s, raw_s = timed_pair(
+            lambda i: engine.search_vector(queries[i % len(queries)], K),
+            lambda i: index.search(queries[i % len(queries)][None], fetch),  # type: ignore[attr-defined]
+            SINGLE_QUERIES,
+        )
         sentences = QUERY_SENTENCES
-        text_s = timed(lambda i: engine.search_text(sentences[i % len(sentences)], k=K), SINGLE_QUERIES)
-        enc_s = timed(
+        text_s, enc_s = timed_pair(
+            lambda i: engine.search_text(sentences[i % len(sentences)], k=K),
             lambda i: index.search(encoder.encode_texts([sentences[i % len(sentences)]]), fetch),  # type: ignore[attr-defined]
             SINGLE_QUERIES,
         )
@@ -296,6 +327,7 @@ class RealResult:
     n: int  # image vectors
     dim: int
     rows: list[tuple[str, float, float, float]]  # kind, text-query recall, image-query recall, synthetic
+    carried: bool = False  # not measured in this run: the rows of the results file's earlier run
 
 
 @dataclass(frozen=True)
@@ -463,7 +495,9 @@ def render(
         f"same candidate count: for the compressed kinds (sq8, ivfpq) mmsearch asks FAISS for "
         f"{index_types_rerank_factors()} candidates and re-ranks them exactly from the memory-mapped "
         "full vectors, and the raw figure is that same FAISS call; the table below shows what the "
-        "re-ranking costs and buys against FAISS's own top-k.",
+        "re-ranking costs and buys against FAISS's own top-k. Each mmsearch figure and its raw "
+        "figure are timed interleaved, query by query, so a drift in the machine's speed weighs on "
+        "both alike.",
         "",
         "| N | dim | kind | raw FAISS top-10 p50 ms | its recall@10 "
         "| mmsearch (re-ranked) p50 ms | recall@10 |",
@@ -479,7 +513,10 @@ def render(
     if engine_rows:
         lines += [
             "",
-            "Through the `Engine` (an index folder with N catalogue rows; one query at a time, p50 ms):",
+            "Through the `Engine` (an index folder with N catalogue rows; one query at a time, p50 ms; "
+            f"searches by vector: {SINGLE_QUERIES} distinct held-out vectors, so most hits' catalogue "
+            f"rows are read, not found among those kept (indexer/store/hit_cache.py); sentence "
+            f"queries: {len(QUERY_SENTENCES)} sentences in turn, rows kept after the first round):",
             "",
             "| N | kind | search by vector | raw FAISS | ratio (target <= 1.10) | sentence query "
             "| text encoding + raw FAISS | ratio (target <= 1.10) |",
@@ -529,15 +566,46 @@ def render_real(reals: Sequence[RealResult], *, provenance: str = "") -> list[st
         f"vectors (what a sentence search sends) and by {RECALL_QUERIES} stored image vectors, "
         "against synthetic clustered vectors of the same count and dimension. Each kind is built "
         "and its knobs tuned on each set (the structure column shows the real set's)."
-        + (f" {provenance}" if provenance else ""),
+        + (f" {provenance}" if provenance else "")
+        + (
+            f' Sets marked "{CARRIED_MARK[2:]}" were not measured by this command (their vectors '
+            "were not given): their rows are the results file's from before."
+            if any(real.carried for real in reals)
+            else ""
+        ),
         "",
         "| kind | real, caption queries | real, image queries | synthetic |",
         "|---|---|---|---|",
     ]
     for real in reals:
-        lines.append(f"| **{real.label}** ({real.n:,} images, {real.dim}-d) | | | |")
+        earlier = CARRIED_MARK if real.carried else ""
+        lines.append(f"| **{real.label}** ({real.n:,} images, {real.dim}-d{earlier}) | | | |")
         lines += [f"| {k} | {t:.3f} | {i:.3f} | {s:.3f} |" for k, t, i, s in real.rows]
     return lines
+
+
+def earlier_reals(text: str) -> list[RealResult]:
+    """The real-embeddings row groups of the bench-scale section in a results file's text, as
+    RealResults marked carried (nothing when it has no such table)."""
+    begin, end = text.find(BEGIN), text.find(END)
+    start = text.find(REAL_INTRO, begin, end) if 0 <= begin < end else -1
+    if start < 0:
+        return []
+    reals: list[RealResult] = []
+    for line in text[start:end].splitlines():
+        if head := _GROUP_HEAD.match(line):
+            label, count, dim = head["label"], int(head["n"].replace(",", "")), int(head["dim"])
+            reals.append(RealResult(label, count, dim, [], carried=True))
+        elif reals and (row := _GROUP_ROW.match(line)):
+            reals[-1].rows.append((row["kind"], float(row["t"]), float(row["i"]), float(row["s"])))
+    return reals
+
+
+def with_earlier_reals(reals: Sequence[RealResult], text: str) -> list[RealResult]:
+    """This run's real sets, then those of the results file it did not measure (a run without the
+    emoji model must not erase the emoji rows an earlier run measured)."""
+    measured = {real.label for real in reals}
+    return [*reals, *(real for real in earlier_reals(text) if real.label not in measured)]
 
 
 def replace_real_block(text: str, block: str) -> str:
@@ -724,7 +792,7 @@ def publish(
     plot(results, args.plot)
     section = render(
         results,
-        reals,
+        with_earlier_reals(reals, args.out.read_text() if args.out.exists() else ""),
         command=_command(argv),
         elapsed_s=time.perf_counter() - started,
         load_start=load_start,

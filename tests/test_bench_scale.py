@@ -128,3 +128,22 @@ def test_the_startup_section_is_rewritten_without_eating_the_next_sections_marke
     scale.report.write_marked_section(results, section, scale.BEGIN, scale.END)
     text = results.read_text()
     assert "## Index types at scale" not in text and text.count("new scale") == 1
+
+
+def test_a_run_without_a_set_keeps_its_rows_from_the_file_marked_as_earlier() -> None:
+    """A full run given only the sample corpus must not erase the emoji rows measured before."""
+    before = BEFORE_TABLE + block(SAMPLE, EMOJI) + "\n" + AFTER_TABLE
+    fresh = scale.RealResult(SAMPLE.label, 5050, 128, [("ivf (IVF129,FlatIP nprobe=8)", 0.976, 0.995, 1.0)])
+    kept = scale.with_earlier_reals([fresh], before)
+    assert [r.label for r in kept] == [SAMPLE.label, EMOJI.label]
+    assert kept[0] is fresh and kept[1].carried and kept[1].rows == EMOJI.rows
+    rendered = "\n".join(scale.render_real(kept))
+    assert f"| **{EMOJI.label}** (4,858 images, 256-d; measured in an earlier run) | | | |" in rendered
+    assert "| ivf (IVF110,FlatIP nprobe=8) | 0.910 | 0.950 | 0.999 |" in rendered
+    # Carried again by a later run, it is read back the same (no mark piles up).
+    again = scale.with_earlier_reals([], BEFORE_TABLE + rendered + "\n" + AFTER_TABLE)
+    assert [(r.label, r.n, r.dim, r.rows, r.carried) for r in again] == [
+        (fresh.label, 5050, 128, fresh.rows, True),
+        (EMOJI.label, 4858, 256, EMOJI.rows, True),
+    ]
+    assert scale.with_earlier_reals([], BEFORE_TABLE + AFTER_TABLE) == []
