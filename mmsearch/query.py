@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
-    from indexer.indexing.calibration import Calibration, ScoreStats
+    from indexer.indexing.calibration import Calibration
+    from indexer.indexing.score_stats import ScoreStats
 
 TermKind = QueryModality
 TERM_KINDS: tuple[str, ...] = ("text", "image")

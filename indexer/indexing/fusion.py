@@ -40,9 +40,9 @@ from indexer.indexing.fusion_spec import FusionMethod as FusionMethod
 from indexer.indexing.fusion_spec import FusionRule as FusionRule
 from indexer.indexing.fusion_spec import QueryModality as QueryModality
 from indexer.indexing.fusion_spec import Scored as Scored
+from indexer.indexing.score_stats import ScoreStats
 
 if TYPE_CHECKING:
-    from indexer.indexing.calibration import ScoreStats
     from indexer.models.fusion_head import FusionHead
     from indexer.store.search_params import SearchParams
     from indexer.store.vectors import SearchResult, VectorStore

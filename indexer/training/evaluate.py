@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,8 @@ import torch
 
 from indexer.media.images import ImageLoadError, open_image
 from indexer.models.encoder import Encoder
-from indexer.training.corpora import CaptionPair, Corpus, CorpusError, retrieval_set
+from indexer.training.corpora import Corpus, CorpusError, retrieval_set
+from indexer.training.embeddings import CorpusEmbeddings
 from indexer.training.fusion_protocol import FusionEvalSettings, encode_split, fusion_metrics
 
 RECALL_KS = (1, 5, 10)
@@ -91,17 +91,6 @@ def retrieval_metrics(
 def rsum(metrics: dict[str, dict[str, float]]) -> float:
     """Sum of R@1/5/10 in both directions: the usual single number for picking a checkpoint."""
     return sum(metrics[d][f"R@{k}"] for d in ("t2i", "i2t") for k in RECALL_KS)
-
-
-@dataclass(frozen=True)
-class CorpusEmbeddings:
-    """Embeddings of a corpus's readable images and of the captions that belong to them."""
-
-    image_emb: np.ndarray  # (images, dim) float32
-    text_emb: np.ndarray  # (captions, dim) float32
-    caption_to_image: list[int]
-    pairs: list[CaptionPair]  # the caption rows kept, parallel to text_emb
-    skipped: list[ImageLoadError]
 
 
 def embed_corpus(encoder: Encoder, corpus: Corpus, *, batch_size: int = 64) -> CorpusEmbeddings:

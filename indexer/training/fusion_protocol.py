@@ -20,7 +20,7 @@ import numpy as np
 if TYPE_CHECKING:
     from indexer.models.encoder import Encoder
     from indexer.models.fusion_head import FusionHead
-    from indexer.training.evaluate import CorpusEmbeddings
+    from indexer.training.embeddings import CorpusEmbeddings
 
 RECALL_KS = (1, 5, 10)
 # Share of the images that carry an own text in the protocol (as in benchmarks/FUSION.md).
