@@ -48,15 +48,17 @@ def catalogue(tmp_path: Path, encoder: Encoder) -> Path:
 
 @pytest.fixture
 def statements(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[int], list[int]]]:
-    """The (image ids, text ids) of every catalogue statement the cache runs (calls go through)."""
+    """The (image ids, text ids) of every catalogue read the cache makes, on its own connection
+    or through the pool (calls go through to the real functions)."""
     seen: list[tuple[list[int], list[int]]] = []
-    real = hit_cache.hit_rows
+    for name in ("hit_rows", "read_hit_rows"):
+        real = getattr(hit_cache, name)
 
-    def counted(sql, *, image_ids, text_ids, info_key):  # type: ignore[no-untyped-def]
-        seen.append((list(image_ids), list(text_ids)))
-        return real(sql, image_ids=image_ids, text_ids=text_ids, info_key=info_key)
+        def counted(*args, image_ids, text_ids, info_key, real=real):  # type: ignore[no-untyped-def]
+            seen.append((list(image_ids), list(text_ids)))
+            return real(*args, image_ids=image_ids, text_ids=text_ids, info_key=info_key)
 
-    monkeypatch.setattr(hit_cache, "hit_rows", counted)
+        monkeypatch.setattr(hit_cache, name, counted)
     return seen
 
 
@@ -96,9 +98,10 @@ def test_rows_already_read_are_not_read_again_until_a_commit(
     assert first == catalog.HitRows({1: "/photos/1.png", 2: "/photos/2.png"}, {1: "a caption"}, "one")
     assert cache.read(image_ids=[2, 1], text_ids=[1], info_key="note") == first
     assert len(statements) == 1
-    # Only the ids not kept are read; an id without a row is remembered as such.
+    # A search with an id not kept reads all of its rows (one snapshot); an id without a row is
+    # remembered as such.
     absent = cache.read(image_ids=[1, 99], text_ids=[], info_key="note")
-    assert absent.paths == {1: "/photos/1.png"} and statements[-1] == ([99], [])
+    assert absent.paths == {1: "/photos/1.png"} and statements[-1] == ([1, 99], [])
     cache.read(image_ids=[99], text_ids=[], info_key="note")
     assert len(statements) == 2
 
@@ -136,7 +139,8 @@ def test_a_catalogue_without_a_change_counter_is_read_by_every_search(
 
 def test_readers_never_see_a_path_older_than_one_they_saw(catalogue: Path, cache: HitRowCache) -> None:
     """Threads read while a writer renames one image 60 times, a commit each: each thread's
-    answers only move forward, and the last answer is the last rename."""
+    answers only move forward, and the writer's own read after each commit sees that commit
+    (rows a reader read before it must never be kept as if read after it)."""
     renames = 60
     failures: list[str] = []
     done = threading.Event()
@@ -155,6 +159,9 @@ def test_readers_never_see_a_path_older_than_one_they_saw(catalogue: Path, cache
         thread.start()
     for step in range(renames):
         commit(catalogue, "UPDATE images SET path = ? WHERE id = 1", f"/photos/renamed-{step}.png")
+        seen = cache.read(image_ids=[1, 2], text_ids=[], info_key="note").paths[1]
+        if seen != f"/photos/renamed-{step}.png":
+            failures.append(f"rename {step} committed, the next read said {seen}")
     done.set()
     for thread in threads:
         thread.join()
@@ -183,3 +190,23 @@ def test_an_open_engine_names_a_renamed_file_by_its_new_path(
         assert (report.moved, report.encoded) == (1, 0)
         after = engine.search_image(query, k=1)[0]
         assert (after.id, after.path) == (before.id, str(moved.resolve()))
+
+
+def test_a_commit_landing_while_rows_are_read_is_seen_by_the_next_read(
+    catalogue: Path, cache: HitRowCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows a read returns are kept under the version of the snapshot they came from, never
+    under a later one: here another connection commits a rename just after the cache's statement
+    has read the old path (deterministically, from inside the read)."""
+    real = hit_cache.read_hit_rows
+    renamed = iter(["/photos/renamed.png"])
+
+    def read_then_commit(*args, **kwargs):  # type: ignore[no-untyped-def]
+        rows = real(*args, **kwargs)
+        for path in renamed:  # only during the first read
+            commit(catalogue, "UPDATE images SET path = ? WHERE id = 1", path)
+        return rows
+
+    monkeypatch.setattr(hit_cache, "read_hit_rows", read_then_commit)
+    assert cache.read(image_ids=[1], text_ids=[], info_key="note").paths == {1: "/photos/1.png"}
+    assert cache.read(image_ids=[1], text_ids=[], info_key="note").paths == {1: "/photos/renamed.png"}

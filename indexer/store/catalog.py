@@ -330,32 +330,41 @@ def hit_rows(
     pooled DBAPI connection: SQLAlchemy's per-execute work (cache key, parameter expansion,
     result wrapping) cost several times the statement itself (~80 us against ~15 us on SQLite)
     and, by evicting caches, slowed the FAISS call beside it: ~130 us per search in all."""
-    paths: dict[int, str] = {}
-    texts: dict[int, str] = {}
-    info_value: str | None = None
-    step = IDS_PER_STATEMENT
-    chunks = max(1, -(-len(image_ids) // step), -(-len(text_ids) // step))
     connection = sql.raw_connection()
     try:
         cursor = connection.cursor()
-        for chunk in range(chunks):
-            images = image_ids[chunk * step : (chunk + 1) * step]
-            captions = text_ids[chunk * step : (chunk + 1) * step]
-            statement = _hit_statement(sql.dialect, _bucket(len(images)), _bucket(len(captions)), chunk == 0)
-            cursor.execute(statement.sql, statement.parameters(images, captions, info_key))
-            for part, id_, path, text in cursor.fetchall():
-                if part == _IMAGE_PART:
-                    paths[id_] = decode_fs_path(path)
-                elif part == _TEXT_PART:
-                    texts[id_] = text
-                else:
-                    info_value = text
+        rows = read_hit_rows(cursor, sql.dialect, image_ids=image_ids, text_ids=text_ids, info_key=info_key)
         cursor.close()
     except sql.dialect.loaded_dbapi.Error as exc:
         connection.invalidate(exc)
         raise DBAPIError.instance(None, None, exc, sql.dialect.loaded_dbapi.Error) from exc
     finally:
         connection.close()  # back to the pool (rolled back there, as a Session's would be)
+    return rows
+
+
+def read_hit_rows(
+    cursor: Any, dialect: Dialect, *, image_ids: Sequence[int], text_ids: Sequence[int], info_key: str
+) -> HitRows:
+    """hit_rows' statements on a DBAPI cursor of `dialect`'s driver (a caller that holds its own
+    connection, e.g. indexer/store/hit_cache.py, runs them inside its own transaction)."""
+    paths: dict[int, str] = {}
+    texts: dict[int, str] = {}
+    info_value: str | None = None
+    step = IDS_PER_STATEMENT
+    chunks = max(1, -(-len(image_ids) // step), -(-len(text_ids) // step))
+    for chunk in range(chunks):
+        images = image_ids[chunk * step : (chunk + 1) * step]
+        captions = text_ids[chunk * step : (chunk + 1) * step]
+        statement = _hit_statement(dialect, _bucket(len(images)), _bucket(len(captions)), chunk == 0)
+        cursor.execute(statement.sql, statement.parameters(images, captions, info_key))
+        for part, id_, path, text in cursor.fetchall():
+            if part == _IMAGE_PART:
+                paths[id_] = decode_fs_path(path)
+            elif part == _TEXT_PART:
+                texts[id_] = text
+            else:
+                info_value = text
     return HitRows(paths, texts, info_value)
 
 
