@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -27,11 +27,11 @@ from indexer.media.settings import (
     DEFAULT_DECODE_TIMEOUT_S,
     DEFAULT_MAX_MEGAPIXELS,
 )
-from indexer.models.config import FINETUNE_LR, TrainConfig
 from indexer.models.devices import Device
-from mmsearch import cli_admin, cli_fusion, cli_models
+from mmsearch import cli_admin, cli_fusion, cli_models, cli_serve, cli_train
 from mmsearch.cli_common import (
     DEFAULT_DEVICE,
+    SKIPPED_LINES_SHOWN,
     CheckpointOption,
     DbOption,
     DeviceOption,
@@ -47,17 +47,20 @@ from mmsearch.cli_common import (
     memory_budget_of,
     model_option_spec,
 )
+
+# Re-exported: `serve`'s defaults were defined here, and callers read them from here.
+from mmsearch.cli_serve import SERVE_BATCH_WAIT_MS as SERVE_BATCH_WAIT_MS
+from mmsearch.cli_serve import SERVE_MAX_BATCH as SERVE_MAX_BATCH
 from mmsearch.query import DEFAULT_TEXT_WEIGHT, Query, QuerySpecError, build_terms
 
 if TYPE_CHECKING:  # torch, transformers, FAISS and the catalogue load inside the commands that use them
     from indexer.indexing.report import IndexReport
     from indexer.models.lazy import LazyEncoder
     from indexer.models.spec import ModelSpec
-    from indexer.training.loop import EpochResult
     from mmsearch.engine import ImageHit, SearchResults, TextHit
 
-DEFAULT_TRAIN_CONFIG = "sample-shapes"
-SKIPPED_LINES_SHOWN = 20
+cli_train.register()  # first in --help, as when it was defined here
+
 # Printed when `mmsearch index` creates an index with the bundled model, which users without
 # --model get on their own photos.
 BUNDLED_MODEL_NOTE = (
@@ -66,160 +69,6 @@ BUNDLED_MODEL_NOTE = (
     "(downloaded once by open_clip) or a local checkpoint with --checkpoint FILE "
     "(`mmsearch models` lists what is available; --quiet hides this line)"
 )
-
-
-@command("train")
-def train_cmd(
-    corpus: Annotated[
-        Path, typer.Option("--corpus", help="Caption corpus: JSONL, CSV, COCO, Karpathy or folder.")
-    ],
-    out: Annotated[
-        Path,
-        typer.Option("--out", help="Model folder to write (best checkpoint; last/ for resume)."),
-    ],
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = TrainConfig.epochs,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=2)] = TrainConfig.batch_size,
-    seed: Annotated[int, typer.Option("--seed")] = TrainConfig.seed,
-    lr: Annotated[
-        float | None,
-        typer.Option(
-            "--lr", help=f"Learning rate (default {TrainConfig.lr}; {FINETUNE_LR} with --init)."
-        ),
-    ] = None,
-    config: Annotated[
-        str | None,
-        typer.Option("--config", help=f"Named model config or JSON file (default {DEFAULT_TRAIN_CONFIG})."),
-    ] = None,
-    text_init: Annotated[
-        Path | None, typer.Option("--text-init", help="Local pretrained ALBERT folder.")
-    ] = None,
-    image_init: Annotated[
-        Path | None, typer.Option("--image-init", help="Local ResNet weights.")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue from OUT/last (native or OpenCLIP).")
-    ] = False,
-    caption_agreement: Annotated[
-        float,
-        typer.Option(
-            "--caption-agreement",
-            min=0.0,
-            help="Weight of an extra InfoNCE term pulling two captions of one image together "
-            "(0: off). Makes an image's own text a better match for queries (hybrid documents); "
-            "needs images with several captions.",
-        ),
-    ] = TrainConfig.caption_agreement,
-    augment: Annotated[
-        bool | None,
-        typer.Option(
-            "--augment/--no-augment",
-            help="Augment training images as the model config allows (mild crops, colour jitter "
-            "without hue shift, blur, noise, JPEG), shown in OUT/augmentations.png (default: "
-            "the config's choice, on unless it says otherwise).",
-        ),
-    ] = None,
-    flip: Annotated[
-        bool | None,
-        typer.Option(
-            "--flip/--no-flip",
-            help="Mirror training images and swap left/right in their captions (default: the "
-            "model config's choice; off for OpenCLIP and corpora whose captions could lie).",
-        ),
-    ] = None,
-    trained_on_name: Annotated[
-        str | None,
-        typer.Option(
-            "--trained-on-name",
-            help="Corpus name recorded in the model's trained_on (default: the generator in a "
-            "manifest.json beside the corpus, else the corpus file or folder name).",
-        ),
-    ] = None,
-    device: DeviceOption = DEFAULT_DEVICE,
-    quiet: Annotated[bool, typer.Option("--quiet")] = False,
-    init: Annotated[
-        str | None,
-        typer.Option(
-            "--init",
-            help="Fine-tune an OpenCLIP model instead: openclip:ARCH with --checkpoint or "
-            "--pretrained (or a folder from an earlier fine-tune). OUT is usable as --model.",
-        ),
-    ] = None,
-    checkpoint: CheckpointOption = None,
-    pretrained: PretrainedOption = None,
-) -> None:
-    """Train the ALBERT+CNN dual encoder (or fine-tune OpenCLIP: --init); keeps the best by val recall."""
-    from indexer.models.config import AugmentConfig, load_named_config
-    from indexer.models.spec import is_openclip_dir
-    from indexer.training.corpora import load_corpus
-    from indexer.training.loop import LAST_DIR, train, train_openclip
-
-    if init is None and (checkpoint is not None or pretrained is not None):
-        fail("in `train`, --checkpoint/--pretrained give the weights of --init openclip:ARCH", 2)
-    if init is not None and (text_init or image_init or config):
-        fail("--init fine-tunes an OpenCLIP model: drop --config, --text-init, --image-init", 2)
-    openclip_run = init is not None or (resume and is_openclip_dir(out / LAST_DIR))
-    data = load_corpus(corpus)
-    model_config = None if openclip_run else load_named_config(config or DEFAULT_TRAIN_CONFIG)
-    base_augment = model_config.augment if model_config is not None else AugmentConfig()
-    train_config = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        lr=(FINETUNE_LR if openclip_run else TrainConfig.lr) if lr is None else lr,
-        caption_agreement=caption_agreement,
-        augment=replace(
-            base_augment,
-            enabled=base_augment.enabled if augment is None else augment,
-            flip=base_augment.flip if flip is None else flip,
-        ),
-    )
-
-    def show(result: EpochResult) -> None:
-        if quiet:
-            return
-        recall = ""
-        if result.metrics:
-            m = result.metrics
-            recall = (
-                f"  val t2i R@1 {m['t2i']['R@1']:.3f} R@10 {m['t2i']['R@10']:.3f}"
-                f"  i2t R@1 {m['i2t']['R@1']:.3f} R@10 {m['i2t']['R@10']:.3f}"
-            )
-        best = "  *best" if result.is_best else ""
-        typer.echo(
-            f"epoch {result.epoch:3d}  loss {result.loss:.4f}{recall}  {result.seconds:.1f}s{best}"
-        )
-
-    if model_config is None:
-        report = train_openclip(
-            data,
-            out,
-            init=init,
-            checkpoint=checkpoint,
-            pretrained=pretrained,
-            train_config=train_config,
-            resume=resume,
-            device=device,
-            trained_on_name=trained_on_name,
-            progress=not quiet,
-            on_epoch=show,
-        )
-    else:
-        report = train(
-            data,
-            out,
-            model_config=model_config,
-            text_init=text_init,
-            image_init=image_init,
-            train_config=train_config,
-            resume=resume,
-            device=device,
-            trained_on_name=trained_on_name,
-            progress=not quiet,
-            on_epoch=show,
-        )
-    for item in report.skipped[:SKIPPED_LINES_SHOWN]:
-        typer.echo(f"skipped {item}", err=True)
-    typer.echo(f"best epoch {report.best_epoch}; model saved to {out}")
 
 
 @command("index")
@@ -719,155 +568,7 @@ def _print_hits(results: SearchResults, *, show_preview: bool, empty: str) -> No
         )
 
 
-SERVER_MODULES = ("fastapi", "uvicorn")
-MULTIPART_MODULES = ("python_multipart", "multipart")  # python-multipart's new and old names
-# service.settings.DEFAULT_MAX_BATCH and DEFAULT_MAX_WAIT_MS (a test keeps them equal): that
-# package imports FastAPI, which the other commands must not need.
-SERVE_MAX_BATCH = 32
-SERVE_BATCH_WAIT_MS = 5.0
-# uvicorn kills a worker process that does not answer its health check in time; importing torch
-# and loading the model can hold the GIL for many seconds on a busy machine (its default is 5 s).
-WORKER_START_TIMEOUT_S = 120
-
-
-@command("serve")
-def serve_cmd(
-    db: DbOption = None,
-    host: Annotated[
-        str,
-        typer.Option("--host", help="Address to listen on; any but loopback needs $MMSEARCH_TOKEN."),
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
-    model: ModelOption = None,
-    checkpoint: CheckpointOption = None,
-    pretrained: PretrainedOption = None,
-    root: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--root", help="Folder that POST /index may add or refresh (repeatable; default: none)."
-        ),
-    ] = None,
-    max_upload_mb: Annotated[
-        float, typer.Option("--max-upload-mb", min=0.01, help="Largest request body accepted.")
-    ] = 16.0,
-    max_megapixels: Annotated[
-        float, typer.Option("--max-megapixels", min=0.01, help="Largest uploaded image, decoded.")
-    ] = DEFAULT_MAX_MEGAPIXELS,
-    max_batch: Annotated[
-        int,
-        typer.Option(
-            "--max-batch",
-            min=1,
-            help="Most sentence queries encoded and searched together (1: each alone).",
-        ),
-    ] = SERVE_MAX_BATCH,
-    batch_wait_ms: Annotated[
-        float,
-        typer.Option(
-            "--batch-wait-ms",
-            min=0.0,
-            help="Longest a sentence query waits for others to share its batch.",
-        ),
-    ] = SERVE_BATCH_WAIT_MS,
-    workers: Annotated[
-        int,
-        typer.Option(
-            "--workers",
-            min=1,
-            help="Server processes sharing the index on disk, each with its own copy of the model.",
-        ),
-    ] = 1,
-    torch_threads: Annotated[
-        int | None,
-        typer.Option(
-            "--torch-threads",
-            min=1,
-            help="Torch and FAISS threads per process for queries "
-            "(default: half of its share of the cores, at least 1).",
-        ),
-    ] = None,
-    device: DeviceOption = DEFAULT_DEVICE,
-    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
-) -> None:
-    """Serve the HTTP API and the web search page at http://HOST:PORT/ (needs the server extra)."""
-    import importlib.util
-
-    missing = [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
-    if not any(importlib.util.find_spec(m) for m in MULTIPART_MODULES):
-        missing.append("python-multipart")
-    if missing:
-        fail(f"`mmsearch serve` needs {', '.join(missing)}: pip install 'mmsearch[server]'")
-    import uvicorn
-
-    from indexer.models.devices import serving_threads
-    from mmsearch import service
-
-    token = os.environ.get(service.TOKEN_ENV) or None
-    threads = torch_threads or serving_threads(workers)
-    try:
-        settings = service.settings_for(
-            host,
-            token=token,
-            roots=tuple(root or ()),
-            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-            max_megapixels=max_megapixels,
-            max_batch=max_batch,
-            batch_wait_ms=batch_wait_ms,
-            search_threads=threads,
-            query_slots=max(1, (os.cpu_count() or 1) // workers),  # the cores, shared by the processes
-        )
-    except service.ServiceConfigError as exc:
-        fail(str(exc), 2)
-    from mmsearch.engine import Engine
-
-    spec = model_option_spec(model, checkpoint, pretrained)
-    shown = f"[{host}]" if ":" in host else host
-    with Engine.open(index_dir_of(db), model=spec, device=device) as engine:
-        if workers == 1:  # with more, each worker sets its threads and loads its own model
-            import torch
-
-            torch.set_num_threads(threads)
-            engine.load_model()  # now, not on the first request: a broken model stops here
-        typer.echo(
-            f"serving {engine.stats().images} images from {engine.index_dir} at "
-            f"http://{shown}:{port}/" + (" (bearer token required)" if token else "")
-            + (f" from {workers} processes" if workers > 1 else ""),
-            err=True,
-        )
-        if workers == 1:
-            web_app = service.create_app(engine, settings)
-            uvicorn.run(web_app, host=host, port=port, log_level=log_level, server_header=False)
-            return
-    from mmsearch.service.workers import CONFIG_ENV, FACTORY, WorkerConfig
-
-    os.environ[CONFIG_ENV] = WorkerConfig(
-        index_dir=str(index_dir_of(db)),
-        model=None if spec is None else spec.source(),
-        device=str(device),
-        host=host,
-        roots=tuple(str(r) for r in settings.roots),
-        limits={
-            "max_upload_bytes": settings.max_upload_bytes,
-            "max_megapixels": settings.max_megapixels,
-            "max_batch": settings.max_batch,
-            "batch_wait_ms": settings.batch_wait_ms,
-            "search_threads": settings.search_threads,
-            "query_slots": settings.query_slots,
-        },
-        torch_threads=threads,
-    ).to_env()
-    uvicorn.run(
-        FACTORY,
-        factory=True,
-        workers=workers,
-        host=host,
-        port=port,
-        log_level=log_level,
-        server_header=False,
-        timeout_worker_healthcheck=WORKER_START_TIMEOUT_S,
-    )
-
-
+cli_serve.register()
 cli_admin.register()  # calibrate, optimize, eval, info, remove: listed after the commands above
 cli_models.register()
 cli_fusion.register()  # train-fusion

@@ -24,6 +24,9 @@ app = typer.Typer(
 
 P = ParamSpec("P")
 
+# Skipped files named on stderr by `index` and `train` (the rest: --json, or the count).
+SKIPPED_LINES_SHOWN = 20
+
 DbOption = Annotated[
     Path | None,
     typer.Option("--db", help="Index folder (default: $MMSEARCH_HOME/index or the user data dir)."),

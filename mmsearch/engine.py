@@ -10,7 +10,7 @@ import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,7 +44,7 @@ from indexer.models.fusion_head import FusionHead, load_fusion_head
 from indexer.models.lazy import LazyEncoder
 from indexer.models.spec import EncoderInfo, ModelLoadError, ModelSpec
 from indexer.store import catalog
-from indexer.store.backends import VectorBackend, read_backends, vector_backend
+from indexer.store.backends import read_backends, vector_backend
 from indexer.store.catalog import DocTextRow, HitRows, ImageRow, TextRow
 from indexer.store.hit_cache import HitRowCache
 from indexer.store.index_dir import (
@@ -63,7 +63,6 @@ from indexer.store.vectors import (
     VectorStore,
     VectorStoreError,
     gpu_available,
-    to_search_device,
 )
 from mmsearch.query import MAX_K as MAX_K  # importable from here, as before
 from mmsearch.query import (
@@ -78,6 +77,15 @@ from mmsearch.query import (
     cut,
     relevance_of,
 )
+
+# Re-exported: the result types were defined here, and callers import them from here.
+from mmsearch.results import ImageHit as ImageHit
+from mmsearch.results import IndexedImage as IndexedImage
+from mmsearch.results import IndexStats as IndexStats
+from mmsearch.results import SearchResults as SearchResults
+from mmsearch.results import TextHit as TextHit
+from mmsearch.results import ranked_hits
+from mmsearch.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from indexer.models.encoder import Encoder
@@ -126,124 +134,6 @@ class ImageNotFoundError(EngineError, NotFoundError):
     """No indexed image has the given id (never indexed, or removed since)."""
 
 
-@dataclass(frozen=True)
-class ImageHit:
-    """One image result; field names match the --json output."""
-
-    rank: int
-    score: float
-    id: int
-    path: str
-
-
-@dataclass(frozen=True)
-class TextHit:
-    """One text result; field names match the --json output."""
-
-    rank: int
-    score: float
-    id: int
-    text: str
-
-
-@dataclass(frozen=True)
-class IndexedImage:
-    """One indexed file as the catalogue records it; size and mtime_ns are as of indexing."""
-
-    id: int
-    path: str
-    root: str
-    size: int
-    mtime_ns: int
-    width: int
-    height: int
-
-
-@dataclass(frozen=True)
-class SearchResults:
-    """Hits, and each hit's relevance (parallel to hits) when the index has a calibration."""
-
-    hits: list[ImageHit] | list[TextHit]
-    relevance: list[Relevance] | None
-
-    def to_json(self) -> dict[str, object]:
-        """{"results": [...]} as --json prints it, plus "relevance" when known."""
-        hits: list[ImageHit | TextHit] = list(self.hits)
-        out: dict[str, object] = {"results": [asdict(h) for h in hits]}
-        if self.relevance is not None:
-            out["relevance"] = [{"id": h.id, **asdict(r)} for h, r in zip(hits, self.relevance, strict=True)]
-        return out
-
-
-@dataclass(frozen=True)
-class IndexStats:
-    """What `mmsearch info` shows."""
-
-    index_dir: str
-    model_kind: str
-    model_source: str
-    model_id: str
-    dim: int
-    index_type: str
-    images: int
-    texts: int
-    image_vectors: int
-    text_vectors: int
-    size_bytes: int
-    fusion: str  # the fusion method queries use unless they ask for another
-    vectors_at: str = "faiss files in the index folder"
-    catalog_at: str = "sqlite in the index folder"
-    # The image index's structure (read from the FAISS file), the policy that chose it, the
-    # recall@10 against exact search measured when it was built (None: exact search) and the
-    # memory budget `auto` chooses by (indexer.store.index_types).
-    index_kind: str = "flat"
-    index_params: dict[str, int | bool] | None = None
-    index_policy: str = "auto"
-    index_recall: float | None = None
-    memory_budget: int | None = None
-
-
-class _Snapshot:
-    """A vector store as loaded, reloaded when a writer has replaced it (a FAISS file's inode
-    changes); a live store (Milvus) is loaded once and answers every query from the server.
-
-    Safe to share between threads (the HTTP service queries from a thread pool): one thread
-    reloads while the others keep answering from the snapshot they already have, so a reader
-    never waits for a reload and N readers never load the same new file N times over.
-    """
-
-    def __init__(self, backend: VectorBackend, name: str, dim: int, *, use_gpu: bool = False) -> None:
-        self.backend = backend
-        self.name = name
-        self.dim = dim
-        self.use_gpu = use_gpu  # search a FAISS GPU copy when possible (see to_search_device)
-        self.stamp: object = ()  # never a real stamp: the first refresh loads
-        self.store = VectorStore.create(dim)
-        self._reload_lock = threading.Lock()
-        self.refresh()
-
-    def refresh(self) -> VectorStore:
-        """Reload if the file on disk is a different one than last time (cheap stat per query)."""
-        if self._stamp() == self.stamp:
-            return self.store
-        if not self._reload_lock.acquire(blocking=False):
-            return self.store  # another thread is loading the new file; answer from this one
-        try:
-            stamp = self._stamp()  # again under the lock: another thread may have just loaded it
-            if stamp != self.stamp:
-                # Store first, then stamp: a reader that sees the new stamp gets the new store.
-                loaded = self.backend.load(self.name, self.dim)
-                live = self.backend.searches_live
-                self.store = loaded if live else to_search_device(loaded, use_gpu=self.use_gpu)
-                self.stamp = stamp
-        finally:
-            self._reload_lock.release()
-        return self.store
-
-    def _stamp(self) -> object:
-        return self.backend.stamp(self.name)
-
-
 class Engine:
     """A read handle on one index plus the model that filled it. Use Engine.open()."""
 
@@ -259,9 +149,9 @@ class Engine:
         self._hit_cache = HitRowCache(self._sql)
         self._vectors = vector_backend(index_dir, self.backends)
         use_gpu = _faiss_on_gpu(device or Device.parse(getattr(encoder, "device", CPU)))
-        self._images = _Snapshot(self._vectors, IMAGES, info.dim, use_gpu=use_gpu)
-        self._texts = _Snapshot(self._vectors, TEXTS, info.dim, use_gpu=use_gpu)
-        self._doc_texts = _Snapshot(self._vectors, DOC_TEXTS, info.dim, use_gpu=use_gpu)
+        self._images = Snapshot(self._vectors, IMAGES, info.dim, use_gpu=use_gpu)
+        self._texts = Snapshot(self._vectors, TEXTS, info.dim, use_gpu=use_gpu)
+        self._doc_texts = Snapshot(self._vectors, DOC_TEXTS, info.dim, use_gpu=use_gpu)
         self._fusion_head: FusionHead | None = None
         self._resolved_fusions: dict[tuple[Fusion, TermKind], Fusion] = {}  # see _fusion_for
         self._head_lock = threading.Lock()
@@ -736,7 +626,7 @@ class Engine:
                 results.append(outcome)
                 continue
             scored, relevance = outcome
-            hits = _hits(scored, job.query.to, rows)
+            hits = ranked_hits(scored, job.query.to, rows)
             if relevance is not None and len(hits) < len(relevance):  # a row not yet committed
                 by_id = dict(zip(scored.ids.tolist(), relevance, strict=True))
                 relevance = [by_id[h.id] for h in hits]
@@ -970,13 +860,6 @@ def _judge(scored: Scored, job: _Job, calibration: Calibration | None) -> _Judge
     return cut(scored, relevance, min_score=query.min_score, relevant_only=query.relevant)
 
 
-def _hits(scored: Scored, to: Target, rows: HitRows) -> list[ImageHit] | list[TextHit]:
-    """Scored candidates as ranked hits, from catalogue rows read beforehand."""
-    if to == "text":
-        return _ranked(scored.ids, scored.scores, rows.texts, TextHit)
-    return _ranked(scored.ids, scored.scores, rows.paths, ImageHit)
-
-
 def _query_text(query: str | None) -> str:
     """A sentence as the text tower gets it (stripped), or QueryError if empty or too long."""
     text = (query or "").strip()
@@ -1013,13 +896,3 @@ def _query(
         )
     except InvalidInputError as exc:
         raise QueryError(str(exc)) from exc
-
-
-def _ranked(ids, scores, names, make):  # type: ignore[no-untyped-def]
-    """Hits in score order, skipping ids whose row a concurrent writer has not committed."""
-    hits = []
-    for id_, score in zip(ids.tolist(), scores.tolist(), strict=True):
-        name = names.get(id_)
-        if name is not None:
-            hits.append(make(len(hits) + 1, round(score, 4), id_, name))
-    return hits
