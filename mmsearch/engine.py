@@ -455,6 +455,12 @@ class Engine:
                 vectors.append(plan)
                 continue
             rows = [encoded[part] if isinstance(part, int) else part for part in plan.parts]  # type: ignore[index]
+            if len(rows) == 1 and abs(float(rows[0].dot(rows[0])) - 1.0) <= UNIT_TOLERANCE:
+                # One term (its weight is positive, see _plan_terms) that is a unit vector (every
+                # sentence; an image's unless reconstructed from compressed codes): used bit for
+                # bit, as search_vector uses one.
+                vectors.append(rows[0])
+                continue
             try:
                 vectors.append(self._combine(np.stack(rows), plan.weights))
             except QueryError as exc:

@@ -6,6 +6,7 @@ they describe (the module docstring there explains both methods).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal, get_args
@@ -38,6 +39,10 @@ FUSION_METHODS: tuple[str, ...] = get_args(FusionMethod)
 DEFAULT_FUSION_METHOD: FusionMethod = "linear"
 
 
+_RULES: tuple[str, ...] = get_args(FusionRule)
+_ALIGNS: tuple[str, ...] = get_args(FusionAlign)
+
+
 class FusionError(InvalidInputError):
     """A fusion setting out of range (text weight outside 0..1, unknown method, rule or alignment)."""
 
@@ -65,10 +70,10 @@ class Fusion:
         if not (math.isfinite(weight) and 0.0 <= weight <= 1.0):
             raise FusionError(f"text weight must be between 0 and 1, got {self.text_weight}")
         object.__setattr__(self, "text_weight", weight)  # numpy scalars and ints become a float
-        if self.rule not in get_args(FusionRule):
-            raise FusionError(f"fusion rule must be one of {get_args(FusionRule)}, not {self.rule!r}")
-        if self.align not in get_args(FusionAlign):
-            raise FusionError(f"fusion alignment must be one of {get_args(FusionAlign)}, not {self.align!r}")
+        if self.rule not in _RULES:
+            raise FusionError(f"fusion rule must be one of {_RULES}, not {self.rule!r}")
+        if self.align not in _ALIGNS:
+            raise FusionError(f"fusion alignment must be one of {_ALIGNS}, not {self.align!r}")
         if self.method is not None and self.method not in FUSION_METHODS:
             raise FusionError(f"fusion must be one of {', '.join(FUSION_METHODS)}, not {self.method!r}")
 
@@ -78,7 +83,7 @@ class Fusion:
         and fusion= give it. A text weight sets the linear rule, so it cannot go with "learned";
         with neither, the index's method at DEFAULT_TEXT_WEIGHT."""
         if text_weight is None:
-            return cls(DEFAULT_TEXT_WEIGHT, method=method)
+            return _index_default(method) if cls is Fusion else cls(DEFAULT_TEXT_WEIGHT, method=method)
         if method == "learned":
             raise FusionError(
                 "a text weight sets the linear fusion's mix; learned fusion picks its own: drop the "
@@ -97,6 +102,13 @@ class Fusion:
     def calibrated(self) -> bool:
         """True when the index's linear fused null distributions describe these scores."""
         return (self.rule, self.align) == (FUSION_RULE, FUSION_ALIGN) and self.method != "learned"
+
+
+@functools.lru_cache(maxsize=len(FUSION_METHODS) + 1)
+def _index_default(method: FusionMethod | None) -> Fusion:
+    """Fusion.weighted(None, method): what nearly every query asks for, built once per method
+    (a frozen value: one instance serves every search)."""
+    return Fusion(DEFAULT_TEXT_WEIGHT, method=method)
 
 
 @dataclass(frozen=True)

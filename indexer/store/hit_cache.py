@@ -40,6 +40,7 @@ class HitRowCache:
     def __init__(self, sql: SqlEngine) -> None:
         self._sql = sql
         self._own = _own_connection(sql)
+        self._cursor = None if self._own is None else self._own.cursor()  # kept: one per read
         self._lock = threading.Lock()
         self._version: int | None = None
         self._paths: dict[int, str | None] = {}
@@ -72,8 +73,8 @@ class HitRowCache:
         """SQLite's `PRAGMA data_version`: it moves whenever another connection (of this or any
         process) has committed to the file since this connection last looked; inside a read
         transaction it is that snapshot's."""
-        assert self._own is not None
-        return int(self._own.execute("PRAGMA data_version").fetchone()[0])
+        assert self._cursor is not None
+        return int(self._cursor.execute("PRAGMA data_version").fetchone()[0])
 
     def _read_snapshot(
         self, image_ids: Sequence[int], text_ids: Sequence[int], info_key: str
