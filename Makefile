@@ -34,7 +34,7 @@ EMOJI_BATCH ?= 128
 
 .PHONY: install demo test lint bench bench-scale bench-scale-real bench-ingest bench-vit-compare clean sample-corpus
 .PHONY: default-model browser-deps openclip-env test-openclip emoji-corpus emoji-model postgres-deps
-.PHONY: test-distributed fusion-bench
+.PHONY: test-distributed fusion-bench bench-engine-ab
 
 install: $(STAMP)
 
@@ -158,6 +158,11 @@ bench-scale: sample-corpus
 # in benchmarks/work; a retrained model or a rebuilt corpus is encoded again).
 bench-scale-real: sample-corpus
 	$(PY) benchmarks/scale.py --real-only $(REAL_SETS) --out benchmarks/RESULTS.md
+
+# The Engine's cost over raw FAISS at an earlier commit and now, in one run (about 7 min for
+# N = 1e4 and 1e5, every kind): make bench-engine-ab BEFORE=<commit>
+bench-engine-ab: $(STAMP)
+	$(PY) benchmarks/engine_ab.py --before $(or $(BEFORE),$(error give BEFORE=<commit>)) --out benchmarks/RESULTS.md
 
 # Indexing throughput against encoder-only for the bundled model and a ViT-B/32-sized one, decoding
 # in threads vs processes, every split of the cores (one section of benchmarks/RESULTS.md; about

@@ -254,15 +254,12 @@ def exact_truth(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return ids.astype(np.int64) + 1  # ids are 1..n (catalogue keys)
 
 
-def measure_engine(
-    store: VectorStore, ids: np.ndarray, vectors: np.ndarray, queries: np.ndarray, work: Path
-) -> dict[str, float]:
-    """Sentence query and search by vector through an Engine on an index folder with N catalogue
-    rows, against text encoding + raw FAISS on the same index."""
+def engine_folder(
+    store: VectorStore, ids: np.ndarray, vectors: np.ndarray, work: Path, encoder: Encoder
+) -> Path:
+    """An index folder the Engine opens: store as its image index (full vectors beside it) and a
+    catalogue of one row per id (made once per size, copied per kind)."""
     dim = store.dim
-    encoder = load_encoder(None, device="cpu")
-    if encoder.info.dim != dim:
-        return {}
     shared = work / f"catalog-{len(ids)}"  # one catalogue of N rows per size, copied per kind
     if not (shared / catalog.CATALOG_FILE).exists():
         shared.mkdir(parents=True, exist_ok=True)
@@ -289,9 +286,21 @@ def measure_engine(
     shutil.copyfile(shared / catalog.CATALOG_FILE, folder / catalog.CATALOG_FILE)
     store.save(folder / IMAGES_FAISS)
     RawVectors(raw_path_for(folder / IMAGES_FAISS), dim).write_all(ids, vectors)
+    return folder
+
+
+def measure_engine(
+    store: VectorStore, ids: np.ndarray, vectors: np.ndarray, queries: np.ndarray, work: Path
+) -> dict[str, float]:
+    """Sentence query and search by vector through an Engine on an index folder with N catalogue
+    rows, against text encoding + raw FAISS on the same index."""
+    encoder = load_encoder(None, device="cpu")
+    if encoder.info.dim != store.dim:
+        return {}
+    folder = engine_folder(store, ids, vectors, work, encoder)
     out: dict[str, float] = {}
     with Engine.open(folder, device="cpu") as engine:
-        index: object = VectorStore.load(folder / IMAGES_FAISS, dim=dim).index
+        index: object = VectorStore.load(folder / IMAGES_FAISS, dim=store.dim).index
         fetch = K * index_types_rerank(store)
         vector_s, raw_s = timed_pair(
             lambda i: engine.search_vector(queries[i % len(queries)], K),
