@@ -120,6 +120,22 @@ def test_ivf_probing_every_list_is_exact_and_fewer_lists_lose_some(built: Built,
     )
 
 
+def test_a_short_answer_has_no_padding_alone_or_in_a_batch(data: Data) -> None:
+    """One probed list holds fewer than k vectors: FAISS pads the row with -1, and the plain
+    search path (no knobs, no filter) drops the padding one query at a time and in a batch."""
+    ids, vectors, queries = data
+    store = build_index(ArraySource(ids, vectors), DIM, BuildSpec("ivf", lists=76, nprobe=1)).store
+    assert store.params()["nprobe"] == 1
+    k = 200  # 76 lists of ~40 vectors: one probed list cannot fill 200 slots
+    alone = [store.search(query[None], k)[0] for query in queries[:4]]
+    batch = store.search(queries[:4], k)
+    for one, together in zip(alone, batch, strict=True):
+        assert 0 < len(one.ids) < k and (one.ids >= 0).all() and len(one.scores) == len(one.ids)
+        assert one.ids.tolist() == together.ids.tolist()
+    full = store.search(queries[:1], 5)[0]  # a full row keeps all its hits
+    assert len(full.ids) == 5
+
+
 @pytest.mark.parametrize(("kind", "bound"), [("ivf", 0.95), ("sq8", 0.95), ("ivfpq", 0.9), ("hnsw", 0.95)])
 def test_default_knobs_reach_the_recall_bound_against_brute_force(
     built: Built, data: Data, kind: str, bound: float

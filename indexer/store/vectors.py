@@ -397,7 +397,10 @@ class VectorStore:
         if self._plain and allowed_ids is None and params is None and k > 0:
             # The common query, with nothing to add to FAISS's own call: what raw FAISS costs.
             scores, ids = self.index.search(queries, min(k, self._ntotal))  # (q, k) each
-            if ids.min(initial=0) >= 0:
+            # FAISS pads a short answer with -1 at the end of its row: the last column tells.
+            if len(ids) == 1 and ids[0, -1] >= 0:  # one query: no NumPy reduction, no zip
+                return [SearchResult(scores[0], ids[0])]
+            if len(ids) > 1 and (ids[:, -1] >= 0).all():
                 return [SearchResult(s, i) for s, i in zip(scores, ids, strict=True)]
             return [SearchResult(s[i >= 0], i[i >= 0]) for s, i in zip(scores, ids, strict=True)]
         empty = allowed_ids is not None and len(allowed_ids) == 0
