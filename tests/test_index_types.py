@@ -184,19 +184,29 @@ def test_the_full_vectors_are_found_by_id_however_ids_are_spread(
     np.testing.assert_array_equal(got, np.stack(want))
 
 
+@pytest.mark.parametrize("lookup", ["memory", "file"])
 @pytest.mark.parametrize("kind", ["sq8", "ivfpq"])
 def test_a_batch_reranks_like_its_queries_one_by_one_and_skips_ids_without_vectors(
-    data: Data, kind: str
+    data: Data, kind: str, lookup: str, tmp_path: Path
 ) -> None:
-    """One batched re-ranking answers each query as it would alone; a candidate whose full vector
-    is gone is left out, never scored from nothing."""
+    """One batched re-ranking answers each query as it would alone (a query alone takes its own
+    path through the mapped file); a candidate whose full vector is gone is left out, never
+    scored from nothing."""
     ids, vectors, queries = data
     missing = ids[::3]
     keep = ~np.isin(ids, missing)
     built = build_index(ArraySource(ids, vectors), DIM, BuildSpec(kind))  # type: ignore[arg-type]
-    store = VectorStore(built.store.index, raw=InMemoryVectors(ids[keep], vectors[keep]))
-    batch = store.search(queries[:8], K)
-    for query, together in zip(queries[:8], batch, strict=True):
+    if lookup == "memory":
+        raw: InMemoryVectors | RawVectors = InMemoryVectors(ids[keep], vectors[keep])
+    else:
+        raw = RawVectors(tmp_path / "images.vectors", DIM)
+        raw.write_all(ids[keep], vectors[keep])
+    store = VectorStore(built.store.index, raw=raw)
+    # The last record's own vector asks too: a missing candidate read from a wrong position (the
+    # last one, say) would score 1.0 and show at the top.
+    asked = np.vstack([queries[:7], vectors[keep][-1:]])
+    batch = store.search(asked, K)
+    for query, together in zip(asked, batch, strict=True):
         alone = store.search(query[None], K)[0]
         assert together.ids.tolist() == alone.ids.tolist()
         np.testing.assert_allclose(together.scores, alone.scores, atol=1e-6)
