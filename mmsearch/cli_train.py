@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -139,34 +140,22 @@ def train_cmd(
         best = "  *best" if result.is_best else ""
         typer.echo(f"epoch {result.epoch:3d}  loss {result.loss:.4f}{recall}  {result.seconds:.1f}s{best}")
 
-    if model_config is None:
-        report = train_openclip(
-            data,
-            out,
-            init=init,
-            checkpoint=checkpoint,
-            pretrained=pretrained,
-            train_config=train_config,
-            resume=resume,
-            device=device,
-            trained_on_name=trained_on_name,
-            progress=not quiet,
-            on_epoch=show,
-        )
-    else:
-        report = train(
-            data,
-            out,
-            model_config=model_config,
-            text_init=text_init,
-            image_init=image_init,
-            train_config=train_config,
-            resume=resume,
-            device=device,
-            trained_on_name=trained_on_name,
-            progress=not quiet,
-            on_epoch=show,
-        )
+    # The two model kinds differ only in where their weights start from.
+    run = (
+        functools.partial(train_openclip, init=init, checkpoint=checkpoint, pretrained=pretrained)
+        if model_config is None
+        else functools.partial(train, model_config=model_config, text_init=text_init, image_init=image_init)
+    )
+    report = run(
+        data,
+        out,
+        train_config=train_config,
+        resume=resume,
+        device=device,
+        trained_on_name=trained_on_name,
+        progress=not quiet,
+        on_epoch=show,
+    )
     for item in report.skipped[:SKIPPED_LINES_SHOWN]:
         typer.echo(f"skipped {item}", err=True)
     typer.echo(f"best epoch {report.best_epoch}; model saved to {out}")
