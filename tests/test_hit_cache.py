@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import create_engine, insert
+from sqlalchemy.exc import OperationalError
 
 from indexer.indexing.pipeline import index_folders
 from indexer.media.images import open_image
@@ -210,3 +211,12 @@ def test_a_commit_landing_while_rows_are_read_is_seen_by_the_next_read(
     monkeypatch.setattr(hit_cache, "read_hit_rows", read_then_commit)
     assert cache.read(image_ids=[1], text_ids=[], info_key="note").paths == {1: "/photos/1.png"}
     assert cache.read(image_ids=[1], text_ids=[], info_key="note").paths == {1: "/photos/renamed.png"}
+
+
+def test_a_broken_catalogue_is_reported_as_sqlalchemy_reports_it(catalogue: Path, cache: HitRowCache) -> None:
+    """The cache's own connection fails the way the pooled one does (an OperationalError the
+    engine's callers already map), not with a bare sqlite3 error."""
+    cache.read(image_ids=[1], text_ids=[], info_key="note")
+    commit(catalogue, "ALTER TABLE images RENAME TO images_gone")
+    with pytest.raises(OperationalError, match="no such table"):
+        cache.read(image_ids=[1], text_ids=[], info_key="note")

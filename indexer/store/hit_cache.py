@@ -5,8 +5,8 @@ Every search ends by naming its hits: image paths and texts by id, plus the cali
 (~30 us of SQLite and its connection pool against a 20-60 us IVF search), and consecutive
 searches mostly ask for rows already read. Rows are therefore kept, and dropped as soon as any
 connection, in any process, commits to the catalogue: SQLite's `PRAGMA data_version` on a
-connection of the cache's own tells that in ~3 us. A rename, a removal or a recalibration is seen by the
-next search exactly as without the cache.
+connection of the cache's own tells that in ~3 us. A rename, a removal or a recalibration is
+seen by the next search exactly as without the cache.
 
 Catalogues on a server (PostgreSQL) have no such counter: every search reads its rows.
 """
@@ -52,6 +52,14 @@ class HitRowCache:
         index_info value of info_key."""
         if self._own is None:
             return hit_rows(self._sql, image_ids=image_ids, text_ids=text_ids, info_key=info_key)
+        try:
+            return self._read_kept_or_fresh(image_ids, text_ids, info_key)
+        except sqlite3.Error as exc:  # as hit_rows reports it, so the edges map it alike
+            raise DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
+
+    def _read_kept_or_fresh(
+        self, image_ids: Sequence[int], text_ids: Sequence[int], info_key: str
+    ) -> HitRows:
         with self._lock:
             if self._data_version() == self._version:
                 kept = self._kept(image_ids, text_ids, info_key)
@@ -81,19 +89,16 @@ class HitRowCache:
     ) -> tuple[HitRows, int]:
         """Every requested row and the change counter, from one read transaction."""
         assert self._own is not None
+        self._own.execute("BEGIN")
         try:
-            self._own.execute("BEGIN")
-            try:
-                cursor = self._own.cursor()
-                rows = read_hit_rows(
-                    cursor, self._sql.dialect, image_ids=image_ids, text_ids=text_ids, info_key=info_key
-                )
-                cursor.close()
-                return rows, self._data_version()
-            finally:
-                self._own.execute("COMMIT")  # ends the read transaction (nothing was written)
-        except sqlite3.Error as exc:
-            raise DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
+            cursor = self._own.cursor()
+            rows = read_hit_rows(
+                cursor, self._sql.dialect, image_ids=image_ids, text_ids=text_ids, info_key=info_key
+            )
+            cursor.close()
+            return rows, self._data_version()
+        finally:
+            self._own.execute("COMMIT")  # ends the read transaction (nothing was written)
 
     def _kept(self, image_ids: Sequence[int], text_ids: Sequence[int], info_key: str) -> HitRows | None:
         """The answer from kept rows alone, or None when one of them is not kept."""
