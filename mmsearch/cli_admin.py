@@ -31,7 +31,7 @@ from mmsearch.cli_common import (
 )
 
 if TYPE_CHECKING:  # the store, FAISS and the model load inside the commands that use them
-    from indexer.store.index_types import OptimizeReport
+    from indexer.store.index_upkeep import OptimizeReport
     from indexer.training.fusion_protocol import FusionEvalSettings
 
 # What `mmsearch eval` says of learned fusion for a model without a head.
@@ -90,7 +90,8 @@ def optimize_cmd(
 ) -> None:
     """Rebuild the image vectors as another index type now (auto: chosen by size and memory);
     training runs on the GPU with --device cuda when FAISS sees one."""
-    from indexer.store.index_types import POLICIES, use_index_type
+    from indexer.store.index_types import POLICIES
+    from indexer.store.index_upkeep import use_index_type
 
     index_type = index_type_of(index_type)
     chosen = [name for name, given in (("ivf", ivf), ("flat", flat)) if given]

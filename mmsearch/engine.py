@@ -57,7 +57,7 @@ from indexer.store.index_dir import (
     index_files,
     read_index_info,
 )
-from indexer.store.index_types import IndexTypeRecord
+from indexer.store.index_upkeep import IndexTypeRecord
 from indexer.store.vectors import (
     SearchParams,
     VectorStore,

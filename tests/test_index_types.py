@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from indexer.indexing import pipeline
 from indexer.models.encoder import NativeEncoder
-from indexer.store import catalog, index_types
+from indexer.store import catalog, index_types, index_upkeep
 from indexer.store.index_dir import IMAGES_FAISS, IndexWriter
 from indexer.store.index_types import (
     ArraySource,
@@ -547,7 +547,7 @@ def test_a_rebuild_killed_after_the_vector_file_leaves_a_consistent_index(
 
     monkeypatch.setattr(VectorStore, "save", die)
     with pytest.raises(KeyboardInterrupt):
-        index_types.use_index_type(db, "ivf")
+        index_upkeep.use_index_type(db, "ivf")
     monkeypatch.undo()
     assert len(RawVectors(raw_path_for(db / IMAGES_FAISS), MODEL_DIM)) == 55  # compacted
     with Engine.open(db, device="cpu") as engine:

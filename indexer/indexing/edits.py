@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from indexer.store import catalog, index_types
+from indexer.store import catalog, index_upkeep
 from indexer.store.catalog import TextRow
 from indexer.store.index_dir import IndexWriter
 
@@ -44,7 +44,7 @@ def remove_images(index_dir: Path, paths: Sequence[Path]) -> int:
         catalog.delete_images(session, ids)
         writer.commit_vectors(session, removed_images=ids)
         if ids:
-            index_types.maintain(writer)  # e.g. HNSW past its tombstone share
+            index_upkeep.maintain(writer)  # e.g. HNSW past its tombstone share
     return len(ids)
 
 

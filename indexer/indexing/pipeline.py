@@ -46,7 +46,7 @@ from indexer.media.images import DEFAULT_DECODE_PROCESSES, DEFAULT_DECODE_TIMEOU
 from indexer.media.scan import FileEntry, ScanOptions
 from indexer.models.devices import indexing_threads, torch_threads
 from indexer.models.fusion_head import load_fusion_head, usable_fusion_head
-from indexer.store import catalog, index_types
+from indexer.store import catalog, index_types, index_upkeep
 from indexer.store.catalog import ImageRecord, SkippedRow
 from indexer.store.index_dir import FUSION_KEY, IndexWriter
 
@@ -117,7 +117,7 @@ def index_folders(
             by_path.setdefault(entry.path, entry)  # overlapping folders must not list a file twice
     entries = list(by_path.values())
     report = IndexReport()
-    new_index_info = index_types.policy_rows(options.index_type or index_types.AUTO, options.memory_budget)
+    new_index_info = index_upkeep.policy_rows(options.index_type or index_types.AUTO, options.memory_budget)
     with IndexWriter(index_dir, encoder.info, new_index_info=new_index_info) as writer:
         _apply_index_type(writer, options)
         report.repaired = writer.repaired
@@ -131,7 +131,7 @@ def index_folders(
         if on_total:
             on_total(len(plan.to_encode))
         _encode_and_commit(writer, encoder, plan, options, report, on_progress)
-        report.rebuilt = index_types.maintain(writer, use_gpu=options.faiss_gpu)
+        report.rebuilt = index_upkeep.maintain(writer, use_gpu=options.faiss_gpu)
         report.calibrated = calibrate_if_needed(writer, encoder)
     report.elapsed_s = time.perf_counter() - started
     return report
@@ -142,14 +142,14 @@ def _apply_index_type(writer: IndexWriter, options: IndexOptions) -> None:
     it), and records a new memory budget."""
     if writer.created:
         return
-    record = index_types.read_record(writer)
+    record = index_upkeep.read_record(writer)
     if options.index_type is not None and options.index_type != record.policy:
         raise PipelineError(
             f"{writer.index_dir} uses --index-type {record.policy}; --index-type applies to a new "
             f"index: change this one with `mmsearch optimize --index-type {options.index_type}`"
         )
     if options.memory_budget is not None:
-        index_types.set_policy(writer, record.policy, options.memory_budget)
+        index_upkeep.set_policy(writer, record.policy, options.memory_budget)
 
 
 def _record_fusion(writer: IndexWriter, encoder: Encoder, asked: FusionMethod | None) -> str | None:

@@ -9,7 +9,7 @@ from indexer.errors import InvalidInputError
 from indexer.indexing.file_loading import Skipped
 
 if TYPE_CHECKING:
-    from indexer.store import index_types
+    from indexer.store import index_upkeep
 
 
 class PipelineError(InvalidInputError):
@@ -33,7 +33,7 @@ class IndexReport:
     calibrated: bool = False  # the random-pair score calibration was (re)computed
     fusion: str | None = None  # the fusion method the index records (None: none recorded, linear)
     # The image vectors were rebuilt into another index type (or re-tuned) at the end of the run.
-    rebuilt: index_types.OptimizeReport | None = None
+    rebuilt: index_upkeep.OptimizeReport | None = None
     elapsed_s: float = 0.0
 
     @property
@@ -62,7 +62,7 @@ class IndexReport:
         }
 
 
-def _rebuild_summary(report: index_types.OptimizeReport) -> dict[str, object]:
+def _rebuild_summary(report: index_upkeep.OptimizeReport) -> dict[str, object]:
     return {
         "before": report.before,
         "after": report.after,
