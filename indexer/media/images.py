@@ -1,9 +1,9 @@
 """Image files -> RGB images -> model tensors, defined once for index time and query time.
 
 `open_image` and `decode_image_bytes` turn any file or upload into an upright 8-bit RGB image or
-raise `ImageLoadError(path, reason)`; `preprocess` turns that image into the tensor the image
-tower sees. Both sides of the search import these, so a query photo is treated exactly like an
-indexed one.
+raise `ImageLoadError(path, reason)`; `preprocess` (indexer/media/preprocess.py) turns that image
+into the tensor the image tower sees. Both sides of the search import these, so a query photo
+is treated exactly like an indexed one.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import io
 import os
 import stat
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -26,6 +26,13 @@ from indexer.media import formats
 from indexer.media.formats import HEIF_EXTENSIONS, JXL_EXTENSIONS, RAW_EXTENSIONS
 from indexer.media.formats import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS  # re-exported, as before
 from indexer.media.formats import PILLOW_FORMATS as PILLOW_FORMATS  # re-exported, as before
+
+# Re-exported: preprocessing lived here before preprocess.py.
+from indexer.media.preprocess import UINT8_MAX
+from indexer.media.preprocess import model_input_image as model_input_image
+from indexer.media.preprocess import normalise_uint8 as normalise_uint8
+from indexer.media.preprocess import preprocess as preprocess
+from indexer.media.preprocess import preprocess_batch as preprocess_batch
 
 # Re-exported: these settings lived here before settings.py.
 from indexer.media.settings import DECODE_PROCESSES_FLAG as DECODE_PROCESSES_FLAG
@@ -37,9 +44,6 @@ from indexer.media.settings import MAX_MEGAPIXELS_FLAG as MAX_MEGAPIXELS_FLAG
 from indexer.media.settings import PIXELS_PER_MEGAPIXEL as PIXELS_PER_MEGAPIXEL
 from indexer.media.settings import RESIZE_MODES as RESIZE_MODES
 from indexer.media.settings import PreprocessConfig as PreprocessConfig
-
-if TYPE_CHECKING:
-    import torch  # imported where a tensor is made: decoding alone never needs torch
 
 HEIF_EXTRA_REASON = "HEIC/HEIF needs the optional extra: pip install 'mmsearch[heif]'"
 JXL_EXTRA_REASON = "JPEG XL needs the optional extra: pip install 'mmsearch[jxl]'"
@@ -85,7 +89,6 @@ BACKGROUND_RGB = (255, 255, 255)
 ALPHA_MODES: frozenset[str] = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 WIDE_INT_MODES: frozenset[str] = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "I;16S"})
 UINT16_MAX = 65535
-UINT8_MAX = 255
 
 
 # What Pillow raises on bad bytes besides UnidentifiedImageError and the bomb checks: OSError for
@@ -575,61 +578,3 @@ def _l_from_unit(unit: np.ndarray) -> Image.Image:
     unit *= UINT8_MAX
     np.rint(unit, out=unit)
     return Image.fromarray(unit.astype(np.uint8))
-
-
-def preprocess(image: Image.Image, config: PreprocessConfig) -> torch.Tensor:
-    """RGB image -> normalised float32 (3, S, S); one function, so training and queries agree."""
-    if image.mode != "RGB":
-        raise ValueError(f"preprocess needs an RGB image (use open_image), got mode {image.mode}")
-    sized = _resize(image, config)
-    pixels = np.asarray(sized, dtype=np.float32) / UINT8_MAX  # (S, S, 3) in [0, 1]
-    mean = np.asarray(config.mean, dtype=np.float32)
-    std = np.asarray(config.std, dtype=np.float32)
-    normalised = (pixels - mean) / std  # (S, S, 3)
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))  # (3, S, S)
-
-
-def model_input_image(image: Image.Image, config: PreprocessConfig) -> Image.Image:
-    """RGB image -> the (S, S) image `preprocess` normalises: what the model sees, as pixels.
-
-    Training keeps these (and augments them); `normalise_uint8` then gives exactly what
-    `preprocess` would have given for the original image.
-    """
-    return _resize(image, config)
-
-
-def normalise_uint8(pixels: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
-    """(B, S, S, 3) uint8 model-input images -> (B, 3, S, S) float32, as `preprocess` computes."""
-    import torch
-
-    unit = pixels.to(torch.float32) / UINT8_MAX  # (B, S, S, 3) in [0, 1]
-    mean = torch.tensor(config.mean, dtype=torch.float32)
-    std = torch.tensor(config.std, dtype=torch.float32)
-    return ((unit - mean) / std).permute(0, 3, 1, 2).contiguous()  # (B, 3, S, S)
-
-
-def preprocess_batch(images: Sequence[Image.Image], config: PreprocessConfig) -> torch.Tensor:
-    """RGB images -> (B, 3, S, S) float32; an empty batch gives B = 0 rather than an error."""
-    import torch
-
-    if not images:
-        return torch.empty((0, 3, config.image_size, config.image_size), dtype=torch.float32)
-    return torch.stack([preprocess(image, config) for image in images])  # (B, 3, S, S)
-
-
-def _resize(image: Image.Image, config: PreprocessConfig) -> Image.Image:
-    """Bicubic resize to (S, S); rounding mirrors torchvision's Resize(S) + CenterCrop(S)."""
-    size = config.image_size
-    if config.resize == "squash":
-        return image.resize((size, size), Image.Resampling.BICUBIC)
-    width, height = image.size
-    if width <= height:
-        new_width, new_height = size, int(size * height / width)
-    else:
-        new_width, new_height = int(size * width / height), size
-    resized = image.resize((new_width, new_height), Image.Resampling.BICUBIC)
-    left = round((new_width - size) / 2.0)
-    top = round((new_height - size) / 2.0)
-    return resized.crop((left, top, left + size, top + size))

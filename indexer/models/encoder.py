@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from indexer.media.images import preprocess, preprocess_batch
+from indexer.media.preprocess import preprocess, preprocess_batch
 from indexer.models.devices import AUTO, Device, autocast_for
 from indexer.models.native import LoadedModel, load_model_dir
 from indexer.models.protocol import TEXT_BATCH_SIZE as TEXT_BATCH_SIZE  # re-exported, as below

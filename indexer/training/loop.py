@@ -29,13 +29,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from indexer.media.images import (
-    ImageLoadError,
-    PreprocessConfig,
-    model_input_image,
-    normalise_uint8,
-    open_image,
-)
+from indexer.media.images import ImageLoadError, PreprocessConfig, open_image
+from indexer.media.preprocess import model_input_image, normalise_uint8
 from indexer.models.config import FINETUNE_LR as FINETUNE_LR  # re-exported (its home is config)
 from indexer.models.config import AugmentConfig, ModelConfig, TrainConfig, write_json
 from indexer.models.devices import Device, autocast_for
