@@ -775,8 +775,9 @@ def _real_only(
         f"at commit {report.git_revision(REPO_DIR)}, load average at start {load_start}, at end "
         f"{report.load_average()}."
     )
-    block = "\n".join(render_real(reals, provenance=provenance))
-    args.out.write_text(replace_real_block(args.out.read_text(), block))
+    previous = args.out.read_text()
+    block = "\n".join(render_real(with_earlier_reals(reals, previous), provenance=provenance))
+    args.out.write_text(replace_real_block(previous, block))
     log(f"rewrote the real-embeddings recall table in {args.out}")
     return 0
 
