@@ -476,10 +476,10 @@ def render(
         f"{os.cpu_count()} cores, {report.memory_gib()}; faiss {faiss.__version__}; commit "
         f"{report.git_revision(REPO_DIR)}; load average at start {load_start}, at end {load_end}. "
         + _machine_state(load_start, load_end)
-        + "mmsearch and raw FAISS were timed back to back on the same index, so their ratio is the "
-        "steadier figure. FAISS used one OpenMP thread and torch one thread (with two, spin-waiting "
-        "threads on a loaded machine made some builds 15x and text encoding 6x slower). "
-        "No GPU: no GPU figure is claimed.",
+        + "mmsearch and raw FAISS were timed interleaved (query by query, batch by batch) on the "
+        "same index, so their ratio is the steadier figure. FAISS used one OpenMP thread and torch "
+        "one thread (with two, spin-waiting threads on a loaded machine made some builds 15x and "
+        "text encoding 6x slower). No GPU: no GPU figure is claimed.",
         "",
         f"![latency, build time and memory per index type]({plot_name})",
         "",
