@@ -148,10 +148,6 @@ class RawVectors:
         vectors = np.asarray(self._vector_column[rows[found]], dtype=np.float32)
         return found, vectors.reshape(-1, self.dim)
 
-    def gather(self, positions: np.ndarray) -> np.ndarray:
-        """The vectors (m, dim) float32 at record positions (m,) that positions() found (>= 0)."""
-        return np.asarray(self._vector_column[positions], dtype=np.float32).reshape(-1, self.dim)
-
     def chunks(self, live: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids (c,) int64, vectors (c, dim) float32) chunks in id order; only `live` ids if given
         (sorted (n,) int64), so a rebuild never holds all vectors in RAM at once."""

@@ -461,7 +461,7 @@ class VectorStore:
         of 64 about 2.5x its FAISS call, all of it Python and small-array overhead."""
         assert self.raw is not None
         count, fetched = candidates.shape
-        if count == 1 and isinstance(self.raw, RawVectors):
+        if count == 1:
             return [self._rerank_one(queries[0], candidates[0], k)]
         found, vectors = self.raw.vectors(candidates.ravel())  # (q*c,) mask; (found, dim)
         if not found.all():  # FAISS's -1 padding, or an id whose record is gone: scored -inf
@@ -480,13 +480,13 @@ class VectorStore:
         return [SearchResult(s[m], i[m]) for s, i, m in zip(top_scores, top_ids, keep, strict=True)]
 
     def _rerank_one(self, query: np.ndarray, candidates: np.ndarray, k: int) -> SearchResult:
-        """_rerank for one query (dim,) from the mapped file, in a handful of NumPy calls: a
-        query at a time is the common case, and there every call's fixed cost shows."""
-        assert isinstance(self.raw, RawVectors)
-        at = self.raw.positions(candidates)  # (c,) -1: FAISS's padding or no record
-        if at.min() < 0:
-            candidates, at = candidates[at >= 0], at[at >= 0]
-        scores = self.raw.gather(at) @ query  # (c,)
+        """_rerank for one query (dim,) in a handful of NumPy calls: a query at a time is the
+        common case, and there every call's fixed cost shows."""
+        assert self.raw is not None
+        found, vectors = self.raw.vectors(candidates)  # (c,) mask; (found, dim)
+        if not found.all():  # FAISS's -1 padding, or an id whose record is gone: left out
+            candidates = candidates[found]
+        scores = vectors @ query  # (found,)
         order = np.argsort(-scores, kind="stable")[:k]  # ties keep FAISS's order
         return SearchResult(scores[order], candidates[order])
 
