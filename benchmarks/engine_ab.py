@@ -27,6 +27,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+# Run as a script, so Python puts this folder first on the path: `scale` and `report` import as
+# siblings (lazily: a measuring child imports mmsearch from its own tree first).
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 BEGIN, END = "<!-- engine-ab:begin -->", "<!-- engine-ab:end -->"
@@ -49,7 +51,6 @@ def measure(folder: Path, queries_file: Path) -> dict[str, float]:
     if not Path(mmsearch.__file__).resolve().is_relative_to(tree):  # the installed checkout won
         raise RuntimeError(f"measuring {tree} but mmsearch was imported from {mmsearch.__file__}")
 
-    sys.path.insert(0, str(BENCH_DIR))
     import scale  # this checkout's harness: the timing and the sentences are the same for both trees
 
     faiss.omp_set_num_threads(1)
@@ -110,8 +111,6 @@ def run_tree(tree: Path, folder: Path, queries_file: Path) -> dict[str, float]:
 def compare(before: Path, sizes: list[int], kinds: list[str], rounds: int) -> list[dict[str, object]]:
     """Every (N, kind): per tree, the median over rounds of each p50 and of each ratio."""
     import numpy as np
-
-    sys.path.insert(0, str(BENCH_DIR))
     import scale
 
     from indexer.models.encoder import load_encoder
@@ -167,7 +166,6 @@ def render(
     rows: list[dict[str, object]], *, before: str, after: str, command: str, minutes: float, load: str
 ) -> str:
     """The Markdown section."""
-    sys.path.insert(0, str(BENCH_DIR))
     import report
 
     lines = [
@@ -207,7 +205,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.before:
         parser.error("--before REV is required (the commit to compare this checkout with)")
-    sys.path.insert(0, str(BENCH_DIR))
     import report
 
     started, load = time.perf_counter(), report.load_average()

@@ -40,7 +40,7 @@ class HitRowCache:
     def __init__(self, sql: SqlEngine) -> None:
         self._sql = sql
         self._own = _own_connection(sql)
-        self._cursor = None if self._own is None else self._own.cursor()  # kept: one per read
+        self._cursor = None if self._own is None else self._own.cursor()  # every statement's
         self._lock = threading.Lock()
         self._version: int | None = None
         self._paths: dict[int, str | None] = {}
@@ -88,17 +88,15 @@ class HitRowCache:
         self, image_ids: Sequence[int], text_ids: Sequence[int], info_key: str
     ) -> tuple[HitRows, int]:
         """Every requested row and the change counter, from one read transaction."""
-        assert self._own is not None
-        self._own.execute("BEGIN")
+        assert self._cursor is not None
+        self._cursor.execute("BEGIN")
         try:
-            cursor = self._own.cursor()
             rows = read_hit_rows(
-                cursor, self._sql.dialect, image_ids=image_ids, text_ids=text_ids, info_key=info_key
+                self._cursor, self._sql.dialect, image_ids=image_ids, text_ids=text_ids, info_key=info_key
             )
-            cursor.close()
             return rows, self._data_version()
         finally:
-            self._own.execute("COMMIT")  # ends the read transaction (nothing was written)
+            self._cursor.execute("COMMIT")  # ends the read transaction (nothing was written)
 
     def _kept(self, image_ids: Sequence[int], text_ids: Sequence[int], info_key: str) -> HitRows | None:
         """The answer from kept rows alone, or None when one of them is not kept."""
