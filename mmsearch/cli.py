@@ -28,6 +28,7 @@ from indexer.media.settings import (
     DEFAULT_MAX_MEGAPIXELS,
 )
 from indexer.models.devices import Device
+from indexer.store.search_params import MAX_RERANK, SearchParams
 from mmsearch import cli_admin, cli_fusion, cli_models, cli_serve, cli_train
 from mmsearch.cli_common import (
     DEFAULT_DEVICE,
@@ -444,6 +445,16 @@ def search_cmd(
             help="HNSW search width (hnsw index; default: the index's, tuned to recall@10 >= 0.95).",
         ),
     ] = None,
+    rerank: Annotated[
+        int | None,
+        typer.Option(
+            "--rerank",
+            min=1,
+            max=MAX_RERANK,
+            help="Candidates per result scored again exactly from the full vectors (sq8/ivfpq "
+            "index; 1: none; default: the index's, the smallest keeping recall@10 >= 0.95).",
+        ),
+    ] = None,
     show_preview: Annotated[
         bool,
         typer.Option(
@@ -477,8 +488,7 @@ def search_cmd(
         mix = Fusion.weighted(text_weight, _fusion_method(fusion))
     except FusionError:
         fail("--text-weight sets the linear fusion: drop it with --fusion learned", 2)
-    from indexer.store.search_params import SearchParams
-
+    knobs = SearchParams(nprobe, ef_search, rerank)
     request = Query(
         tuple(terms),
         to=to,  # type: ignore[arg-type]
@@ -487,7 +497,7 @@ def search_cmd(
         fusion=mix,
         min_score=threshold,
         relevant=relevant,
-        search_params=None if nprobe is None and ef_search is None else SearchParams(nprobe, ef_search),
+        search_params=None if knobs.is_default else knobs,
     )
     from mmsearch.engine import Engine
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from indexer.store.search_params import MAX_RERANK
 from mmsearch.cli_common import (
     DEFAULT_DEVICE,
     CheckpointOption,
@@ -83,6 +84,16 @@ def optimize_cmd(
             "--ef-search", min=1, help="Default HNSW search width (default: tuned to recall@10 >= 0.95)."
         ),
     ] = None,
+    rerank: Annotated[
+        int | None,
+        typer.Option(
+            "--rerank",
+            min=1,
+            max=MAX_RERANK,
+            help="Default candidates per result re-scored from the full vectors (sq8, ivfpq; 1: "
+            "none; default: the smallest keeping recall@10 >= 0.95).",
+        ),
+    ] = None,
     memory_budget: MemoryBudgetOption = None,
     db: DbOption = None,
     device: DeviceOption = DEFAULT_DEVICE,
@@ -106,6 +117,8 @@ def optimize_cmd(
         fail("--nprobe belongs to --index-type ivf, sq8 or ivfpq", 2)
     if ef_search is not None and policy not in ("hnsw", "auto"):
         fail("--ef-search belongs to --index-type hnsw", 2)
+    if rerank is not None and policy not in ("sq8", "ivfpq", "auto"):
+        fail("--rerank belongs to --index-type sq8 or ivfpq", 2)
     index_dir = index_dir_of(db)
     use_gpu = device.resolve().is_cuda
     report = use_index_type(
@@ -114,6 +127,7 @@ def optimize_cmd(
         lists=lists,
         nprobe=nprobe,
         ef_search=ef_search,
+        rerank=rerank,
         memory_budget=memory_budget_of(memory_budget),
         use_gpu=use_gpu,
     )

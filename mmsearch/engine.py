@@ -257,11 +257,12 @@ class Engine:
         fusion: FusionMethod | None = None,
         nprobe: int | None = None,
         ef_search: int | None = None,
+        rerank: int | None = None,
     ) -> list[ImageHit]:
         """Images best matching a sentence (only files below `under` when given); images with
         own text are scored on image and text together (indexer.indexing.fusion; `fusion`
-        "linear" or "learned", default the index's). nprobe / ef_search trade latency for recall
-        on an approximate index (default: its tuned ones)."""
+        "linear" or "learned", default the index's). nprobe / ef_search / rerank trade latency for
+        recall on an approximate index (default: its tuned ones)."""
         spec = _query(
             [QueryTerm("text", query)],
             k=k,
@@ -270,7 +271,7 @@ class Engine:
             min_score=min_score,
             relevant=relevant,
             fusion=fusion,
-            search_params=_search_params(nprobe, ef_search),
+            search_params=_search_params(nprobe, ef_search, rerank),
         )
         return self.search(spec).hits  # type: ignore[return-value]
 
@@ -787,12 +788,12 @@ def _faiss_on_gpu(device: Device) -> bool:
     return device.resolve().is_cuda
 
 
-def _search_params(nprobe: int | None, ef_search: int | None) -> SearchParams | None:
-    """The knobs as the vector store takes them; None when neither is given."""
-    if nprobe is None and ef_search is None:
+def _search_params(nprobe: int | None, ef_search: int | None, rerank: int | None) -> SearchParams | None:
+    """The knobs as the vector store takes them; None when none is given."""
+    if nprobe is None and ef_search is None and rerank is None:
         return None
     try:
-        return SearchParams(nprobe=nprobe, ef_search=ef_search)
+        return SearchParams(nprobe=nprobe, ef_search=ef_search, rerank=rerank)
     except MMSearchError as exc:
         raise QueryError(str(exc)) from exc
 

@@ -32,7 +32,15 @@ from indexer.store.index_types import (
     resident_bytes,
 )
 from indexer.store.raw_vectors import InMemoryVectors, RawVectors, raw_path_for
-from indexer.store.vectors import SearchParams, SearchParamsError, VectorStore, gpu_available
+from indexer.store.search_params import MAX_RERANK
+from indexer.store.vectors import (
+    RERANK_FACTORS,
+    SearchParams,
+    SearchParamsError,
+    VectorStore,
+    gpu_available,
+    search_defaults_path,
+)
 from mmsearch import Engine
 from mmsearch.cli import app
 from mmsearch.query import Query, QueryTerm
@@ -153,10 +161,55 @@ def test_compressed_kinds_rerank_to_exact_scores_from_the_full_vectors(
 ) -> None:
     _, vectors, queries = data
     store = built[kind].store
-    for result, query in zip(store.search(queries[:5], K), queries[:5], strict=True):
+    reranked = SearchParams(rerank=8)
+    for result, query in zip(store.search(queries[:5], K, params=reranked), queries[:5], strict=True):
         np.testing.assert_allclose(result.scores, vectors[result.ids - 1000] @ query, atol=1e-5)
         assert list(result.scores) == sorted(result.scores, reverse=True)
+    one = store.search(queries[:1], K, params=reranked)[0]  # one query takes its own path
+    np.testing.assert_allclose(one.scores, vectors[one.ids - 1000] @ queries[0], atol=1e-5)
     np.testing.assert_array_equal(store.reconstruct(1005), vectors[5])  # full precision, not codes
+
+
+@pytest.mark.parametrize("kind", ["sq8", "ivfpq"])
+def test_the_rerank_factor_is_the_smallest_that_keeps_the_recall_and_a_query_may_ask_for_more(
+    built: Built, data: Data, kind: str
+) -> None:
+    """Tuned at build time on the recall probes: the chosen factor reaches the target (or what the
+    kind's full factor reaches), the next smaller one does not; factor 1 is FAISS's own top-k."""
+    ids, vectors, queries = data
+    source = ArraySource(ids, vectors)
+    store = built[kind].store
+    factor = store.default_search().rerank
+    assert factor is not None and factor in index_types.RERANK_STEPS and store.params()["rerank"] == factor
+    probe = Fidelity.measure(source, DIM)
+    full = probe.recall(store, SearchParams(rerank=RERANK_FACTORS[kind]))
+    goal = min(index_types.TUNE_TARGET, full)
+    assert probe.recall(store) >= goal
+    smaller = [step for step in index_types.RERANK_STEPS if step < factor]
+    if smaller:
+        assert probe.recall(store, SearchParams(rerank=smaller[-1])) < goal
+    # FAISS's own answer at factor 1, with its approximate scores; more candidates never lose
+    raw_scores, raw_ids = store.index.search(queries[:3], K)
+    first = store.search(queries[:3], K, params=SearchParams(rerank=1))
+    assert [r.ids.tolist() for r in first] == raw_ids.tolist()
+    np.testing.assert_array_equal(first[0].scores, raw_scores[0])
+    assert _recall(store, ids, vectors, queries, rerank=16) >= _recall(store, ids, vectors, queries, rerank=1)
+    with pytest.raises(SearchParamsError, match="rerank must be at most"):
+        SearchParams(rerank=MAX_RERANK + 1)
+
+
+def test_sq8_without_reranking_takes_faiss_own_call_and_keeps_its_recall() -> None:
+    """Where 8-bit codes alone reach the target (as on these vectors, measured: 0.971 at factor 1),
+    the tuned factor is 1: no full-vector read, the plain path, FAISS's answer as it is."""
+    ids, vectors = _clustered(seed=3)
+    report = build_index(ArraySource(ids, vectors), DIM, BuildSpec("sq8"))
+    store = report.store
+    assert store.default_search().rerank == 1 and "rerank=1" in store.describe()
+    assert report.recall is not None and report.recall >= index_types.TUNE_TARGET
+    queries = vectors[:5] + 0.1
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    _, raw_ids = store.index.search(queries, K)
+    assert [r.ids.tolist() for r in store.search(queries, K)] == raw_ids.tolist()
 
 
 @pytest.mark.parametrize(
@@ -235,11 +288,29 @@ def test_every_kind_survives_a_save_and_load_with_its_tuned_knobs(
         loaded = VectorStore.load(path, dim=DIM)
         assert loaded.kind == kind and loaded.describe() == report.store.describe()
         assert loaded.default_search() == report.store.default_search()
+        assert search_defaults_path(path).exists() == (kind in ("sq8", "ivfpq"))  # the re-rank factor
         if kind not in ("sq8", "ivfpq"):  # those re-rank from their raw file (not saved here)
             assert (
                 loaded.search(queries[:3], K)[0].ids.tolist()
                 == report.store.search(queries[:3], K)[0].ids.tolist()
             )
+
+
+def test_the_saved_rerank_factor_follows_its_faiss_file(built: Built, tmp_path: Path) -> None:
+    """A rebuild into an uncompressed kind takes the factor away; an unreadable factor file
+    leaves the index searchable with its kind's fixed factor (the one before factors were tuned)."""
+    path = tmp_path / "images.faiss"
+    built["sq8"].store.save(path)
+    sq8 = VectorStore.load(path, dim=DIM)  # a copy: the module's stores stay as built
+    sq8.set_default_search(SearchParams(rerank=4))
+    sq8.save(path)
+    assert VectorStore.load(path, dim=DIM).params()["rerank"] == 4
+    search_defaults_path(path).write_text("{not json", encoding="utf-8")
+    with pytest.warns(UserWarning, match="unreadable search defaults"):
+        assert VectorStore.load(path, dim=DIM).params()["rerank"] == RERANK_FACTORS["sq8"]
+    built["flat"].store.save(path)
+    assert not search_defaults_path(path).exists()
+    assert VectorStore.load(path, dim=DIM).kind == "flat"
 
 
 def test_removal_works_on_every_kind_and_hnsw_keeps_tombstones(data: Data) -> None:
@@ -443,6 +514,15 @@ def test_index_type_and_knobs_on_the_command_line(tmp_path: Path, colors_model: 
     hits = json.loads(_ok(*args, "--nprobe", 2))["results"]
     assert hits[0]["path"] == str(paths[0].resolve())
     assert json.loads(_ok(*args))["results"] == hits  # default nprobe tuned to the same answer here
+    assert json.loads(_ok(*args, "--rerank", 32))["results"][0] == hits[0]
+
+    out = json.loads(_ok("optimize", "--index-type", "sq8", "--rerank", 3, "--db", db, "--json"))
+    assert out["params"]["rerank"] == 3 and _info(db)["index_params"]["rerank"] == 3
+    for bad in (["--rerank", "0"], ["--rerank", "65"]):
+        result = CliRunner().invoke(app, ["search", "a red image", "--db", str(db), *bad])
+        assert result.exit_code == 2, result.output
+    result = CliRunner().invoke(app, ["optimize", "--db", str(db), "--index-type", "ivf", "--rerank", "2"])
+    assert result.exit_code == 2 and "--rerank belongs to" in result.stderr
 
     out = json.loads(_ok("optimize", "--index-type", "auto", "--db", db, "--json"))
     assert out["kind"] == "flat" and _info(db)["index_policy"] == "auto"
@@ -483,6 +563,10 @@ def test_http_search_takes_the_knobs(tmp_path: Path, colors_model: Path) -> None
         wide = client.get("/search", params={"q": "a red image", "k": 5, "nprobe": 2})
         assert wide.status_code == 200 and len(wide.json()["results"]) == 5
         assert client.get("/search", params={"q": "a red image", "nprobe": 0}).status_code == 422
+        for rerank in (0, MAX_RERANK + 1):
+            assert client.get("/search", params={"q": "a red image", "rerank": rerank}).status_code == 422
+        reranked = client.get("/search", params={"q": "a red image", "k": 5, "rerank": 4})
+        assert reranked.status_code == 200 and reranked.json()["results"] == wide.json()["results"]
         assert client.get("/stats").json()["index_kind"] == "ivf"
 
 

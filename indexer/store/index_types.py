@@ -15,7 +15,8 @@ The index records its policy (`auto`, or the kind a user asked for), the optiona
 and the recall@10 measured when it was built; the kind and parameters are read from the FAISS
 file itself, so they can never disagree with it. Default search knobs (nprobe, ef_search) are
 tuned at build time to reach recall@10 >= TUNE_TARGET on held-out stored vectors and saved in
-the FAISS file.
+the FAISS file; so is the compressed kinds' re-rank factor (saved beside it, see
+indexer.store.vectors): the smallest that keeps that recall, often 1 (no re-ranking) for SQ8.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from indexer.errors import InvalidInputError, warn_once
 from indexer.store.raw_vectors import CHUNK_ROWS, InMemoryVectors, RawVectors, VectorLookup
 from indexer.store.vectors import (
     INDEX_KINDS,
+    RERANK_FACTORS,
     IndexKind,
     SearchParams,
     VectorStore,
@@ -76,6 +78,9 @@ FIDELITY_QUERIES = 256  # probe queries used to measure recall (Fidelity)
 FIDELITY_K = 10
 SCORE_TOLERANCE = 1e-5  # float32 inner products of the same pair differ by a few ulps across BLAS paths
 EF_SEARCH_STEPS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+# Re-rank factors tried, smallest first, up to the kind's RERANK_FACTORS: every re-ranked
+# candidate costs a full-vector read, and factor 1 skips the re-ranking step altogether.
+RERANK_STEPS = (1, 2, 4, 8, 16, 32)
 # An auto IVF-family index is rebuilt (lists re-chosen) when it has grown this much since built.
 LIST_GROWTH_REBUILD = 4.0
 # HNSW is rebuilt without its tombstones once they are this share of the graph: each costs
@@ -275,6 +280,7 @@ class BuildSpec:
     lists: int | None = None
     nprobe: int | None = None  # None: tuned to TUNE_TARGET
     ef_search: int | None = None  # None: tuned to TUNE_TARGET
+    rerank: int | None = None  # sq8, ivfpq; None: the smallest factor that keeps the tuned recall
     hnsw_m: int = HNSW_M
     pq_m: int | None = None
     pq_bits: int | None = None
@@ -334,13 +340,17 @@ def build_index(
         store.set_default_search(SearchParams(nprobe=nprobe))
     elif spec.kind == "hnsw" and spec.ef_search is not None:
         store.set_default_search(SearchParams(ef_search=spec.ef_search))
+    if spec.rerank is not None:
+        store.set_default_search(SearchParams(rerank=spec.rerank))
     recall: float | None = None
     if spec.kind != "flat" and count > 1:
         probe = Fidelity.measure(source, dim)
         store.raw = source.lookup()
         if tune and (spec.nprobe is None and spec.ef_search is None):
             recall = _tune(store, probe, lists)
-        else:
+        if tune and store.is_lossy and spec.rerank is None:
+            recall = _tune_rerank(store, probe, recall)
+        if recall is None:
             recall = probe.recall(store)
     return BuildReport(store, count, time.perf_counter() - started, device, recall)
 
@@ -484,14 +494,19 @@ class Fidelity:
         return cls(queries, best_ids, best_scores[:, -1])
 
     def recall(self, store: VectorStore, params: SearchParams | None = None) -> float:
-        """recall@k of the store at these knobs: the share of its k hits that score at least the
-        exact k-th score (ties at rank k count either way; every kind returns exact scores)."""
+        """recall@k of the store at these knobs: the share of its k hits whose exact score is at
+        least the exact k-th score (ties at rank k count either way). A compressed store that does
+        not re-rank answers with approximate scores: its hits are scored again from the full
+        vectors here."""
         k = self.truth.shape[1]
         results = store.search(self.queries, k, params=params)
-        found = sum(
-            int((r.scores[:k] >= kth - SCORE_TOLERANCE).sum())
-            for r, kth in zip(results, self.kth_scores, strict=True)
-        )
+        found = 0
+        for query, result, kth in zip(self.queries, results, self.kth_scores, strict=True):
+            scores = result.scores[:k]
+            if store.is_lossy and store.raw is not None:
+                _, vectors = store.raw.vectors(result.ids[:k])
+                scores = vectors @ query
+            found += int((scores >= kth - SCORE_TOLERANCE).sum())
         return found / self.truth.size if self.truth.size else 1.0
 
 
@@ -510,6 +525,20 @@ def _tune(store: VectorStore, probe: Fidelity, lists: int) -> float:
             break
     store.set_default_search(params)
     return recall
+
+
+def _tune_rerank(store: VectorStore, probe: Fidelity, recall: float | None) -> float:
+    """Set the smallest re-rank factor whose recall reaches TUNE_TARGET, or what the kind's
+    full factor reaches when that is less (recall: measured at the full factor, if known)."""
+    full = store.default_search().rerank or RERANK_FACTORS[store.kind]
+    at_full = probe.recall(store) if recall is None else recall
+    goal = min(TUNE_TARGET, at_full)
+    for factor in (step for step in RERANK_STEPS if step < full):
+        at_factor = probe.recall(store, SearchParams(rerank=factor))
+        if at_factor >= goal:
+            store.set_default_search(SearchParams(rerank=factor))
+            return at_factor
+    return at_full
 
 
 def build_ivf(

@@ -225,6 +225,7 @@ def use_index_type(
     lists: int | None = None,
     nprobe: int | None = None,
     ef_search: int | None = None,
+    rerank: int | None = None,
     memory_budget: int | None = None,
     use_gpu: bool = False,
 ) -> OptimizeReport:
@@ -241,7 +242,7 @@ def use_index_type(
             choice = choose_kind(len(store), store.dim, memory_budget=budget)
         else:
             choice = Choice(policy, f"--index-type {policy}")  # type: ignore[arg-type]
-        spec = BuildSpec(choice.kind, lists=lists, nprobe=nprobe, ef_search=ef_search)
+        spec = BuildSpec(choice.kind, lists=lists, nprobe=nprobe, ef_search=ef_search, rerank=rerank)
         return rebuild(writer, spec, use_gpu=use_gpu, reason=choice.reason, also_record=policy_record)
 
 

@@ -7,26 +7,39 @@ from dataclasses import dataclass
 
 from indexer.errors import InvalidInputError
 
+# Re-ranking reads this many candidates per wanted hit at most: each costs a full-vector read.
+MAX_RERANK = 64
+
 
 class SearchParamsError(InvalidInputError):
-    """A search knob out of range (nprobe or ef_search below 1)."""
+    """A search knob out of range (nprobe, ef_search or rerank below 1, rerank above MAX_RERANK)."""
 
 
 @dataclass(frozen=True)
 class SearchParams:
     """Per-query accuracy knobs; None keeps what the index was built (and tuned) with.
 
-    nprobe: inverted lists searched (ivf, sq8, ivfpq); ef_search: width of the HNSW graph walk.
-    More of either raises recall and latency. Knobs a kind does not have are ignored.
+    nprobe: inverted lists searched (ivf, sq8, ivfpq); ef_search: width of the HNSW graph walk;
+    rerank: candidates per wanted hit that a compressed index (sq8, ivfpq) scores again exactly
+    from the full vectors (1: FAISS's own top-k with its approximate scores). More of any raises
+    recall and latency. Knobs a kind does not have are ignored.
     """
 
     nprobe: int | None = None
     ef_search: int | None = None
+    rerank: int | None = None
 
     def __post_init__(self) -> None:
-        for name, value in (("nprobe", self.nprobe), ("ef_search", self.ef_search)):
+        for name, value in (("nprobe", self.nprobe), ("ef_search", self.ef_search), ("rerank", self.rerank)):
             if value is not None and value < 1:
                 raise SearchParamsError(f"{name} must be at least 1, got {value}")
+        if self.rerank is not None and self.rerank > MAX_RERANK:
+            raise SearchParamsError(f"rerank must be at most {MAX_RERANK}, got {self.rerank}")
+
+    @property
+    def is_default(self) -> bool:
+        """True when no knob is set (the index's own are used)."""
+        return self.nprobe is None and self.ef_search is None and self.rerank is None
 
 
 DEFAULT_SEARCH = SearchParams()

@@ -10,9 +10,12 @@ One `VectorStore` holds any of the index types mmsearch builds (indexer.store.in
 | ivfpq | [OPQ{m},]IVF{lists},PQ{m}x{bits}        | `nprobe` lists, PQ codes, re-ranked | remove_ids      |
 | hnsw  | IDMap2,HNSW{M},Flat                     | graph walk of width `ef_search`     | tombstones      |
 
-The compressed kinds (sq8, ivfpq) re-rank RERANK_FACTORS[kind] * k candidates exactly from the full-
-precision vectors memory-mapped beside the FAISS file (indexer.store.raw_vectors), so their scores
-are exact inner products and their full vectors never sit in RAM. HNSW cannot remove a vector:
+The compressed kinds (sq8, ivfpq) fetch `rerank` * k candidates and score them again exactly from
+the full-precision vectors memory-mapped beside the FAISS file (indexer.store.raw_vectors), so their
+scores are exact inner products and their full vectors never sit in RAM. The factor is tuned when
+the index is built (the smallest that keeps its recall; 1 = no re-ranking, FAISS's own top-k and
+approximate scores) and saved beside the FAISS file (PATH.search.json), since FAISS has no field
+for it; a query may ask for another (SearchParams.rerank). HNSW cannot remove a vector:
 a removed id's label becomes -1 in the IDMap2 (saved in the same FAISS file) and every search
 skips labels below 0 through an IDSelector; the index is rebuilt once they pass a share
 (index_types.TOMBSTONE_REBUILD_SHARE). Files are replaced atomically.
@@ -20,8 +23,10 @@ skips labels below 0 through an IDSelector; the index is rebuilt once they pass 
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,12 +45,15 @@ LOSSY_KINDS: tuple[IndexKind, ...] = ("sq8", "ivfpq")
 # A filtered search (--under) on an approximate store scores the allowed vectors exactly up to
 # this many: with few allowed ids, the probed lists (or the graph walk) may meet none of them.
 EXACT_FILTER_MAX = 50_000
-# Compressed kinds fetch this many candidates per wanted hit and re-rank them from the full
-# vectors. 8-bit codes keep the order well: 8x k gives recall@10 1.000 (FAISS's own top-10:
-# 0.97). PQ codes rank coarsely (their own top-10: 0.44-0.48): at 10^6 held-out synthetic vectors
-# 8x reached 0.947, 16x 0.993, 32x 1.000, for +0.03 and +0.09 ms; nprobe 4-16 changed nothing
-# (benchmarks/scale.py's vectors, measured on this machine).
+# Compressed kinds fetch up to this many candidates per wanted hit and re-rank them from the full
+# vectors: the largest factor build-time tuning tries, and the factor of an index saved without
+# one (built before the factor was tuned). 8-bit codes keep the order well: 8x k gives recall@10
+# 1.000 (FAISS's own top-10: 0.97). PQ codes rank coarsely (their own top-10: 0.44-0.48): at 10^6
+# held-out synthetic vectors 8x reached 0.947, 16x 0.993, 32x 1.000, for +0.03 and +0.09 ms;
+# nprobe 4-16 changed nothing (benchmarks/scale.py's vectors, measured on this machine).
 RERANK_FACTORS: dict[str, int] = {"sq8": 8, "ivfpq": 16}
+# The knobs FAISS cannot keep in its own file, saved beside it (PATH + this suffix).
+SEARCH_DEFAULTS_SUFFIX = ".search.json"
 # save() writes PATH.tmp-PID and renames it over PATH; a killed save leaves the temp file behind.
 TEMP_MARK = ".tmp-"
 # Labels at or above 0 are live; a tombstoned HNSW label is -1.
@@ -100,6 +108,34 @@ def kind_of(index: Any) -> IndexKind:
     return "ivf"
 
 
+@dataclass(frozen=True)
+class SavedKnobs:
+    """Default search knobs a FAISS file cannot hold, as saved beside it (compressed kinds only)."""
+
+    rerank: int
+
+    @classmethod
+    def read(cls, path: Path) -> SavedKnobs | None:
+        """The knobs saved beside FAISS file `path`; None when there are none (or unreadable: the
+        index then searches with its kind's fixed factor, as before factors were tuned)."""
+        knobs_path = search_defaults_path(path)
+        try:
+            data = json.loads(knobs_path.read_text(encoding="utf-8"))
+            knobs = cls(rerank=int(data["rerank"]))
+            SearchParams(rerank=knobs.rerank)  # in range
+            return knobs
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            warn_once(f"{knobs_path}: unreadable search defaults ({exc}); using the index type's own")
+            return None
+
+
+def search_defaults_path(path: Path) -> Path:
+    """Where the knobs of FAISS file `path` are saved."""
+    return path.with_name(path.name + SEARCH_DEFAULTS_SUFFIX)
+
+
 class VectorStore:
     """An inner-product index keyed by int64 ids, of any kind in INDEX_KINDS.
 
@@ -110,7 +146,12 @@ class VectorStore:
     """
 
     def __init__(
-        self, index: faiss.Index, *, raw: VectorLookup | None = None, cpu: VectorStore | None = None
+        self,
+        index: faiss.Index,
+        *,
+        raw: VectorLookup | None = None,
+        cpu: VectorStore | None = None,
+        rerank: int | None = None,
     ) -> None:
         self.cpu = cpu
         self.raw = raw
@@ -122,6 +163,8 @@ class VectorStore:
         # Fixed for the life of a store: looked up once, not on every query.
         self._kind: IndexKind = kind_of(self._cpu_index())
         self._inner: Any = self._inner_index()
+        # Candidates per wanted hit re-ranked from the full vectors (compressed kinds; 1: none).
+        self._rerank_factor = rerank or RERANK_FACTORS.get(self._kind, 1)
         self._ntotal = 0
         self._plain = False
         self._refresh_plain()
@@ -145,7 +188,8 @@ class VectorStore:
         if index.d != dim:
             raise VectorStoreError(f"{path}: vectors have dimension {index.d}, index expects {dim}")
         kind_of(index)  # refuse a structure this code cannot search
-        return cls(index, raw=raw)
+        knobs = SavedKnobs.read(path)
+        return cls(index, raw=raw, rerank=knobs.rerank if knobs else None)
 
     # -- what it is ------------------------------------------------------------------------
 
@@ -225,7 +269,7 @@ class VectorStore:
         if kind == "ivfpq":
             out |= {"pq_m": int(ivf.pq.M), "pq_bits": int(ivf.pq.nbits), "opq": self._has_opq()}
         if kind in LOSSY_KINDS:
-            out["rerank"] = RERANK_FACTORS[kind]
+            out["rerank"] = self._rerank_factor
         return out
 
     def _has_opq(self) -> bool:
@@ -253,10 +297,11 @@ class VectorStore:
             return SearchParams(ef_search=int(self._hnsw().hnsw.efSearch))
         if kind == "flat":
             return DEFAULT_SEARCH
-        return SearchParams(nprobe=int(self._ivf().nprobe))
+        rerank = self._rerank_factor if self.is_lossy else None
+        return SearchParams(nprobe=int(self._ivf().nprobe), rerank=rerank)
 
     def set_default_search(self, params: SearchParams) -> None:
-        """Store knobs in the index itself (saved with it), e.g. the tuned ones."""
+        """Make knobs the index's own (saved with it), e.g. the tuned ones."""
         kind = self.kind
         if kind == "hnsw":
             if params.ef_search is not None:
@@ -264,6 +309,9 @@ class VectorStore:
         elif kind != "flat" and params.nprobe is not None:
             ivf = self._ivf()
             ivf.nprobe = min(params.nprobe, ivf.nlist)
+        if self.is_lossy and params.rerank is not None:
+            self._rerank_factor = params.rerank
+            self._refresh_plain()
 
     # -- ids ----------------------------------------------------------------------------------
 
@@ -302,10 +350,11 @@ class VectorStore:
         self._refresh_plain()
 
     def _refresh_plain(self) -> None:
-        """Whether a query without filter or knobs can go straight to FAISS (non-empty, exact
-        scores, no tombstones to skip), and the vector count: checked per change, not per query."""
+        """Whether a query without filter or knobs can go straight to FAISS (non-empty, nothing
+        to re-rank, no tombstones to skip), and the vector count: checked per change, not per query."""
         self._ntotal = int(self.index.ntotal)
-        self._plain = self._ntotal > 0 and not self.is_lossy and self.tombstones == 0
+        reranks = self.is_lossy and self._rerank_factor > 1
+        self._plain = self._ntotal > 0 and not reranks and self.tombstones == 0
 
     # -- vectors ------------------------------------------------------------------------------
 
@@ -397,6 +446,8 @@ class VectorStore:
         params overrides the index's nprobe / ef_search for these queries.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if params is not None and params.is_default:
+            params = None
         if self._plain and allowed_ids is None and params is None and k > 0:
             # The common query, with nothing to add to FAISS's own call: what raw FAISS costs.
             scores, ids = self.index.search(queries, min(k, self._ntotal))  # (q, k) each
@@ -413,8 +464,9 @@ class VectorStore:
             return self.cpu.search(queries, k, allowed_ids=allowed_ids, params=params)
         if allowed_ids is not None and self.kind != "flat" and len(allowed_ids) <= EXACT_FILTER_MAX:
             return self._search_among(queries, k, allowed_ids)
-        lossy = self.is_lossy and self.raw is not None
-        fetch = min(k * RERANK_FACTORS[self.kind] if lossy else k, int(self.index.ntotal))
+        factor = self._rerank_factor if params is None or params.rerank is None else params.rerank
+        lossy = self.is_lossy and self.raw is not None and factor > 1
+        fetch = min(k * factor if lossy else k, int(self.index.ntotal))
         scores, ids = self._faiss_search(queries, fetch, allowed_ids, params)  # (q, fetch) each
         if lossy:
             return self._rerank(queries, ids, k)
@@ -509,24 +561,37 @@ class VectorStore:
     # -- files --------------------------------------------------------------------------------
 
     def save(self, path: Path) -> None:
-        """Write atomically: temp file, fsync, rename, fsync the folder."""
+        """Write atomically (temp file, fsync, rename, fsync the folder), the knobs FAISS cannot
+        hold first: a reader that meets the new FAISS file then also meets its knobs."""
         if self.cpu is not None:
             raise VectorStoreError("a GPU search copy is never saved: save its CPU store")
-        tmp = path.with_name(f"{path.name}{TEMP_MARK}{os.getpid()}")
-        faiss.write_index(self.index, str(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        knobs_path = search_defaults_path(path)
+        if self.is_lossy:
+            text = json.dumps(asdict(SavedKnobs(rerank=self._rerank_factor)))
+            _replace_atomically(knobs_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        _replace_atomically(path, lambda tmp: faiss.write_index(self.index, str(tmp)))
+        if not self.is_lossy:
+            knobs_path.unlink(missing_ok=True)  # a compressed index's, now replaced
+
+
+def _replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """write(temp file), fsync it, rename it over path, fsync the folder."""
+    tmp = path.with_name(f"{path.name}{TEMP_MARK}{os.getpid()}")
+    write(tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def remove_temp_files(path: Path) -> int:
     """Delete what interrupted saves of `path` left; only safe while no save can be running."""
-    stale = list(path.parent.glob(f"{path.name}{TEMP_MARK}*"))
+    knobs = search_defaults_path(path)
+    stale = [*path.parent.glob(f"{path.name}{TEMP_MARK}*"), *path.parent.glob(f"{knobs.name}{TEMP_MARK}*")]
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return len(stale)
@@ -557,6 +622,6 @@ def to_search_device(store: VectorStore, *, use_gpu: bool) -> VectorStore:
     except RuntimeError as exc:  # e.g. a PQ code size the GPU kernels do not support
         warn_once(f"FAISS could not copy this {store.kind} index to the GPU ({exc}); using the CPU")
         return store
-    gpu = VectorStore(on_gpu, raw=store.raw, cpu=store)
+    gpu = VectorStore(on_gpu, raw=store.raw, cpu=store, rerank=store._rerank_factor)
     gpu.gpu_resources = resources  # the GPU index must not outlive the memory it was given
     return gpu

@@ -16,6 +16,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 
 from indexer.media.images import decode_image_bytes
+from indexer.store.search_params import MAX_RERANK
 from indexer.store.vectors import set_search_threads
 from mmsearch.engine import MAX_IMAGE_ID, MAX_K, MAX_QUERY_CHARS, Engine, SearchResults
 from mmsearch.query import Query as SearchQuery
@@ -33,6 +34,15 @@ QParam = Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, descript
 NprobeParam = Annotated[
     int | None,
     Query(ge=1, description="IVF lists searched (ivf/sq8/ivfpq index; default: the index's tuned value)."),
+]
+RerankParam = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        le=MAX_RERANK,
+        description="Candidates per result re-scored exactly from the full vectors (sq8/ivfpq "
+        "index; 1: none; default: the index's tuned value).",
+    ),
 ]
 EfSearchParam = Annotated[
     int | None,

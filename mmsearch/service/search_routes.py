@@ -26,6 +26,7 @@ from mmsearch.service.context import (
     KParam,
     NprobeParam,
     QParam,
+    RerankParam,
     ServiceContext,
 )
 from mmsearch.service.errors import MALFORMED, NOT_FOUND, TOO_LARGE, UNSUPPORTED
@@ -74,11 +75,12 @@ def search_router(context: ServiceContext) -> APIRouter:
         fusion: FusionParam = None,
         nprobe: NprobeParam = None,
         ef_search: EfSearchParam = None,
+        rerank: RerankParam = None,
     ) -> SearchResponse:
         """Text to image: the indexed images that best match a sentence (answered together
         with the sentence queries that arrive within a few milliseconds of it)."""
         started = time.perf_counter()
-        knobs = SearchParams(nprobe=nprobe, ef_search=ef_search)
+        knobs = SearchParams(nprobe=nprobe, ef_search=ef_search, rerank=rerank)
         query = Query((QueryTerm("text", q),), k=k, fusion=Fusion(method=fusion), search_params=knobs)
         results = await context.search(query)
         return _search_response(results.hits, to="image", query=QueryInfo(text=q), k=k, started=started)
