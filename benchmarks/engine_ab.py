@@ -60,7 +60,8 @@ def measure(folder: Path, queries_file: Path) -> dict[str, float]:
     with Engine.open(folder, device="cpu") as engine:
         store = vector_module.VectorStore.load(folder / "images.faiss", dim=queries.shape[1])
         index, encoder = store.index, engine.encoder
-        fetch = scale.K * factors.get(store.kind, 1)
+        # the factor this tree searches with (a tuned one is read from beside the FAISS file)
+        fetch = scale.K * int(store.params().get("rerank", factors.get(store.kind, 1)))
         sentences = scale.QUERY_SENTENCES
         vector_s, raw_s = scale.timed_pair(
             lambda i: engine.search_vector(queries[i % len(queries)], scale.K),
