@@ -198,6 +198,26 @@ def test_the_rerank_factor_is_the_smallest_that_keeps_the_recall_and_a_query_may
         SearchParams(rerank=MAX_RERANK + 1)
 
 
+@pytest.mark.parametrize("kind", ["sq8", "ivfpq"])
+def test_a_query_without_knobs_is_reranked_at_the_index_own_factor(
+    built: Built, data: Data, kind: str
+) -> None:
+    """The knob-less query takes a short path (FAISS's call, then the re-rank): it must answer
+    what the same factor asked for explicitly answers, exact scores included, alone and in a batch."""
+    _, vectors, queries = data
+    store = built[kind].store
+    factor = store.default_search().rerank
+    assert factor is not None
+    explicit = SearchParams(rerank=factor)
+    for batch in (queries[:1], queries[:6]):
+        default, asked = store.search(batch, K), store.search(batch, K, params=explicit)
+        assert [r.ids.tolist() for r in default] == [r.ids.tolist() for r in asked]
+        for result, query in zip(default, batch, strict=True):
+            assert len(result.ids) == K
+            if factor > 1:  # re-ranked: exact inner products of the full vectors
+                np.testing.assert_allclose(result.scores, vectors[result.ids - 1000] @ query, atol=1e-5)
+
+
 def test_sq8_without_reranking_takes_faiss_own_call_and_keeps_its_recall() -> None:
     """Where 8-bit codes alone reach the target (as on these vectors, measured: 0.971 at factor 1),
     the tuned factor is 1: no full-vector read, the plain path, FAISS's answer as it is."""

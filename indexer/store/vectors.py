@@ -167,6 +167,7 @@ class VectorStore:
         self._rerank_factor = rerank or RERANK_FACTORS.get(self._kind, 1)
         self._ntotal = 0
         self._plain = False
+        self._plain_rerank = False
         self._refresh_plain()
 
     @classmethod
@@ -350,11 +351,14 @@ class VectorStore:
         self._refresh_plain()
 
     def _refresh_plain(self) -> None:
-        """Whether a query without filter or knobs can go straight to FAISS (non-empty, nothing
-        to re-rank, no tombstones to skip), and the vector count: checked per change, not per query."""
+        """Whether a query without filter or knobs can go straight to FAISS (non-empty, no
+        tombstones to skip), with (`_plain_rerank`) or without (`_plain`) a re-rank of its
+        candidates, and the vector count: checked per change, not per query."""
         self._ntotal = int(self.index.ntotal)
         reranks = self.is_lossy and self._rerank_factor > 1
-        self._plain = self._ntotal > 0 and not reranks and self.tombstones == 0
+        direct = self._ntotal > 0 and self.tombstones == 0
+        self._plain = direct and not reranks
+        self._plain_rerank = direct and reranks
 
     # -- vectors ------------------------------------------------------------------------------
 
@@ -457,6 +461,10 @@ class VectorStore:
             if len(ids) > 1 and (ids[:, -1] >= 0).all():
                 return [SearchResult(s, i) for s, i in zip(scores, ids, strict=True)]
             return [SearchResult(s[i >= 0], i[i >= 0]) for s, i in zip(scores, ids, strict=True)]
+        if self._plain_rerank and allowed_ids is None and params is None and k > 0 and self.raw is not None:
+            # The compressed kinds' common query: FAISS's call, then the exact re-rank, nothing else.
+            _, ids = self.index.search(queries, min(k * self._rerank_factor, self._ntotal))
+            return self._rerank(queries, ids, k)
         empty = allowed_ids is not None and len(allowed_ids) == 0
         if len(self) == 0 or k <= 0 or empty:
             return [_empty_result() for _ in queries]
