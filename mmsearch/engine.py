@@ -6,11 +6,8 @@ do, and the CLI and HTTP layers turn them into exit codes and status codes.
 
 from __future__ import annotations
 
-import math
 import os
-import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -19,16 +16,9 @@ from PIL import Image
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from indexer.errors import InvalidInputError, MMSearchError, NotFoundError, UnavailableError
-from indexer.indexing.calibration import CALIBRATION_KEY, Calibration, parse_calibration
-from indexer.indexing.fusion import (
-    FUSION_METHODS,
-    Fusion,
-    FusionMethod,
-    Scored,
-    plain,
-    score_documents_batch,
-)
+from indexer.errors import InvalidInputError, MMSearchError
+from indexer.indexing.calibration import Calibration
+from indexer.indexing.fusion import Fusion, FusionMethod
 from indexer.indexing.pipeline import (
     IndexOptions,
     IndexReport,
@@ -40,17 +30,13 @@ from indexer.indexing.pipeline import (
 )
 from indexer.media.images import ImageLoadError, open_image
 from indexer.models.devices import AUTO, CPU, Device
-from indexer.models.fusion_head import FusionHead, load_fusion_head
+from indexer.models.fusion_head import FusionHead
 from indexer.models.lazy import LazyEncoder
 from indexer.models.spec import EncoderInfo, ModelLoadError, ModelSpec
 from indexer.store import catalog
 from indexer.store.backends import read_backends, vector_backend
-from indexer.store.catalog import DocTextRow, HitRows, ImageRow, TextRow
-from indexer.store.hit_cache import HitRowCache
+from indexer.store.catalog import DocTextRow, ImageRow, TextRow
 from indexer.store.index_dir import (
-    DOC_TEXTS,
-    IMAGES,
-    TEXTS,
     IndexInfo,
     IndexStoreError,
     check_compatible,
@@ -64,19 +50,14 @@ from indexer.store.vectors import (
     VectorStoreError,
     gpu_available,
 )
+
+# Re-exported: the errors were defined here, and callers import them from here.
+from mmsearch.errors import EngineError as EngineError
+from mmsearch.errors import ImageNotFoundError, IndexUnavailableError, QueryError
 from mmsearch.query import MAX_K as MAX_K  # importable from here, as before
-from mmsearch.query import (
-    TERM_KINDS,
-    Query,
-    QuerySpecError,
-    QueryTerm,
-    Relevance,
-    Target,
-    TermKind,
-    combine,
-    cut,
-    relevance_of,
-)
+from mmsearch.query import TERM_KINDS, Query, QueryTerm, Target, TermKind
+from mmsearch.query_vectors import MAX_QUERY_CHARS as MAX_QUERY_CHARS
+from mmsearch.query_vectors import checked_query_vector, query_text, query_vectors
 
 # Re-exported: the result types were defined here, and callers import them from here.
 from mmsearch.results import ImageHit as ImageHit
@@ -84,33 +65,29 @@ from mmsearch.results import IndexedImage as IndexedImage
 from mmsearch.results import IndexStats as IndexStats
 from mmsearch.results import SearchResults as SearchResults
 from mmsearch.results import TextHit as TextHit
-from mmsearch.results import ranked_hits
-from mmsearch.snapshot import Snapshot
+from mmsearch.searcher import Job, Searcher
 
 if TYPE_CHECKING:
     from indexer.models.encoder import Encoder
 
-MAX_QUERY_CHARS = 1000
+__all__ = [
+    "MAX_IMAGE_ID",
+    "MAX_K",
+    "MAX_QUERY_CHARS",
+    "Engine",
+    "EngineError",
+    "ImageHit",
+    "ImageNotFoundError",
+    "IndexStats",
+    "IndexUnavailableError",
+    "IndexedImage",
+    "QueryError",
+    "SearchResults",
+    "TextHit",
+]
+
 # SQLite INTEGER keys (and FAISS int64 ids) are signed 64-bit; a larger id cannot name a row.
 MAX_IMAGE_ID = 2**63 - 1
-# A caller's query vector (search_vector) whose length is off 1 by more than this is
-# renormalised; unit vectors (from encode_query_*, or POST /embed) are used bit for bit.
-UNIT_TOLERANCE = 1e-3
-# A search whose catalogue read finds the calibration changed since the search began is answered
-# again with the new one, at most this many times in all (computing one takes seconds: a change
-# during the retry is a writer racing it, and that answer is then as fresh as any before).
-CALIBRATION_ATTEMPTS = 3
-# Resolved fusions an engine remembers (callers pass a handful of distinct policies; a bound
-# keeps a caller sweeping text weights from growing it without end).
-RESOLVED_FUSIONS_KEPT = 64
-
-
-class EngineError(MMSearchError):
-    """Base class of errors the engine raises; the message is meant for the user."""
-
-
-class IndexUnavailableError(EngineError, UnavailableError):
-    """No index, or an index that cannot be used with the requested model."""
 
 
 class _UnusableModel:
@@ -126,14 +103,6 @@ class _UnusableModel:
         raise IndexUnavailableError(self.problem)
 
 
-class QueryError(EngineError, InvalidInputError):
-    """A query that cannot be answered as given (empty text, unreadable image, bad k)."""
-
-
-class ImageNotFoundError(EngineError, NotFoundError):
-    """No indexed image has the given id (never indexed, or removed since)."""
-
-
 class Engine:
     """A read handle on one index plus the model that filled it. Use Engine.open()."""
 
@@ -146,18 +115,16 @@ class Engine:
         self.encoder = encoder
         self.backends = read_backends(index_dir)
         self._sql = catalog.open_catalog(index_dir, create=False)
-        self._hit_cache = HitRowCache(self._sql)
         self._vectors = vector_backend(index_dir, self.backends)
-        use_gpu = _faiss_on_gpu(device or Device.parse(getattr(encoder, "device", CPU)))
-        self._images = Snapshot(self._vectors, IMAGES, info.dim, use_gpu=use_gpu)
-        self._texts = Snapshot(self._vectors, TEXTS, info.dim, use_gpu=use_gpu)
-        self._doc_texts = Snapshot(self._vectors, DOC_TEXTS, info.dim, use_gpu=use_gpu)
-        self._fusion_head: FusionHead | None = None
-        self._resolved_fusions: dict[tuple[Fusion, TermKind], Fusion] = {}  # see _fusion_for
-        self._head_lock = threading.Lock()
-        # The calibration the last search read (None: not read yet); every search reads it again
-        # in its one catalogue statement and answers again if it changed (_answer_batch).
-        self._calibration_seen: _SeenCalibration | None = None
+        self._searcher = Searcher(
+            index_dir,
+            info,
+            encoder.info,
+            sql=self._sql,
+            vectors=self._vectors,
+            use_gpu=_faiss_on_gpu(device or Device.parse(getattr(encoder, "device", CPU))),
+        )
+        self._images = self._searcher.images  # stored vectors of image terms, stats
 
     @classmethod
     def open(
@@ -209,7 +176,7 @@ class Engine:
 
     def close(self) -> None:
         """Release the catalogue's and the vector store's connections."""
-        self._hit_cache.close()
+        self._searcher.close()
         self._sql.dispose()
         self._vectors.close()
 
@@ -235,14 +202,14 @@ class Engine:
         one bad query never fails the others. Only errors meant for the user are returned so;
         anything else (a bug, a broken disk) raises for the whole batch."""
         answers: list[SearchResults | MMSearchError] = []
-        jobs: list[_Job] = []
+        jobs: list[Job] = []
         for query, vector in zip(queries, self._query_vectors(queries), strict=True):
             if isinstance(vector, MMSearchError):
                 answers.append(vector)
             else:
-                jobs.append(_Job(vector, query.modality, query))
+                jobs.append(Job(vector, query.modality, query))
                 answers.append(_PENDING)
-        answered = iter(self._answer_batch(jobs))
+        answered = iter(self._searcher.answer(jobs))
         return [next(answered) if answer is _PENDING else answer for answer in answers]
 
     def search_text(
@@ -407,90 +374,32 @@ class Engine:
             relevant=relevant,
             fusion=fusion,
         )
-        return _raised(self._answer_batch([_Job(self.query_vector(vector), modality, spec)])[0])
+        return _raised(self._searcher.answer([Job(self.query_vector(vector), modality, spec)])[0])
 
     def query_vector(self, vector: np.ndarray | Sequence[float]) -> np.ndarray:
         """A caller's vector checked and made a query vector: (dim,) finite, L2-normalised float32."""
-        array = np.asarray(vector, dtype=np.float64)
-        if array.shape != (self.info.dim,):
-            raise QueryError(
-                f"the query vector has shape {array.shape}; this index's model "
-                f"({self.info.model_id}) makes vectors of {self.info.dim} numbers"
-            )
-        # Array methods rather than np.all / np.max / np.linalg.norm: the same numbers, without
-        # their dispatch (a few microseconds of every search by vector).
-        if not np.isfinite(array).all():
-            raise QueryError("the query vector holds values that are not finite numbers (NaN or infinity)")
-        peak = float(np.abs(array).max())
-        if peak == 0.0:
-            raise QueryError("the query vector is all zeros: it has no direction to search in")
-        scaled = array / peak  # (dim,) largest entry 1: its norm cannot overflow or underflow
-        norm = math.sqrt(scaled.dot(scaled))  # what np.linalg.norm computes for a 1-d array
-        if abs(peak * norm - 1.0) > UNIT_TOLERANCE:
-            array = scaled / norm
-        return np.ascontiguousarray(array, dtype=np.float32)
+        return checked_query_vector(vector, dim=self.info.dim, model_id=self.info.model_id)
 
     def encode_terms(self, terms: Sequence[QueryTerm]) -> np.ndarray:
         """Weighted query terms -> (dim,) normalised query vector."""
         return _raised(self._query_vectors([Query(tuple(terms))])[0])
 
     def _query_vectors(self, queries: Sequence[Query]) -> list[np.ndarray | MMSearchError]:
-        """Each query's (dim,) vector, or the error that refuses it; every sentence of every
-        query is encoded in one forward pass."""
-        plans: list[_TermPlan | MMSearchError] = []
-        texts: list[str] = []  # the sentences of all queries, in order
-        for query in queries:
-            try:
-                planned = self._plan_terms(query, first_text=len(texts))
-            except MMSearchError as exc:
-                plans.append(exc)
-                continue
-            plans.append(planned)
-            texts += planned.texts
-        if texts:
-            self.load_model()
-        encoded = self.encoder.encode_texts(texts) if texts else None  # (len(texts), dim)
-        vectors: list[np.ndarray | MMSearchError] = []
-        for plan in plans:
-            if isinstance(plan, MMSearchError):
-                vectors.append(plan)
-                continue
-            rows = [encoded[part] if isinstance(part, int) else part for part in plan.parts]  # type: ignore[index]
-            if len(rows) == 1 and abs(float(rows[0].dot(rows[0])) - 1.0) <= UNIT_TOLERANCE:
-                # One term (its weight is positive, see _plan_terms) that is a unit vector (every
-                # sentence; an image's unless reconstructed from compressed codes): used bit for
-                # bit, as search_vector uses one.
-                vectors.append(rows[0])
-                continue
-            try:
-                vectors.append(self._combine(np.stack(rows), plan.weights))
-            except QueryError as exc:
-                vectors.append(exc)
-        return vectors
+        """Each query's (dim,) vector, or the error that refuses it (mmsearch.query_vectors)."""
+        return query_vectors(
+            queries,
+            dim=self.info.dim,
+            encode_texts=self._encode_sentences,
+            encode_image=self._encode_image_term,
+        )
 
-    def _plan_terms(self, query: Query, *, first_text: int) -> _TermPlan:
-        """What a query's terms need: image terms encoded now, sentences checked and numbered
-        from first_text for the shared forward pass. Raises as search() would, term by term."""
-        try:
-            query.modality  # noqa: B018  # an empty query is refused before anything else
-        except QuerySpecError as exc:
-            raise QueryError(str(exc)) from exc
-        weights = [t.weight for t in query.terms]
-        if not any(w > 0 for w in weights):  # refuse before encoding anything
-            self._combine(np.zeros((len(weights), self.info.dim), np.float32), weights)
-        parts: list[np.ndarray | int] = []
-        texts: list[str] = []
-        for term in query.terms:
-            if term.kind == "text":
-                parts.append(first_text + len(texts))
-                texts.append(_query_text(str(term.value)))
-            else:
-                parts.append(self._encode_term(term))
-        return _TermPlan(parts, weights, texts)
+    def _encode_sentences(self, texts: list[str]) -> np.ndarray:
+        """Checked sentences -> (n, dim) query vectors, the weights loaded on first use."""
+        self.load_model()
+        return self.encoder.encode_texts(texts)
 
-    def _encode_term(self, term: QueryTerm) -> np.ndarray:
-        if term.kind == "text":
-            return self.encode_query_text(str(term.value))
+    def _encode_image_term(self, term: QueryTerm) -> np.ndarray:
+        """An image term's (dim,) vector: an indexed image's stored one, or the image encoded."""
         if isinstance(term.value, int):
             return self._indexed_vector(term.value)
         return self.encode_query_image(term.value)
@@ -503,159 +412,18 @@ class Engine:
         except KeyError:
             raise ImageNotFoundError(f"no indexed image has id {image_id}") from None
 
-    @staticmethod
-    def _combine(vectors: np.ndarray, weights: list[float]) -> np.ndarray:
-        try:
-            return combine(vectors, weights)
-        except QuerySpecError as exc:
-            raise QueryError(str(exc)) from exc
-
-    def _answer_batch(self, jobs: Sequence[_Job]) -> list[SearchResults | MMSearchError]:
-        """Score, judge and cut each job's query vector; jobs that search alike share one
-        FAISS batch and all share one catalogue statement. That statement also reads the
-        calibration again: the cached one judged the search, and if it has changed since (a
-        writer recalibrated) the search is answered again with the new one."""
-        if not jobs:
-            return []
-        seen = self._calibration_seen or self._read_calibration()
-        for _ in range(CALIBRATION_ATTEMPTS):
-            judged = self._judge_batch(jobs, seen.calibration)
-            rows = self._hit_rows(jobs, judged)
-            if rows.info_value == seen.text:
-                break
-            seen = self._calibration_seen = _SeenCalibration(rows.info_value)
-        return self._results(jobs, judged, rows)
-
-    def _judge_batch(
-        self, jobs: Sequence[_Job], calibration: Calibration | None
-    ) -> list[_Judged | MMSearchError]:
-        """Each job's candidates after relevance and cut-offs, or the error that refuses it."""
-        resolved = list(jobs)  # each query's fusion made concrete below
-        judged: list[_Judged | MMSearchError] = [_NOT_SCORED] * len(jobs)
-        groups: dict[tuple[object, ...], list[int]] = {}
-        for position, job in enumerate(resolved):
-            if job.query.relevant and calibration is None:
-                judged[position] = QueryError(
-                    f"{self.index_dir} has no score calibration yet, so relevance is unknown: run "
-                    f"`mmsearch calibrate --db {self.index_dir}` (or `mmsearch index` again)"
-                )
-                continue
-            try:
-                fusion = self._fusion_for(job.query.fusion, job.modality)
-            except MMSearchError as exc:
-                judged[position] = exc
-                continue
-            # The resolved method is part of the search key: learned and linear never share a batch.
-            resolved[position] = job = _Job(job.vector, job.modality, job.query, fusion)
-            groups.setdefault(_search_key(job), []).append(position)
-        for members in groups.values():
-            group = [resolved[i] for i in members]
-            for position, job, scored in zip(members, group, self._score(group, calibration), strict=True):
-                try:
-                    judged[position] = _judge(scored, job, calibration)
-                except QueryError as exc:
-                    judged[position] = exc
-        return judged
-
-    def _score(self, jobs: Sequence[_Job], calibration: Calibration | None) -> list[Scored]:
-        """Candidates for jobs that search alike (one _search_key, fusion resolved by
-        `_fusion_for`): one FAISS batch per store."""
-        query, fusion = jobs[0].query, jobs[0].fusion
-        vectors = np.stack([job.vector for job in jobs])  # (n, dim) float32
-        if query.to == "text":
-            found = self._texts.refresh().search(vectors, query.k)
-            return [plain(result.ids, result.scores) for result in found]
-        return score_documents_batch(
-            vectors,
-            self._images.refresh(),
-            self._doc_texts.refresh(),
-            query.k,
-            fusion=fusion,
-            channels=[None if calibration is None else calibration.channels(job.modality) for job in jobs],
-            allowed_ids=None if query.under is None else self._ids_under(query.under),
-            params=query.search_params,
-            head=self.fusion_head() if fusion.method == "learned" else None,
-        )
-
-    def _fusion_for(self, fusion: Fusion, modality: TermKind) -> Fusion:
-        """The query's fusion with a concrete method (the index's when it names none): learned
-        fusion is trained for sentences, so an image query under it uses the linear rule. Asking
-        for learned fusion without a usable head raises (NoFusionHeadError, FusionHeadError).
-        Remembered per (fusion, modality): the answer never changes for an open engine."""
-        key = (fusion, modality)
-        known = self._resolved_fusions.get(key)
-        if known is None:
-            known = fusion.resolved(self.info.fusion)
-            if known.method == "learned" and modality != self.fusion_head().config.query_modality:
-                known = replace(known, method="linear")
-            if len(self._resolved_fusions) < RESOLVED_FUSIONS_KEPT:
-                self._resolved_fusions[key] = known
-        return known
-
     def fusion_methods(self) -> tuple[str, ...]:
         """The fusion methods queries can ask for: learned only when the model has a usable head."""
-        try:
-            self.fusion_head()
-        except MMSearchError:
-            return ("linear",)
-        return FUSION_METHODS
+        return self._searcher.fusion_methods()
 
     def fusion_head(self) -> FusionHead:
         """The model's learned fusion head (loaded once), or NoFusionHeadError naming the command
         that trains one."""
-        with self._head_lock:
-            if self._fusion_head is None:
-                self._fusion_head = load_fusion_head(self.encoder.info.source, self.encoder.info.model_id)
-            return self._fusion_head
-
-    def _hit_rows(self, jobs: Sequence[_Job], judged: Sequence[_Judged | MMSearchError]) -> HitRows:
-        """The catalogue rows of every job's candidates and the calibration, in one statement."""
-        wanted: dict[Target, set[int]] = {"image": set(), "text": set()}
-        for job, outcome in zip(jobs, judged, strict=True):
-            if not isinstance(outcome, MMSearchError):
-                wanted[job.query.to].update(outcome[0].ids.tolist())
-        return self._hit_cache.read(
-            image_ids=sorted(wanted["image"]),
-            text_ids=sorted(wanted["text"]),
-            info_key=CALIBRATION_KEY,
-        )
-
-    @staticmethod
-    def _results(
-        jobs: Sequence[_Job],
-        judged: Sequence[_Judged | MMSearchError],
-        rows: HitRows,
-    ) -> list[SearchResults | MMSearchError]:
-        """Judged candidates as hits, named from the catalogue rows read for them."""
-        results: list[SearchResults | MMSearchError] = []
-        for job, outcome in zip(jobs, judged, strict=True):
-            if isinstance(outcome, MMSearchError):
-                results.append(outcome)
-                continue
-            scored, relevance = outcome
-            hits = ranked_hits(scored, job.query.to, rows)
-            if relevance is not None and len(hits) < len(relevance):  # a row not yet committed
-                by_id = dict(zip(scored.ids.tolist(), relevance, strict=True))
-                relevance = [by_id[h.id] for h in hits]
-            results.append(SearchResults(hits, relevance))
-        return results
-
-    def _ids_under(self, folder: Path) -> np.ndarray:
-        """The ids an IDSelector restricts a search to: one range query on the path index."""
-        with Session(self._sql) as session:
-            ids = catalog.image_ids_under(session, str(folder))
-        return np.asarray(ids, dtype=np.int64)
+        return self._searcher.fusion_head()
 
     def calibration(self) -> Calibration | None:
         """The index's random-pair score calibration, or None (not computed, or an old index)."""
-        return self._read_calibration().calibration
-
-    def _read_calibration(self) -> _SeenCalibration:
-        """The calibration as stored now, remembered for the next search."""
-        with self._sql.connect() as connection:
-            seen = _SeenCalibration(catalog.read_info_value(connection, CALIBRATION_KEY))
-        self._calibration_seen = seen
-        return seen
+        return self._searcher.calibration()
 
     def calibrate(self) -> Calibration:
         """(Re)compute the calibration now (takes the writer lock)."""
@@ -676,7 +444,7 @@ class Engine:
 
     def encode_query_texts(self, queries: Sequence[str]) -> np.ndarray:
         """Sentences -> (n, dim) normalised query vectors, encoded as one batch."""
-        texts = [_query_text(query) for query in queries]
+        texts = [query_text(query) for query in queries]
         if not texts:
             return np.zeros((0, self.info.dim), np.float32)
         self.load_model()
@@ -768,7 +536,7 @@ class Engine:
             images=images,
             texts=texts,
             image_vectors=len(store),
-            text_vectors=len(self._texts.refresh()),
+            text_vectors=len(self._searcher.texts.refresh()),
             size_bytes=sum(p.stat().st_size for p in index_files(self.index_dir)),
             fusion=self.info.fusion or "linear",
             **self.backends.describe(),
@@ -798,47 +566,8 @@ def _search_params(nprobe: int | None, ef_search: int | None, rerank: int | None
         raise QueryError(str(exc)) from exc
 
 
-class _Job:
-    """One query on its way through search_batch: its vector (dim,) float32, unit length, and
-    its fusion with the method resolved (_fusion_for; the query's own until then)."""
-
-    __slots__ = ("fusion", "modality", "query", "vector")
-
-    def __init__(
-        self, vector: np.ndarray, modality: TermKind, query: Query, fusion: Fusion | None = None
-    ) -> None:
-        self.vector = vector
-        self.modality = modality
-        self.query = query
-        self.fusion = query.fusion if fusion is None else fusion
-
-
-@dataclass(frozen=True)
-class _TermPlan:
-    """A query's terms as search_batch encodes them: per term a vector already made (images)
-    or the row of its sentence in the shared forward pass; the weights; its sentences."""
-
-    parts: list[np.ndarray | int]
-    weights: list[float]
-    texts: list[str]
-
-
-_Judged = tuple[Scored, list[Relevance] | None]  # candidates after the cut-offs, their relevance
-
-
-class _SeenCalibration:
-    """The calibration row's text as a search read it (None: no row) and the calibration in it."""
-
-    __slots__ = ("calibration", "text")
-
-    def __init__(self, text: str | None) -> None:
-        self.text = text
-        self.calibration: Calibration | None = parse_calibration(text)
-
-
-# Placeholders in search_batch's lists for queries still being answered (replaced before return).
+# The placeholder in search_batch's list for queries still being answered (replaced before return).
 _PENDING = SearchResults([], None)
-_NOT_SCORED = QueryError("not scored")
 _Answer = TypeVar("_Answer")
 
 
@@ -847,34 +576,6 @@ def _raised(answer: _Answer | MMSearchError) -> _Answer:
     if isinstance(answer, MMSearchError):
         raise answer
     return answer
-
-
-def _search_key(job: _Job) -> tuple[object, ...]:
-    """What decides a job's FAISS searches: its query but for the terms and the cut-offs (which
-    only drop hits afterwards), with the fusion resolved. Jobs with equal keys are searched as
-    one batch. A tuple, not a Query: replace() would validate the query again on every search."""
-    query = job.query
-    return (query.to, query.k, query.under, job.fusion, query.search_params)
-
-
-def _judge(scored: Scored, job: _Job, calibration: Calibration | None) -> _Judged:
-    """Each candidate's relevance, then the cut-offs; QueryError when relevance was asked for
-    and the calibration does not cover this kind of query."""
-    query = job.query
-    relevance = relevance_of(scored, calibration, modality=job.modality, to=query.to, fusion=job.fusion)
-    if query.relevant and relevance is None:
-        raise QueryError("this index's calibration does not cover this kind of query")
-    return cut(scored, relevance, min_score=query.min_score, relevant_only=query.relevant)
-
-
-def _query_text(query: str | None) -> str:
-    """A sentence as the text tower gets it (stripped), or QueryError if empty or too long."""
-    text = (query or "").strip()
-    if not text:
-        raise QueryError('empty query: give a sentence, e.g. mmsearch search "a red star"')
-    if len(text) > MAX_QUERY_CHARS:
-        raise QueryError(f"query longer than {MAX_QUERY_CHARS} characters")
-    return text
 
 
 def _query(
