@@ -69,7 +69,11 @@ SEED = 0
 K = 10
 BATCH = 64
 SINGLE_QUERIES = 200
+# Batches of 64 timed per side: at least BATCHES, more for fast kinds, up to about BATCH_SECONDS
+# each side (8 batches of a 1 ms IVF search moved its ratio by +-0.07 between runs).
 BATCHES = 8
+MAX_BATCHES = 96
+BATCH_SECONDS = 1.0
 WARMUP = 10
 RECALL_QUERIES = 500
 CLUSTERS_PER_VECTOR = 1 / 500  # one centre per 500 vectors (at least 20)
@@ -141,6 +145,15 @@ def timed_pair(
     return out_a, out_b
 
 
+def batch_count(run_once: Callable[[], object]) -> int:
+    """How many batches to time per side: enough for about BATCH_SECONDS, BATCHES at least."""
+    run_once()  # warm
+    started = time.perf_counter()
+    run_once()
+    seconds = time.perf_counter() - started
+    return int(np.clip(BATCH_SECONDS / max(seconds, 1e-6), BATCHES, MAX_BATCHES))
+
+
 @dataclass
 class KindResult:
     """One (N, dim, kind) row."""
@@ -197,11 +210,15 @@ def measure_kind(
         SINGLE_QUERIES,
     )
     result.single, result.single_raw = percentiles(single), percentiles(single_raw)
-    batches = [queries[(b * BATCH) % len(queries) :][:BATCH] for b in range(BATCHES + WARMUP)]
+    batches = [
+        np.take(queries, range(b * BATCH, (b + 1) * BATCH), axis=0, mode="wrap")
+        for b in range(MAX_BATCHES + WARMUP)
+    ]
+    count = batch_count(lambda: index.search(batches[0], fetch))  # type: ignore[attr-defined]
     batch, batch_raw = timed_pair(
         lambda i: store.search(batches[i], K),
         lambda i: index.search(batches[i], fetch),  # type: ignore[attr-defined]
-        BATCHES,
+        count,
     )
     result.batch, result.batch_raw = percentiles(batch), percentiles(batch_raw)
     found = [r.ids for r in store.search(queries[:RECALL_QUERIES], K)]
@@ -504,7 +521,9 @@ def render(
         f"{report.git_revision(REPO_DIR)}; load average at start {load_start}, at end {load_end}. "
         + _machine_state(load_start, load_end)
         + "mmsearch and raw FAISS were timed interleaved (query by query, batch by batch) on the "
-        "same index, so their ratio is the steadier figure. FAISS used one OpenMP thread and torch "
+        f"same index, so their ratio is the steadier figure ({SINGLE_QUERIES} single queries; "
+        f"{BATCHES}-{MAX_BATCHES} batches of {BATCH} per side, as many as fit in about "
+        f"{BATCH_SECONDS:.0f} s). FAISS used one OpenMP thread and torch "
         "one thread (with two, spin-waiting threads on a loaded machine made some builds 15x and "
         "text encoding 6x slower). No GPU: no GPU figure is claimed.",
         "",
