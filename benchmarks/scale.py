@@ -549,8 +549,9 @@ def render(
         '"raw FAISS" is `index.search` on the same loaded index with the same parameters and the '
         "same candidate count: for the compressed kinds (sq8, ivfpq) mmsearch asks FAISS for "
         "`rerank` x k candidates (the structure column's factor, tuned when the index was built: "
-        "the smallest that keeps recall@10 >= 0.95 on the build's probes; 1 = FAISS's own top-k, "
-        "not re-ranked) and re-ranks them exactly from the memory-mapped full vectors, and the raw "
+        "the smallest that keeps recall@10 >= 0.97 on both of the build's probe sets, else the "
+        "kind's full factor; 1 = FAISS's own top-k, not re-ranked) and re-ranks them exactly "
+        "from the memory-mapped full vectors, and the raw "
         "figure is that same FAISS call. The table below shows, in the same run, the same indexes "
         f"at their kind's fixed factor ({index_types_rerank_factors()}: what every compressed "
         "index used before the factor was tuned), and FAISS's own top-k. Each mmsearch figure and "
