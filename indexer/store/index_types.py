@@ -16,8 +16,8 @@ and the recall@10 measured when it was built; the kind and parameters are read f
 file itself, so they can never disagree with it. Default search knobs (nprobe, ef_search) are
 tuned at build time to reach recall@10 >= TUNE_TARGET on probe queries (Fidelity) and saved in
 the FAISS file; so is the compressed kinds' re-rank factor (saved beside it, see
-indexer.store.vectors): the smallest that keeps that recall with a margin on two kinds of probe,
-often 1 (no re-ranking) for SQ8.
+indexer.store.vectors): the smallest that keeps that recall with a margin on two kinds of probe
+(1 or 2 for SQ8 in the runs so far, 1 meaning no re-ranking; 4-16 for IVF-PQ).
 """
 
 from __future__ import annotations
