@@ -452,7 +452,7 @@ def search_cmd(
             min=1,
             max=MAX_RERANK,
             help="Candidates per result scored again exactly from the full vectors (sq8/ivfpq "
-            "index; 1: none; default: the index's, the smallest keeping recall@10 >= 0.95).",
+            "index; 1: none; default: the index's own, tuned when it was built).",
         ),
     ] = None,
     show_preview: Annotated[

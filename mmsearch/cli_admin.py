@@ -91,7 +91,7 @@ def optimize_cmd(
             min=1,
             max=MAX_RERANK,
             help="Default candidates per result re-scored from the full vectors (sq8, ivfpq; 1: "
-            "none; default: the smallest keeping recall@10 >= 0.95).",
+            "none; kept when the index rebuilds itself; default: tuned at each build).",
         ),
     ] = None,
     memory_budget: MemoryBudgetOption = None,
@@ -134,7 +134,10 @@ def optimize_cmd(
     if as_json:
         typer.echo(json.dumps({"db": str(index_dir), **asdict(report)}))
         return
-    typer.echo(_optimize_summary(report, index_dir))
+    summary = _optimize_summary(report, index_dir)
+    if rerank is not None and report.kind not in ("sq8", "ivfpq"):
+        summary += f"\n--rerank {rerank} is recorded: it applies once auto picks sq8 or ivfpq"
+    typer.echo(summary)
 
 
 def _optimize_summary(report: OptimizeReport, index_dir: Path) -> str:

@@ -336,6 +336,35 @@ def test_the_saved_rerank_factor_follows_its_faiss_file(built: Built, tmp_path: 
     assert VectorStore.load(path, dim=DIM).kind == "flat"
 
 
+@pytest.mark.parametrize(
+    "text",
+    ['{"rerank": Infinity}', '{"rerank": 1e400}', '{"rerank": true}', '{"rerank": 2.9}', '{"rerank": "4"}',
+     '{"rerank": 1000}', '[4]', '{}', "\xff\xfe"],
+)  # fmt: skip
+def test_a_damaged_factor_file_never_stops_the_index_from_opening(
+    built: Built, tmp_path: Path, text: str
+) -> None:
+    """Whatever the factor file holds, the index opens and searches with its kind's fixed factor;
+    only a whole number in range counts (true would silently turn re-ranking off)."""
+    path = tmp_path / "images.faiss"
+    built["sq8"].store.save(path)
+    search_defaults_path(path).write_bytes(text.encode("latin-1"))
+    with pytest.warns(UserWarning, match="unreadable search defaults"):
+        store = VectorStore.load(path, dim=DIM)
+    assert store.params()["rerank"] == RERANK_FACTORS["sq8"]
+    assert len(store.search(np.ones((1, DIM), np.float32), K)[0].ids) == K
+
+
+def test_search_knobs_take_whole_numbers_only() -> None:
+    """NumPy integers are whole numbers (FAISS gets a Python int); floats and booleans are refused
+    with the knob's name, as out-of-range values are."""
+    knobs = SearchParams(nprobe=np.int64(4), rerank=np.int32(2))
+    assert (knobs.nprobe, knobs.rerank) == (4, 2) and type(knobs.nprobe) is int
+    for bad in (2.0, True, "2"):
+        with pytest.raises(SearchParamsError, match="rerank must be a whole number"):
+            SearchParams(rerank=bad)  # type: ignore[arg-type]
+
+
 def test_removal_works_on_every_kind_and_hnsw_keeps_tombstones(data: Data) -> None:
     ids, vectors, _ = data
     source = ArraySource(ids[:800], vectors[:800])
@@ -499,6 +528,29 @@ def test_growing_past_the_exact_threshold_rebuilds_as_ivf_without_re_encoding(
         query = Query((QueryTerm("image", first[3]),), k=5, search_params=SearchParams(nprobe=3))
         after = [h.id for h in engine.search(query).hits]
     assert after[0] == before[0]
+
+
+def test_a_chosen_rerank_factor_survives_the_rebuild_growth_triggers(
+    tmp_path: Path, colors_model: Path
+) -> None:
+    """`optimize --rerank N` makes N the index's own: the rebuild an indexing run starts when the
+    index has outgrown its lists keeps it (it used to retune it); optimize without --rerank
+    hands the factor back to tuning."""
+    db, photos = tmp_path / "db", tmp_path / "photos"
+    _photos(photos, 80, seed=6)
+    _ok("index", photos, "--db", db, "--model", colors_model, "--device", "cpu")
+    out = _ok("optimize", "--db", db, "--index-type", "auto", "--rerank", "4")
+    assert _info(db)["index_kind"] == "flat" and "--rerank 4 is recorded" in out
+    _ok("optimize", "--db", db, "--index-type", "sq8", "--rerank", "4")
+    assert _info(db)["index_params"]["rerank"] == 4
+    _photos(photos, 250, seed=7)
+    out = json.loads(_ok("index", photos, "--db", db, "--device", "cpu", "--json"))
+    assert "new lists" in out["rebuilt"]["reason"]
+    info = _info(db)
+    assert (info["index_kind"], info["image_vectors"], info["index_params"]["rerank"]) == ("sq8", 330, 4)
+    _ok("optimize", "--db", db, "--index-type", "sq8")
+    with IndexWriter(db, None) as writer:
+        assert index_upkeep.read_record(writer).rerank is None
 
 
 def test_a_memory_budget_crossed_by_growth_switches_to_compressed_codes(

@@ -99,6 +99,8 @@ BUDGET_KEY = "memory_budget"
 RECALL_KEY = "index_recall"
 BUILT_KEY = "index_built_vectors"
 TYPE_KEY = "index_type"
+# The re-rank factor `mmsearch optimize --rerank` chose: automatic rebuilds keep it (empty: tuned).
+RERANK_KEY = "index_rerank"
 
 _SIZE_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?)b?\s*$", re.IGNORECASE)
 

@@ -25,6 +25,7 @@ from indexer.store.index_types import (
     POLICY_KEY,
     RAW_COMPACT_SHARE,
     RECALL_KEY,
+    RERANK_KEY,
     TOMBSTONE_REBUILD_SHARE,
     TYPE_KEY,
     ArraySource,
@@ -38,7 +39,8 @@ from indexer.store.index_types import (
     source_of,
 )
 from indexer.store.raw_vectors import RawVectors
-from indexer.store.vectors import IndexKind, VectorStore
+from indexer.store.search_params import MAX_RERANK
+from indexer.store.vectors import LOSSY_KINDS, IndexKind, VectorStore
 
 # -- the record in the catalogue -----------------------------------------------------------------
 
@@ -51,6 +53,7 @@ class IndexTypeRecord:
     memory_budget: int | None = None  # bytes; None: DEFAULT_BUDGET_SHARE of the RAM at hand
     recall: float | None = None  # recall@10 at the default knobs, measured at build
     built_vectors: int = 0  # vectors when the current structure was chosen
+    rerank: int | None = None  # the factor a user chose for the compressed kinds; None: tuned
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -64,11 +67,24 @@ class IndexTypeRecord:
             memory_budget=int(budget) if budget else None,
             recall=float(recall) if recall else None,
             built_vectors=int(rows.get(BUILT_KEY, "0")),
+            rerank=_chosen_rerank(rows.get(RERANK_KEY)),
         )
 
     def budget(self) -> int:
         """The budget in force: the recorded one, else the default for this machine."""
         return self.memory_budget if self.memory_budget is not None else default_memory_budget()
+
+
+def _chosen_rerank(text: str | None) -> int | None:
+    """The recorded factor, or None (none chosen; a row this code cannot use counts as none)."""
+    if not text or not text.isdigit() or not 1 <= int(text) <= MAX_RERANK:
+        return None
+    return int(text)
+
+
+def rerank_rows(rerank: int | None) -> dict[str, str]:
+    """index_info rows recording the factor `optimize --rerank` chose ("" when it chose none)."""
+    return {RERANK_KEY: "" if rerank is None else str(rerank)}
 
 
 def write_record(session: Session, **values: str | None) -> None:
@@ -158,7 +174,8 @@ def maintain(writer: IndexWriter, *, use_gpu: bool = False) -> OptimizeReport | 
     if reason is None:
         _compact_raw(store)
         return None
-    return rebuild(writer, BuildSpec(choice.kind), use_gpu=use_gpu, reason=reason)
+    rerank = record.rerank if choice.kind in LOSSY_KINDS else None  # a chosen factor stays chosen
+    return rebuild(writer, BuildSpec(choice.kind, rerank=rerank), use_gpu=use_gpu, reason=reason)
 
 
 def _compact_raw(store: VectorStore) -> None:
@@ -243,7 +260,10 @@ def use_index_type(
         else:
             choice = Choice(policy, f"--index-type {policy}")  # type: ignore[arg-type]
         spec = BuildSpec(choice.kind, lists=lists, nprobe=nprobe, ef_search=ef_search, rerank=rerank)
-        return rebuild(writer, spec, use_gpu=use_gpu, reason=choice.reason, also_record=policy_record)
+        # The factor is recorded as chosen even when auto picks an exact kind now, so that the
+        # compressed index auto switches to later keeps it.
+        rows = {**policy_record, **rerank_rows(rerank)}
+        return rebuild(writer, spec, use_gpu=use_gpu, reason=choice.reason, also_record=rows)
 
 
 def _require_faiss(writer: IndexWriter) -> None:

@@ -3,6 +3,7 @@ them without importing FAISS (the CLI's start-up stays light)."""
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 from indexer.errors import InvalidInputError
@@ -12,7 +13,8 @@ MAX_RERANK = 64
 
 
 class SearchParamsError(InvalidInputError):
-    """A search knob out of range (nprobe, ef_search or rerank below 1, rerank above MAX_RERANK)."""
+    """A search knob that is not a whole number, or out of range (nprobe, ef_search or rerank
+    below 1, rerank above MAX_RERANK)."""
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,15 @@ class SearchParams:
     rerank: int | None = None
 
     def __post_init__(self) -> None:
-        for name, value in (("nprobe", self.nprobe), ("ef_search", self.ef_search), ("rerank", self.rerank)):
-            if value is not None and value < 1:
+        for name in ("nprobe", "ef_search", "rerank"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not hasattr(value, "__index__"):
+                raise SearchParamsError(f"{name} must be a whole number, got {value!r}")
+            value = operator.index(value)  # NumPy integers become int: FAISS's SWIG takes only int
+            object.__setattr__(self, name, value)
+            if value < 1:
                 raise SearchParamsError(f"{name} must be at least 1, got {value}")
         if self.rerank is not None and self.rerank > MAX_RERANK:
             raise SearchParamsError(f"rerank must be at most {MAX_RERANK}, got {self.rerank}")

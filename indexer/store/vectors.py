@@ -120,10 +120,11 @@ class SavedKnobs:
         index then searches with its kind's fixed factor, as before factors were tuned)."""
         knobs_path = search_defaults_path(path)
         try:
-            data = json.loads(knobs_path.read_text(encoding="utf-8"))
-            knobs = cls(rerank=int(data["rerank"]))
-            SearchParams(rerank=knobs.rerank)  # in range
-            return knobs
+            rerank = json.loads(knobs_path.read_text(encoding="utf-8"))["rerank"]
+            if type(rerank) is not int:  # not true, 2.9, "4" or Infinity: a file nobody wrote
+                raise ValueError(f"rerank must be a whole number, got {rerank!r}")
+            SearchParams(rerank=rerank)  # in range
+            return cls(rerank=rerank)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
