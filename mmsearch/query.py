@@ -16,6 +16,7 @@ Pure functions over vectors; the Engine wires them to an index.
 from __future__ import annotations
 
 import math
+import operator
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -94,7 +95,10 @@ class Query:
         object.__setattr__(self, "terms", tuple(self.terms))
         if self.to not in TARGETS:
             raise QuerySpecError(f"to must be 'image' or 'text', not {self.to!r}")
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= MAX_K:
+        if isinstance(self.k, bool) or not hasattr(self.k, "__index__"):
+            raise QuerySpecError(f"k must be a whole number between 1 and {MAX_K}, got {self.k!r}")
+        object.__setattr__(self, "k", operator.index(self.k))  # a NumPy integer becomes int
+        if not 1 <= self.k <= MAX_K:
             raise QuerySpecError(f"k must be between 1 and {MAX_K}, got {self.k}")
         if self.min_score is not None and not math.isfinite(self.min_score):
             raise QuerySpecError(f"min_score must be a number, not {self.min_score}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -90,5 +91,11 @@ def test_engine_errors_are_typed(index_dir: Path, tmp_path: Path) -> None:
             engine.search_text("  ")
         with pytest.raises(QueryError, match="k must be"):
             engine.search_text("a red image", k=0)
+        with pytest.raises(QueryError, match="k must be a whole number"):
+            engine.search_text("a red image", k=2.5)  # type: ignore[arg-type]
+        with pytest.raises(QueryError, match="rerank must be a whole number"):
+            engine.search_text("a red image", rerank=2.0)  # type: ignore[arg-type]
+        # NumPy integers (a k or a knob computed with NumPy) are whole numbers
+        assert len(engine.search_text("a red image", k=np.int64(2), nprobe=np.int64(4))) == 2  # type: ignore[arg-type]
         with pytest.raises(QueryError, match="query image"):
             engine.search_image(tmp_path / "missing.png")
