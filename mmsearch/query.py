@@ -95,9 +95,12 @@ class Query:
         object.__setattr__(self, "terms", tuple(self.terms))
         if self.to not in TARGETS:
             raise QuerySpecError(f"to must be 'image' or 'text', not {self.to!r}")
-        if isinstance(self.k, bool) or not hasattr(self.k, "__index__"):
-            raise QuerySpecError(f"k must be a whole number between 1 and {MAX_K}, got {self.k!r}")
-        object.__setattr__(self, "k", operator.index(self.k))  # a NumPy integer becomes int
+        try:
+            if isinstance(self.k, bool):
+                raise TypeError
+            object.__setattr__(self, "k", operator.index(self.k))  # a NumPy integer becomes int
+        except TypeError:
+            raise QuerySpecError(f"k must be a whole number between 1 and {MAX_K}, got {self.k!r}") from None
         if not 1 <= self.k <= MAX_K:
             raise QuerySpecError(f"k must be between 1 and {MAX_K}, got {self.k}")
         if self.min_score is not None and not math.isfinite(self.min_score):

@@ -360,7 +360,7 @@ def test_search_knobs_take_whole_numbers_only() -> None:
     with the knob's name, as out-of-range values are."""
     knobs = SearchParams(nprobe=np.int64(4), rerank=np.int32(2))
     assert (knobs.nprobe, knobs.rerank) == (4, 2) and type(knobs.nprobe) is int
-    for bad in (2.0, True, "2"):
+    for bad in (2.0, True, "2", np.True_, np.float64(2)):
         with pytest.raises(SearchParamsError, match="rerank must be a whole number"):
             SearchParams(rerank=bad)  # type: ignore[arg-type]
 

@@ -36,9 +36,7 @@ class SearchParams:
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not hasattr(value, "__index__"):
-                raise SearchParamsError(f"{name} must be a whole number, got {value!r}")
-            value = operator.index(value)  # NumPy integers become int: FAISS's SWIG takes only int
+            value = _whole_number(name, value)  # NumPy integers become int: FAISS's SWIG takes only int
             object.__setattr__(self, name, value)
             if value < 1:
                 raise SearchParamsError(f"{name} must be at least 1, got {value}")
@@ -52,3 +50,13 @@ class SearchParams:
 
 
 DEFAULT_SEARCH = SearchParams()
+
+
+def _whole_number(name: str, value: object) -> int:
+    """value as an int, or SearchParamsError for anything else (a bool, a float, a string)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise SearchParamsError(f"{name} must be a whole number, got {value!r}") from None
