@@ -103,6 +103,7 @@ def optimize_cmd(
     training runs on the GPU with --device cuda when FAISS sees one."""
     from indexer.store.index_types import POLICIES
     from indexer.store.index_upkeep import use_index_type
+    from indexer.store.vectors import LOSSY_KINDS
 
     index_type = index_type_of(index_type)
     chosen = [name for name, given in (("ivf", ivf), ("flat", flat)) if given]
@@ -135,7 +136,7 @@ def optimize_cmd(
         typer.echo(json.dumps({"db": str(index_dir), **asdict(report)}))
         return
     summary = _optimize_summary(report, index_dir)
-    if rerank is not None and report.kind not in ("sq8", "ivfpq"):
+    if rerank is not None and report.kind not in LOSSY_KINDS:
         summary += f"\n--rerank {rerank} is recorded: it applies once auto picks sq8 or ivfpq"
     typer.echo(summary)
 

@@ -447,8 +447,7 @@ class Engine:
         texts = [query_text(query) for query in queries]
         if not texts:
             return np.zeros((0, self.info.dim), np.float32)
-        self.load_model()
-        return self.encoder.encode_texts(texts)
+        return self._encode_sentences(texts)
 
     def encode_query_image(self, image: str | Path | Image.Image) -> np.ndarray:
         """An image file or PIL image -> (dim,) normalised query vector."""

@@ -16,7 +16,6 @@ Pure functions over vectors; the Engine wires them to an index.
 from __future__ import annotations
 
 import math
-import operator
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 from indexer.errors import InvalidInputError
 from indexer.indexing.fusion_spec import DEFAULT_TEXT_WEIGHT as DEFAULT_TEXT_WEIGHT  # kept importable here
 from indexer.indexing.fusion_spec import Fusion, QueryModality, Scored
-from indexer.store.search_params import SearchParams
+from indexer.store.search_params import SearchParams, whole_number
 
 if TYPE_CHECKING:
     import numpy as np
@@ -96,9 +95,7 @@ class Query:
         if self.to not in TARGETS:
             raise QuerySpecError(f"to must be 'image' or 'text', not {self.to!r}")
         try:
-            if isinstance(self.k, bool):
-                raise TypeError
-            object.__setattr__(self, "k", operator.index(self.k))  # a NumPy integer becomes int
+            object.__setattr__(self, "k", whole_number(self.k))  # a NumPy integer becomes int
         except TypeError:
             raise QuerySpecError(f"k must be a whole number between 1 and {MAX_K}, got {self.k!r}") from None
         if not 1 <= self.k <= MAX_K:

@@ -39,7 +39,7 @@ from indexer.store.index_types import (
     source_of,
 )
 from indexer.store.raw_vectors import RawVectors
-from indexer.store.search_params import MAX_RERANK
+from indexer.store.search_params import SearchParams, SearchParamsError
 from indexer.store.vectors import LOSSY_KINDS, IndexKind, VectorStore
 
 # -- the record in the catalogue -----------------------------------------------------------------
@@ -77,9 +77,12 @@ class IndexTypeRecord:
 
 def _chosen_rerank(text: str | None) -> int | None:
     """The recorded factor, or None (none chosen; a row this code cannot use counts as none)."""
-    if not text or not text.isdigit() or not 1 <= int(text) <= MAX_RERANK:
+    if not text or not text.isdigit():
         return None
-    return int(text)
+    try:
+        return SearchParams(rerank=int(text)).rerank
+    except SearchParamsError:  # out of range
+        return None
 
 
 def rerank_rows(rerank: int | None) -> dict[str, str]:

@@ -36,7 +36,10 @@ class SearchParams:
             value = getattr(self, name)
             if value is None:
                 continue
-            value = _whole_number(name, value)  # NumPy integers become int: FAISS's SWIG takes only int
+            try:
+                value = whole_number(value)  # NumPy integers become int: FAISS's SWIG takes only int
+            except TypeError:
+                raise SearchParamsError(f"{name} must be a whole number, got {value!r}") from None
             object.__setattr__(self, name, value)
             if value < 1:
                 raise SearchParamsError(f"{name} must be at least 1, got {value}")
@@ -52,11 +55,9 @@ class SearchParams:
 DEFAULT_SEARCH = SearchParams()
 
 
-def _whole_number(name: str, value: object) -> int:
-    """value as an int, or SearchParamsError for anything else (a bool, a float, a string)."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        return operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise SearchParamsError(f"{name} must be a whole number, got {value!r}") from None
+def whole_number(value: object) -> int:
+    """An int or a NumPy integer as an int; TypeError for anything else (a bool, a float, a
+    string), which a count given as True or 2.0 always is by mistake."""
+    if isinstance(value, bool):
+        raise TypeError(f"{value!r} is not a whole number")
+    return operator.index(value)  # type: ignore[arg-type]
